@@ -1,0 +1,43 @@
+# Everything a newcomer needs: `make run` (demo lake + main job) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= demo-lake
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export APERIO_CONFIG ?= $(CURDIR)/$(DEMO_DIR)/aperio.yaml
+
+.PHONY: install run test dev lint demo clean
+
+# The stamp file makes `make run`/`make test` install only when the project's requirements changed.
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DEMO_DIR)/aperio.yaml: | $(VENV)/.installed
+	$(BIN)/aperio demo $(DEMO_DIR) --with-legacy
+
+demo: $(DEMO_DIR)/aperio.yaml
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+run: $(VENV)/.installed $(DEMO_DIR)/aperio.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/aperio --config $(APERIO_CONFIG) status
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+dev: $(VENV)/.installed $(DEMO_DIR)/aperio.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .dagster_home .pytest_cache

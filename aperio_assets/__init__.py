@@ -1,0 +1,1 @@
+"""aperio: shared, lock-free metadata for a file lake."""

@@ -1,0 +1,5 @@
+"""The `aperio` command line (SPEC §10): argument parsing and output only; the work is library code."""
+
+from aperio_assets.cli.app import main
+
+__all__ = ["main"]

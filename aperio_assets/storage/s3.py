@@ -1,0 +1,220 @@
+"""S3 storage provider.
+
+s3fs supplies the session, the aiobotocore client and an fsspec filesystem (DuckDB's fallback reads
+through it); the requests themselves are made here, one API call each, so that each can be counted,
+retried only when transient (s3fs's and botocore's own retries are off), and translated into a clear
+error naming the endpoint and bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from aperio_assets.config import S3Settings
+from aperio_assets.errors import LocationNotFound, StorageError, StorageUnavailable
+from aperio_assets.storage.base import FileInfo, StorageProvider
+from aperio_assets.storage.retry import RetryPolicy, error_code, http_status, is_transient
+
+ACCESS_DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                                 "InvalidToken", "ExpiredToken", "AllAccessDisabled"})
+
+
+def split_s3_url(location: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` → ``("bucket", "a/b")``."""
+    rest = location.split("://", 1)[1] if "://" in location else location
+    bucket, _, key = rest.partition("/")
+    return bucket, key.strip("/")
+
+
+class S3Storage(StorageProvider):
+    scheme = "s3"
+
+    def __init__(self, settings: S3Settings, aperio_root: str | None = None,
+                 retry: RetryPolicy | None = None) -> None:
+        super().__init__(aperio_root)
+        self.settings = settings
+        self.retry = retry or RetryPolicy()
+        self._fs: Any = None
+        self._fs_lock = threading.Lock()
+
+    @property
+    def endpoint_label(self) -> str:
+        return self.settings.endpoint_url or f"AWS S3 ({self.settings.region})"
+
+    def describe(self, location: str | None = None) -> str:
+        return f"{location} at {self.endpoint_label}" if location else self.endpoint_label
+
+    @property
+    def fs(self) -> Any:
+        """The s3fs filesystem (listing cache off, its own retries off)."""
+        with self._fs_lock:
+            if self._fs is None:
+                import s3fs
+
+                config_kwargs: dict[str, Any] = {
+                    "retries": {"total_max_attempts": 1},
+                    "connect_timeout": 10,
+                    "read_timeout": 60,
+                }
+                if self.settings.endpoint_url:
+                    config_kwargs["s3"] = {"addressing_style": "path"}
+                fs = s3fs.S3FileSystem(
+                    endpoint_url=self.settings.endpoint_url,
+                    use_ssl=self.settings.use_ssl,
+                    client_kwargs={"region_name": self.settings.region},
+                    config_kwargs=config_kwargs,
+                    use_listings_cache=False,
+                    skip_instance_cache=True,
+                )
+                fs.retries = 1
+                self._fs = fs
+            return self._fs
+
+    # -- one request -----------------------------------------------------------------------------
+    async def _send(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        client = await self.fs.set_session()
+        result = await getattr(client, operation)(**params)
+        if operation == "get_object":
+            async with result["Body"] as body:
+                result = {**result, "Body": await body.read()}
+        return result
+
+    def _request(self, kind: str, operation: str, *, passthrough: tuple[int, ...] = (),
+                 attempts: list[int] | None = None, **params: Any) -> dict[str, Any]:
+        """Make one API call with retries; errors with a status in ``passthrough`` are re-raised as is."""
+        from fsspec.asyn import sync
+
+        def attempt(n: int) -> dict[str, Any]:
+            self.counters.add(kind)
+            if attempts is not None:
+                attempts.append(n)
+            return sync(self.fs.loop, self._send, operation, params)
+
+        try:
+            return self.retry.run(attempt, what=f"{operation} s3://{params.get('Bucket')}/"
+                                               f"{params.get('Key', params.get('Prefix', ''))}")
+        except Exception as exc:
+            if http_status(exc) in passthrough:
+                raise
+            raise self._translate(exc, operation, params) from exc
+
+    def _translate(self, exc: Exception, operation: str, params: dict[str, Any]) -> StorageError:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+        bucket = params.get("Bucket", "?")
+        where = f"s3://{bucket}/{params.get('Key', params.get('Prefix', ''))}".rstrip("/")
+        endpoint = self.endpoint_label
+        code, status = error_code(exc), http_status(exc)
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StorageUnavailable(
+                f"no AWS credentials for bucket '{bucket}' at {endpoint}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+        if code in ACCESS_DENIED_CODES or status == 403:
+            return StorageUnavailable(f"access denied to bucket '{bucket}' at {endpoint} ({code}): "
+                                      "check the AWS credentials and the bucket policy")
+        if code == "NoSuchBucket":
+            return LocationNotFound(f"bucket '{bucket}' does not exist at {endpoint}")
+        if is_transient(exc):
+            return StorageUnavailable(f"cannot reach {endpoint} for bucket '{bucket}' "
+                                      f"({self.retry.attempts} tries): {code or type(exc).__name__}")
+        return StorageError(f"{operation} {where} failed at {endpoint}: "
+                            f"{code or type(exc).__name__} {status or ''}".rstrip())
+
+    # -- operations ------------------------------------------------------------------------------
+    def list(self, prefix: str, *, recursive: bool = False) -> list[FileInfo]:
+        bucket, key = split_s3_url(prefix)
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{key}/" if key else ""}
+        if not recursive:
+            params["Delimiter"] = "/"
+        entries: list[FileInfo] = []
+        while True:
+            page = self._request("LIST", "list_objects_v2", **params)
+            for obj in page.get("Contents", ()):
+                if obj["Key"].endswith("/"):
+                    continue  # a zero-byte "folder" marker, not a file
+                entries.append(FileInfo(f"s3://{bucket}/{obj['Key']}", obj["Size"],
+                                        obj["LastModified"].timestamp(), obj.get("ETag", "").strip('"')))
+            for common in page.get("CommonPrefixes", ()):
+                entries.append(FileInfo(f"s3://{bucket}/{common['Prefix'].rstrip('/')}", 0, 0.0,
+                                        None, True))
+            if not page.get("IsTruncated"):
+                break
+            params["ContinuationToken"] = page["NextContinuationToken"]
+        entries.sort(key=lambda e: e.path)
+        return entries
+
+    def info(self, path: str) -> FileInfo | None:
+        bucket, key = split_s3_url(path)
+        try:
+            head = self._request("HEAD", "head_object", passthrough=(404,), Bucket=bucket, Key=key)
+        except Exception as exc:
+            if http_status(exc) == 404:
+                return None
+            raise
+        return FileInfo(path, head["ContentLength"], head["LastModified"].timestamp(),
+                        head.get("ETag", "").strip('"'))
+
+    def read_bytes(self, path: str) -> bytes:
+        bucket, key = split_s3_url(path)
+        try:
+            return self._request("GET", "get_object", passthrough=(404,), Bucket=bucket, Key=key)["Body"]
+        except Exception as exc:
+            if http_status(exc) == 404 and error_code(exc) != "NoSuchBucket":
+                raise FileNotFoundError(path) from None
+            if http_status(exc) == 404:
+                raise self._translate(exc, "get_object", {"Bucket": bucket, "Key": key}) from exc
+            raise
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        bucket, key = split_s3_url(path)
+        self._request("PUT", "put_object", Bucket=bucket, Key=key, Body=data)
+
+    def create_if_absent(self, path: str, data: bytes) -> bool:
+        bucket, key = split_s3_url(path)
+        attempts: list[int] = []
+        try:
+            self._request("PUT", "put_object", passthrough=(412,), attempts=attempts,
+                          Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            return True
+        except Exception as exc:
+            if http_status(exc) != 412:
+                raise
+            if len(attempts) > 1:
+                # An earlier try may have succeeded with its answer lost in transit: the object is
+                # ours if it holds our bytes (a single-part PUT's ETag is the MD5 of the body).
+                existing = self.info(path)
+                return existing is not None and existing.etag == hashlib.md5(data).hexdigest()
+            return False
+
+    def delete(self, path: str) -> None:
+        bucket, key = split_s3_url(path)
+        self._request("DELETE", "delete_object", Bucket=bucket, Key=key)
+
+    def move(self, source: str, target: str) -> None:
+        src_bucket, src_key = split_s3_url(source)
+        bucket, key = split_s3_url(target)
+        self._request("PUT", "copy_object", Bucket=bucket, Key=key,
+                      CopySource={"Bucket": src_bucket, "Key": src_key})
+        self.delete(source)
+
+    def check(self, location: str) -> None:
+        bucket, _ = split_s3_url(location)
+        try:
+            self._request("HEAD", "head_bucket", passthrough=(404,), Bucket=bucket)
+        except Exception as exc:
+            if http_status(exc) == 404:
+                raise LocationNotFound(f"bucket '{bucket}' does not exist at {self.endpoint_label}") \
+                    from None
+            raise
+
+    def set_send_hook(self, hook: Callable[..., Any]) -> None:
+        """Tests: route every API call through ``hook(original_send, operation, params)``."""
+        original = self._send
+
+        async def hooked(operation: str, params: dict[str, Any]) -> dict[str, Any]:
+            return await hook(original, operation, params)
+
+        self._send = hooked  # type: ignore[method-assign]

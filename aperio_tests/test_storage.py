@@ -1,0 +1,159 @@
+"""The storage provider contract, on local disk and on the loopback S3 server."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+
+from aperio_assets.errors import LocationNotFound
+from aperio_tests.conftest import StorageCase
+
+
+def test_write_read_and_replace(storage_case: StorageCase) -> None:
+    p = storage_case.provider
+    path = p.join(storage_case.root, "a", "b.bin")
+    p.write_bytes(path, b"one")
+    assert p.read_bytes(path) == b"one"
+    p.write_bytes(path, b"two, longer")
+    assert p.read_bytes(path) == b"two, longer"
+    info = p.info(path)
+    assert info is not None and info.size == len(b"two, longer") and info.name == "b.bin"
+    assert abs(info.mtime - time.time()) < 300
+
+
+def test_missing_files(storage_case: StorageCase) -> None:
+    p = storage_case.provider
+    missing = p.join(storage_case.root, "nope", "x.parquet")
+    assert p.info(missing) is None
+    assert not p.exists(missing)
+    with pytest.raises(FileNotFoundError):
+        p.read_bytes(missing)
+    assert p.list(p.join(storage_case.root, "nope")) == []
+    p.delete(missing)  # deleting what is gone is fine
+
+
+def test_create_if_absent_never_overwrites(storage_case: StorageCase) -> None:
+    p = storage_case.provider
+    path = p.join(storage_case.root, "state", "f.parquet")
+    assert p.create_if_absent(path, b"first") is True
+    assert p.create_if_absent(path, b"second") is False
+    assert p.read_bytes(path) == b"first"
+    assert [e.name for e in p.list(p.join(storage_case.root, "state"))] == ["f.parquet"]
+
+
+def test_list_sizes_dirs_and_etags(storage_case: StorageCase) -> None:
+    p = storage_case.provider
+    root = storage_case.root
+    p.write_bytes(p.join(root, "t", "x=1", "a.csv"), b"12345")
+    p.write_bytes(p.join(root, "t", "x=2", "b.csv"), b"1234567")
+    p.write_bytes(p.join(root, "t", "top.csv"), b"1")
+
+    shallow = p.list(p.join(root, "t"))
+    assert [(e.name, e.is_dir) for e in shallow] == [("top.csv", False), ("x=1", True), ("x=2", True)]
+    deep = p.list(p.join(root, "t"), recursive=True)
+    assert [(e.path[len(root):], e.size) for e in deep] == [
+        ("/t/top.csv", 1), ("/t/x=1/a.csv", 5), ("/t/x=2/b.csv", 7)]
+    assert all(not e.is_dir for e in deep)
+    if storage_case.kind == "s3":
+        import hashlib
+
+        assert deep[1].etag == hashlib.md5(b"12345").hexdigest()
+    else:
+        assert deep[1].etag is None
+
+
+def test_listing_is_never_stale(storage_case: StorageCase) -> None:
+    """Another worker's write is visible to the next LIST at once (no listing cache)."""
+    p, other = storage_case.provider, storage_case.new_provider()
+    d = p.join(storage_case.root, "fresh")
+    assert p.list(d) == []
+    other.write_bytes(p.join(d, "1.parquet"), b"x")
+    assert [e.name for e in p.list(d)] == ["1.parquet"]
+    other.delete(p.join(d, "1.parquet"))
+    assert p.list(d) == []
+
+
+def test_delete_and_move(storage_case: StorageCase) -> None:
+    p = storage_case.provider
+    src = p.join(storage_case.root, "d", "bad.parquet")
+    dst = p.join(storage_case.root, "_quarantine", "bad.parquet")
+    p.write_bytes(src, b"junk")
+    p.move(src, dst)
+    assert not p.exists(src) and p.read_bytes(dst) == b"junk"
+    p.delete(dst)
+    assert not p.exists(dst)
+
+
+def test_aperio_path(storage_case: StorageCase) -> None:
+    p = storage_case.provider
+    root = storage_case.root
+    assert p.aperio_path("flights", "partition_status") == p.join(root, ".aperio", "flights",
+                                                                  "partition_status")
+    assert p.aperio_path(None, "catalog/views") == p.join(root, ".aperio", "catalog", "views")
+    with pytest.raises(ValueError):
+        p.aperio_path("flights", "../../etc")
+
+
+def test_request_counters(storage_case: StorageCase) -> None:
+    p = storage_case.provider
+    p.counters.reset()
+    path = p.join(storage_case.root, "c", "f")
+    p.write_bytes(path, b"1")
+    p.create_if_absent(p.join(storage_case.root, "c", "g"), b"1")
+    p.read_bytes(path)
+    p.list(p.join(storage_case.root, "c"))
+    p.info(path)
+    p.delete(path)
+    assert p.counters.snapshot() == {"PUT": 2, "GET": 1, "LIST": 1, "DELETE": 1, "HEAD": 1}
+
+
+def test_check_missing_location(storage_case: StorageCase) -> None:
+    p = storage_case.provider
+    if storage_case.kind == "s3":
+        with pytest.raises(LocationNotFound, match="bucket 'no-such-bucket' does not exist at http://"):
+            p.check("s3://no-such-bucket/lake")
+    else:
+        with pytest.raises(LocationNotFound, match="does not exist"):
+            p.check(p.join(storage_case.root, "missing-dir"))
+    p.write_bytes(p.join(storage_case.root, "here", "f"), b"1")
+    p.check(storage_case.root)
+
+
+# -- the create-if-absent race, with operating-system processes ------------------------------------
+
+def _race_worker(kind: str, endpoint: str | None, path: str, me: int, barrier, results) -> None:
+    from aperio_assets.config import S3Settings
+    from aperio_assets.storage import LocalStorage, S3Storage
+
+    provider = S3Storage(S3Settings(endpoint_url=endpoint)) if kind == "s3" else LocalStorage()
+    payload = f"writer-{me}:".encode() + bytes([me]) * 200_000
+    if kind == "s3":
+        provider.list(path.rsplit("/", 1)[0])  # warm the connection so the PUTs really overlap
+    barrier.wait(timeout=60)
+    results.put((me, provider.create_if_absent(path, payload)))
+
+
+@pytest.mark.slow
+def test_create_if_absent_race_between_processes(storage_case: StorageCase) -> None:
+    n = 8
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(n), ctx.Queue()
+    p = storage_case.provider
+    path = p.join(storage_case.root, "race", "one-name.parquet")
+    endpoint = storage_case.s3.endpoint_url if storage_case.s3 else None
+    procs = [ctx.Process(target=_race_worker, args=(storage_case.kind, endpoint, path, i, barrier, results))
+             for i in range(n)]
+    for proc in procs:
+        proc.start()
+    outcome = dict(results.get(timeout=120) for _ in range(n))
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    winners = [me for me, won in outcome.items() if won]
+    assert len(winners) == 1, outcome
+    (winner,) = winners
+    assert p.read_bytes(path) == f"writer-{winner}:".encode() + bytes([winner]) * 200_000
+    # none of the losers' bytes (or temp files) are visible anywhere
+    assert [e.name for e in p.list(p.join(storage_case.root, "race"), recursive=True)] == ["one-name.parquet"]
