@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from rich.table import Table
-
 from aperio_assets.cli.output import console, human_bytes, print_json
 from aperio_assets.lake import open_lake
 from aperio_assets.status import lake_status
@@ -32,17 +30,14 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[bold]legacy catalog[/bold] {', '.join(report['legacyCatalog'])}")
     for name, summary in report["root"].items():
         console.print(f"[bold]{name}[/bold]  {summary['files']} files, {human_bytes(summary['bytes'])}")
-    table = Table(title="schemas")
-    for column in ("schema", "mode", "directory", "legacy state", "state tables", "other"):
-        table.add_column(column)
     for schema in report["schemas"]:
-        def describe(tables: dict) -> str:
-            return "\n".join(f"{name}: {s['files']} files, {human_bytes(s['bytes'])}"
-                             for name, s in tables.items()) or "-"
-        table.add_row(schema["name"], schema["stateStorage"], schema["directory"],
-                      "\n".join(schema["legacyFiles"]) or "-", describe(schema["stateTables"]),
-                      describe(schema["other"]))
-    console.print(table)
+        console.print(f"\n[bold]schema {schema['name']}[/bold]  ({schema['stateStorage']})  "
+                      f"{schema['directory']}")
+        console.print(f"  legacy state:  {', '.join(schema['legacyFiles']) or '-'}")
+        for title, key in (("state tables", "stateTables"), ("other", "other")):
+            entries = [f"{name} ({s['files']} files, {human_bytes(s['bytes'])})"
+                       for name, s in schema[key].items()]
+            console.print(f"  {title + ':':14s} {', '.join(entries) or '-'}")
     if not report["schemas"]:
         console.print("no schemas: add folders to the lake or list them under `schemas:`")
     return 0

@@ -1,0 +1,55 @@
+"""The `aperio` command end to end, as a subprocess."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aperio_tests.conftest import TEST_CREDENTIALS, S3Server
+from aperio_tests.test_config import run_cli
+
+
+def test_demo_then_status(tmp_path: Path) -> None:
+    result = run_cli("demo", str(tmp_path / "demo"), "--with-legacy", "--flights-per-month", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    config = tmp_path / "demo" / "aperio.yaml"
+    assert json.loads(result.stdout) == {"config": str(config), "withLegacy": True}
+
+    result = run_cli("--config", str(config), "status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["baseDirectory"] == str(tmp_path / "demo" / "lake")
+    assert report["aperioDirectory"] == str(tmp_path / "demo" / "lake" / ".aperio")
+    assert report["legacyCatalog"] == [".duckdb/shared.duckdb"]
+    by_name = {s["name"]: s for s in report["schemas"]}
+    assert sorted(by_name) == ["flights", "reference"]
+    assert by_name["flights"]["stateStorage"] == "shared"
+    assert by_name["flights"]["legacyFiles"] == [".conversions.json", ".conversions.json.lock",
+                                                 ".generated-model.json", ".partition_status.duckdb"]
+
+    human = run_cli("status", env={"APERIO_CONFIG": str(config)})
+    assert human.returncode == 0
+    assert "schema flights  (shared)" in human.stdout and ".partition_status.duckdb" in human.stdout
+
+
+def test_status_on_s3_lake(tmp_path: Path, s3: S3Server, s3_bucket: str) -> None:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1")
+    client.put_object(Bucket=s3_bucket, Key="data/sales/2024.csv", Body=b"a,b\n1,2\n")
+    client.put_object(Bucket=s3_bucket, Key="data/hr/people.json", Body=b"[]")
+    client.put_object(Bucket=s3_bucket, Key="data/.aperio/sales/partition_status/0001.parquet",
+                      Body=b"x" * 10)
+    config = tmp_path / "aperio.yaml"
+    config.write_text(f"baseDirectory: s3://{s3_bucket}/data\n"
+                      f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+    result = run_cli("--config", str(config), "status", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["aperioDirectory"] == f"s3://{s3_bucket}/data/.aperio"
+    assert report["s3"] == {"endpoint_url": s3.endpoint_url, "region": "us-east-1"}
+    schemas = {s["name"]: s for s in report["schemas"]}
+    assert sorted(schemas) == ["hr", "sales"]
+    assert schemas["sales"]["stateTables"] == {"partition_status": {"files": 1, "bytes": 10}}
+    for secret in TEST_CREDENTIALS.values():
+        assert secret not in result.stdout + result.stderr

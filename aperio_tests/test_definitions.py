@@ -1,0 +1,30 @@
+"""The Dagster code location loads, and its resource opens the configured lake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from aperio_assets.defs.resources import AperioResource
+
+
+def test_definitions_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lake" / "sales").mkdir(parents=True)
+    (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
+    monkeypatch.setenv("APERIO_CONFIG", str(tmp_path / "aperio.yaml"))
+    from aperio_assets.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    assert "aperio" in defs.resources
+
+
+def test_resource_gives_the_lake(tmp_path: Path) -> None:
+    (tmp_path / "lake" / "sales").mkdir(parents=True)
+    (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
+    resource = AperioResource(config_path=str(tmp_path / "aperio.yaml"))
+    lake = resource.lake()
+    assert [s.name for s in lake.schemas()] == ["sales"]
+    assert resource.storage().aperio_path("sales", "partition_status") == str(
+        tmp_path / "lake" / ".aperio" / "sales" / "partition_status")
