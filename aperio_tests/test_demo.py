@@ -14,8 +14,8 @@ import yaml
 from aperio_assets.config import load_config
 from aperio_assets.demo import DEMO_HEADER, write_demo_lake
 from aperio_assets.demo.lake import read_flights
-from aperio_assets.demo.legacy import PARTITION_STATUS_DDL, PARTITION_STATUS_DDL_OLD
 from aperio_assets.errors import UsageError
+from aperio_assets.state.legacy_schema import PARTITION_STATUS_DDL, PARTITION_STATUS_DDL_OLD
 
 PER_MONTH = 25  # keeps the flights table small; the other tables are always complete
 MONTHS = [f"{m:02d}" for m in range(1, 13)]

@@ -17,38 +17,15 @@ from typing import Any
 import duckdb
 
 from aperio_assets.demo.lake import DemoLake, DemoTable, replacing
+from aperio_assets.sqlutil import quote_identifier, quote_literal
+from aperio_assets.state.keys import canonical_key
+from aperio_assets.state.legacy_schema import (
+    ERROR_MESSAGE_LIMIT,
+    PARTITION_STATUS_DDL,
+    PARTITION_STATUS_DDL_OLD,
+    TABLE_COMPLETION_DDL,
+)
 
-# The exact legacy formats of SPEC §4 (the local-mode stores write them and migration reads them).
-# Kept here for now; they belong with the local-mode store and will move there.
-PARTITION_STATUS_DDL = """\
-CREATE TABLE partition_status (
-  alternate_name VARCHAR NOT NULL,
-  incremental_key_values VARCHAR NOT NULL,   -- JSON object of the batch key, e.g. '{"year":"2020"}' or '{}'
-  source_table VARCHAR NOT NULL,
-  target_pattern VARCHAR,
-  processed_at BIGINT NOT NULL,              -- epoch milliseconds
-  row_count INTEGER DEFAULT NULL,
-  error_status BOOLEAN DEFAULT FALSE,
-  error_message VARCHAR DEFAULT NULL,        -- truncated to 1000 characters
-  phase VARCHAR DEFAULT NULL,
-  PRIMARY KEY (alternate_name, incremental_key_values));"""
-
-TABLE_COMPLETION_DDL = """\
-CREATE TABLE table_completion (
-  pipeline_name VARCHAR PRIMARY KEY, signature VARCHAR NOT NULL, config_hash VARCHAR,
-  row_count BIGINT DEFAULT 0, source_file_watermark BIGINT DEFAULT 0, completed_at BIGINT NOT NULL);"""
-
-# What old versions wrote: no row_count, error_status, error_message or phase, and no table_completion.
-PARTITION_STATUS_DDL_OLD = """\
-CREATE TABLE partition_status (
-  alternate_name VARCHAR NOT NULL,
-  incremental_key_values VARCHAR NOT NULL,
-  source_table VARCHAR NOT NULL,
-  target_pattern VARCHAR,
-  processed_at BIGINT NOT NULL,
-  PRIMARY KEY (alternate_name, incremental_key_values));"""
-
-ERROR_MESSAGE_LIMIT = 1000
 LEGACY_MONTHS = ("01", "02", "03", "04", "05", "06")
 UNSORTED_ONLY_MONTH = "05"  # unsorted legacy key with no sorted twin: canonicalised, nothing to merge
 DUPLICATED_MONTH = "02"  # present both ways; the unsorted row is the newer one and must win
@@ -68,10 +45,6 @@ COMPLETED_AT = _ms(2024, 3, 4, 10, 0)
 CONVERTED_AT = _ms(2024, 3, 4, 8, 30)
 
 
-def canonical_key(key: dict[str, str]) -> str:
-    return json.dumps(key, sort_keys=True, separators=(",", ":"))
-
-
 def legacy_key(key: dict[str, str]) -> str:
     """How legacy writers serialised keys: insertion order, default separators."""
     return json.dumps(key)
@@ -79,14 +52,6 @@ def legacy_key(key: dict[str, str]) -> str:
 
 def _sha256(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _write_json(path: Path, document: Any) -> None:
@@ -242,22 +207,23 @@ def catalog_statements(lake: DemoLake) -> list[str]:
     root = lake.root
     sources = {
         ("flights", "flights"): "read_csv_auto({}, hive_partitioning=true)".format(
-            _sql_string(str(root / "flights" / "flights" / "*" / "*" / "*.csv"))),
-        ("flights", "planes"): f"read_csv_auto({_sql_string(str(root / 'flights' / 'planes.csv'))})",
-        ("flights", "weather"): f"read_json_auto({_sql_string(str(root / 'flights' / 'weather.jsonl'))})",
+            quote_literal(str(root / "flights" / "flights" / "*" / "*" / "*.csv"))),
+        ("flights", "planes"): f"read_csv_auto({quote_literal(str(root / 'flights' / 'planes.csv'))})",
+        ("flights", "weather"): f"read_json_auto({quote_literal(str(root / 'flights' / 'weather.jsonl'))})",
         ("reference", "airports"):
-            f"read_json_auto({_sql_string(str(root / 'reference' / 'airports.json'))})",
+            f"read_json_auto({quote_literal(str(root / 'reference' / 'airports.json'))})",
     }
-    statements = [f"CREATE SCHEMA {_ident(s)}" for s in lake.schemas]
+    statements = [f"CREATE SCHEMA {quote_identifier(s)}" for s in lake.schemas]
     for (schema, name), source in sources.items():
-        statements.append(f"CREATE VIEW {_ident(schema)}.{_ident(name)} AS SELECT * FROM {source}")
+        view = f"{quote_identifier(schema)}.{quote_identifier(name)}"
+        statements.append(f"CREATE VIEW {view} AS SELECT * FROM {source}")
     # DuckDB reads xlsx only through an extension that would have to be downloaded: inline the rows.
     airlines = lake.table("reference", "airlines")
     if airlines.frame is None:
         raise ValueError("the airlines table was described without its rows")
     values = ", ".join(
-        "(" + ", ".join(_sql_string(str(v)) for v in row) + ")" for row in airlines.frame.iter_rows())
-    columns = ", ".join(_ident(c) for c in airlines.frame.columns)
+        "(" + ", ".join(quote_literal(str(v)) for v in row) + ")" for row in airlines.frame.iter_rows())
+    columns = ", ".join(quote_identifier(c) for c in airlines.frame.columns)
     statements.append(f'CREATE VIEW "reference"."airlines" AS SELECT * FROM (VALUES {values}) '
                       f"AS t({columns})")
     statements.append(

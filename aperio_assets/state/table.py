@@ -1,0 +1,443 @@
+"""The state-table protocol (SPEC §5), written once and used by every kind of aperio state.
+
+A state table is a directory of immutable Parquet files. Each write is one new, uniquely named file
+created with create-if-absent; a row's version is ``(_ts, _writer)`` and the greatest wins per key;
+``_deleted`` rows are tombstones. A reader keeps every file it has read as an Arrow *segment* and
+refreshes with one LIST plus a GET per file it has not read yet. Compaction writes the winners of the
+files it read into one new file, then deletes exactly those files.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aperio_assets.errors import AperioError, StorageError
+from aperio_assets.state.clock import PROCESS_CLOCK, HybridClock, writer_id
+from aperio_assets.state.spec import DELETED, TS, WRITER, TableSpec
+from aperio_assets.storage import FileInfo, StorageProvider
+
+log = logging.getLogger(__name__)
+
+KEY_SEPARATOR = "\x00"  # joins multi-column keys; canonical keys never hold a raw NUL
+DATA_SUFFIX = ".parquet"
+COMPACTED_SUFFIX = ".compacted.parquet"
+ROW_GROUP_SIZE = 8192
+MAX_LIST_ROUNDS = 20  # a listed file vanishing (compacted away) means: list again
+_sequence = itertools.count()
+
+Key = tuple[str, ...]
+Row = dict[str, Any]
+
+
+class BadStateFile(AperioError):
+    """A file in a state directory that is not valid Parquet or lacks the required columns."""
+
+
+@dataclass
+class Segment:
+    """One file's rows, with a precomputed composite key column for vectorized lookups."""
+
+    name: str
+    table: pa.Table
+    keys: pa.Array
+    size: int
+    max_ts: int
+
+    @property
+    def compacted(self) -> bool:
+        return self.name.endswith(COMPACTED_SUFFIX)
+
+
+@dataclass(frozen=True)
+class CompactionResult:
+    table: str
+    files_read: int
+    files_deleted: int
+    rows_written: int
+    tombstones_dropped: int
+    output: str | None
+
+    @property
+    def compacted(self) -> bool:
+        return self.output is not None
+
+
+@dataclass
+class TableStats:
+    table: str
+    live_rows: int
+    tombstones: int
+    files: int
+    small_files: int
+    bytes: int
+    bad_files: dict[str, str] = field(default_factory=dict)
+
+
+def composite_key(key: Key | str) -> str:
+    return key if isinstance(key, str) else KEY_SEPARATOR.join(key)
+
+
+def _composite_column(table: pa.Table, keys: Sequence[str]) -> pa.Array:
+    if len(keys) == 1:
+        return table[keys[0]].combine_chunks()
+    return pc.binary_join_element_wise(*(table[k] for k in keys), KEY_SEPARATOR).combine_chunks()
+
+
+def resolve(table: pa.Table, keys: Sequence[str]) -> tuple[pa.Table, pa.Array]:
+    """The winning row per key (greatest ``(_ts, _writer)``) and, aligned with it, whether that row
+    was the only one its key had."""
+    if table.num_rows == 0:
+        return table, pa.array([], pa.bool_())
+    work = table.append_column("__key", _composite_column(table, keys))
+    work = work.sort_by([("__key", "ascending"), (TS, "descending"), (WRITER, "descending")])
+    k = work["__key"].combine_chunks()
+    n = len(k)
+    if n == 1:
+        return work.drop_columns(["__key"]), pa.array([True])
+    differs = pc.not_equal(k.slice(1), k.slice(0, n - 1))
+    first = pa.concat_arrays([pa.array([True]), differs])
+    last = pa.concat_arrays([differs, pa.array([True])])
+    winners = work.filter(first).drop_columns(["__key"])
+    sole = pc.and_(first, last).filter(first)
+    return winners, sole
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_SIZE, write_statistics=True)
+    return sink.getvalue().to_pybytes()
+
+
+class StateTable:
+    """One state table directory. Thread-safe; one instance per process and table is the intent."""
+
+    def __init__(self, storage: StorageProvider, directory: str, spec: TableSpec, *,
+                 clock: HybridClock | None = None, writer: str | None = None, max_small_files: int = 64,
+                 tombstone_retention_seconds: int = 7 * 86400, max_staleness_seconds: float = 0.0) -> None:
+        self.storage = storage
+        self.directory = directory.rstrip("/")
+        self.spec = spec
+        self.clock = clock or PROCESS_CLOCK
+        self.writer = writer or writer_id()
+        self.max_small_files = max_small_files
+        self.tombstone_retention_us = tombstone_retention_seconds * 1_000_000
+        self.max_staleness_seconds = max_staleness_seconds
+        self._schema = spec.schema
+        self._segments: dict[str, Segment] = {}
+        self.bad_files: dict[str, str] = {}
+        self._last_refresh = float("-inf")
+        self._lock = threading.RLock()
+
+    # -- parsing ---------------------------------------------------------------------------------
+    def _segment(self, name: str, table: pa.Table, size: int) -> Segment:
+        keys = _composite_column(table, self.spec.keys)
+        if pc.count_distinct(keys).as_py() != len(keys):
+            # Files aperio writes hold one row per key; resolve anything else on the way in.
+            table, _ = resolve(table, self.spec.keys)
+            keys = _composite_column(table, self.spec.keys)
+        max_ts = pc.max(table[TS]).as_py() if table.num_rows else 0
+        return Segment(name, table, keys, size, max_ts or 0)
+
+    def parse(self, name: str, data: bytes) -> pa.Table:
+        """Read one state file into the table's schema (extra columns are kept); BadStateFile if
+        it is not valid Parquet or lacks a required column."""
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except Exception as exc:
+            raise BadStateFile(f"not a valid Parquet file ({type(exc).__name__}: {exc})") from None
+        missing = [c for c in self.spec.required if c not in table.column_names]
+        if missing:
+            raise BadStateFile(f"missing required column(s) {', '.join(missing)}")
+        columns, fields = [], []
+        for target in self._schema:
+            if target.name in table.column_names:
+                column = table[target.name]
+                if target.name in self.spec.required and column.null_count:
+                    raise BadStateFile(f"column {target.name} has nulls")
+                if column.type != target.type:
+                    try:
+                        column = column.cast(target.type)
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        raise BadStateFile(f"column {target.name} has type {column.type}, "
+                                           f"expected {target.type}") from None
+            else:
+                column = pa.nulls(table.num_rows, target.type)
+            columns.append(column)
+            fields.append(pa.field(target.name, target.type))
+        for name_ in table.column_names:  # columns a newer writer added: carried, never dropped
+            if name_ not in self._schema.names:
+                columns.append(table[name_])
+                fields.append(table.schema.field(name_))
+        return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+    # -- refresh ---------------------------------------------------------------------------------
+    def _fetch(self, infos: list[FileInfo]) -> tuple[list[Segment], list[str]]:
+        """GET and parse files (in parallel when several); returns segments and vanished names."""
+        def one(info: FileInfo) -> Segment | str | BadStateFile:
+            try:
+                data = self.storage.read_bytes(info.path)
+            except FileNotFoundError:
+                return info.name
+            try:
+                return self._segment(info.name, self.parse(info.name, data), len(data))
+            except BadStateFile as exc:
+                return exc
+
+        if len(infos) > 2:
+            with ThreadPoolExecutor(max_workers=min(16, len(infos))) as pool:
+                results = list(pool.map(one, infos))
+        else:
+            results = [one(info) for info in infos]
+        segments, vanished = [], []
+        for info, result in zip(infos, results, strict=True):
+            if isinstance(result, Segment):
+                segments.append(result)
+            elif isinstance(result, BadStateFile):
+                if info.name not in self.bad_files:
+                    log.warning("skipping unreadable state file %s: %s", info.path, result)
+                self.bad_files[info.name] = str(result)
+            else:
+                vanished.append(result)
+        return segments, vanished
+
+    def refresh(self, *, force: bool = False) -> None:
+        """One LIST, then a GET of each file not read yet; forget files that were compacted away."""
+        with self._lock:
+            if not force and time.monotonic() - self._last_refresh < self.max_staleness_seconds:
+                return
+            for _ in range(MAX_LIST_ROUNDS):
+                listed = {e.name: e for e in self.storage.list(self.directory) if not e.is_dir}
+                new = []
+                for name, info in listed.items():
+                    if name in self._segments or name in self.bad_files:
+                        continue
+                    if not name.endswith(DATA_SUFFIX) or name.startswith((".", "_")):
+                        if name not in self.bad_files:
+                            log.warning("skipping foreign file in state directory: %s", info.path)
+                        self.bad_files[name] = "not a state file (name does not end in .parquet)"
+                        continue
+                    new.append(info)
+                segments, vanished = self._fetch(new)
+                for segment in segments:
+                    self._segments[segment.name] = segment
+                    self.clock.observe(segment.max_ts)
+                if not vanished:
+                    break
+            else:
+                raise StorageError(f"state table {self.directory} kept changing while being read "
+                                   f"({MAX_LIST_ROUNDS} listings); try again")
+            # Every listed file is loaded, so the rows of files that vanished (compacted away) are
+            # represented by the compaction output we now hold: drop them.
+            for name in [n for n in self._segments if n not in listed]:
+                del self._segments[name]
+            for name in [n for n in self.bad_files if n not in listed]:
+                del self.bad_files[name]
+            self._last_refresh = time.monotonic()
+
+    # -- reads -----------------------------------------------------------------------------------
+    @staticmethod
+    def _newer(a: Row | None, b: Row) -> bool:
+        return a is None or (b[TS], b[WRITER]) > (a[TS], a[WRITER])
+
+    def _key(self, key: Key | str) -> Key:
+        key = (key,) if isinstance(key, str) else tuple(key)
+        if len(key) != len(self.spec.keys):
+            raise ValueError(f"{self.spec.name} keys have {len(self.spec.keys)} part(s), got {key!r}")
+        return key
+
+    def get(self, key: Key | str, *, include_deleted: bool = False) -> Row | None:
+        """The current row for ``key`` (None if absent or deleted)."""
+        probe = composite_key(self._key(key))
+        with self._lock:
+            self.refresh()
+            best: Row | None = None
+            for segment in self._segments.values():
+                position = pc.index(segment.keys, probe).as_py()
+                if position >= 0:
+                    row = segment.table.slice(position, 1).to_pylist()[0]
+                    if self._newer(best, row):
+                        best = row
+        if best is None or (best[DELETED] and not include_deleted):
+            return None
+        return best
+
+    def get_many(self, keys: Iterable[Key | str]) -> dict[Key, Row]:
+        """Current rows for many keys at once (absent and deleted keys are left out)."""
+        wanted = [self._key(k) for k in keys]
+        if not wanted:
+            return {}
+        probe = pa.array([composite_key(k) for k in wanted], pa.string())
+        best: dict[str, Row] = {}
+        with self._lock:
+            self.refresh()
+            for segment in self._segments.values():
+                positions = pc.index_in(probe, value_set=segment.keys)
+                found = positions.drop_null()
+                if len(found) == 0:
+                    continue
+                for row in segment.table.take(found).to_pylist():
+                    k = composite_key(tuple(row[c] for c in self.spec.keys))
+                    if self._newer(best.get(k), row):
+                        best[k] = row
+        return {tuple(row[c] for c in self.spec.keys): row for row in best.values() if not row[DELETED]}
+
+    def rows(self, where: Mapping[str, str] | None = None) -> list[Row]:
+        """Current rows, optionally only those whose key columns equal ``where``'s values."""
+        where = dict(where or {})
+        unknown = [c for c in where if c not in self.spec.keys]
+        if unknown:
+            raise ValueError(f"rows(where=...) filters on key columns only, not {unknown}")
+        table = self.to_arrow(where=where)
+        return table.to_pylist()
+
+    def to_arrow(self, *, include_deleted: bool = False, where: Mapping[str, str] | None = None) -> pa.Table:
+        """The merged current state as one Arrow table (one row per key)."""
+        with self._lock:
+            self.refresh()
+            winners, _ = self._resolve_all(where)
+        if not include_deleted and winners.num_rows:
+            winners = winners.filter(pc.invert(winners[DELETED]))
+        return winners
+
+    def _resolve_all(self, where: Mapping[str, str] | None = None) -> tuple[pa.Table, pa.Array]:
+        tables = []
+        for segment in self._segments.values():
+            table = segment.table
+            if where:
+                mask = None
+                for column, value in where.items():
+                    eq = pc.equal(table[column], value)
+                    mask = eq if mask is None else pc.and_(mask, eq)
+                table = table.filter(mask)
+            if table.num_rows:
+                tables.append(table)
+        if not tables:
+            return self._schema.empty_table(), pa.array([], pa.bool_())
+        combined = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        return resolve(combined, self.spec.keys)
+
+    # -- writes ----------------------------------------------------------------------------------
+    def _normalize(self, row: Mapping[str, Any], deleted: bool) -> Row:
+        unknown = [c for c in row if c not in self._schema.names]
+        if unknown:
+            raise ValueError(f"{self.spec.name} has no column(s) {', '.join(unknown)}")
+        out: Row = {}
+        for k in self.spec.keys:
+            value = row.get(k)
+            if not isinstance(value, str):
+                raise ValueError(f"{self.spec.name}: key column {k} must be a string, got {value!r}")
+            if KEY_SEPARATOR in value:
+                raise ValueError(f"{self.spec.name}: key column {k} may not contain NUL characters")
+            out[k] = value
+        for name in self.spec.value_names:
+            out[name] = None if deleted else row.get(name)
+        out[DELETED] = deleted
+        return out
+
+    def write(self, upserts: Iterable[Mapping[str, Any]] = (),
+              deletes: Iterable[Key | str] = ()) -> str | None:
+        """Write a batch of upserts and deletes as ONE new file (one PUT); durable when this returns.
+
+        Within a batch the last row for a key wins. Returns the new file's name (None if empty).
+        """
+        batch: dict[str, Row] = {}
+        for row in upserts:
+            normalized = self._normalize(row, deleted=False)
+            batch[composite_key(tuple(normalized[k] for k in self.spec.keys))] = normalized
+        for key in deletes:
+            parts = self._key(key)
+            batch[composite_key(parts)] = self._normalize(dict(zip(self.spec.keys, parts, strict=True)),
+                                                          deleted=True)
+        if not batch:
+            return None
+        ts = self.clock.tick()
+        for row in batch.values():
+            row[TS], row[WRITER] = ts, self.writer
+        table = pa.Table.from_pylist([batch[k] for k in sorted(batch)], schema=self._schema)
+        name = self._create(f"{ts:017d}_{self.writer}_{next(_sequence):06d}{DATA_SUFFIX}", table)
+        self._maybe_compact()
+        return name
+
+    def _create(self, name: str, table: pa.Table) -> str:
+        data = parquet_bytes(table)
+        if not self.storage.create_if_absent(self.storage.join(self.directory, name), data):
+            # Names carry this process's unique writer id and a sequence number: a collision means
+            # two processes share a writer id, which must never be papered over.
+            raise StorageError(f"state file {self.directory}/{name} already exists; writer ids collide")
+        with self._lock:
+            self._segments[name] = self._segment(name, table, len(data))
+        return name
+
+    def upsert(self, row: Mapping[str, Any]) -> str | None:
+        return self.write(upserts=[row])
+
+    def delete(self, key: Key | str) -> str | None:
+        return self.write(deletes=[key])
+
+    # -- compaction ------------------------------------------------------------------------------
+    def small_file_count(self) -> int:
+        return sum(1 for s in self._segments.values() if not s.compacted)
+
+    def _maybe_compact(self) -> None:
+        """Writers compact opportunistically once the table holds more small files than allowed. A
+        writer's own files count as soon as they are written, so even a writer that never reads
+        re-lists (and compacts) after ``max_small_files`` writes."""
+        if self.small_file_count() <= self.max_small_files:
+            return
+        try:
+            self.refresh(force=True)
+            if self.small_file_count() > self.max_small_files:
+                self.compact()
+        except StorageError as exc:  # the write itself is durable; compaction can wait
+            log.warning("opportunistic compaction of %s failed: %s", self.directory, exc)
+
+    def compact(self) -> CompactionResult:
+        """Merge every file read into one: winners per key with their original ``_ts``/``_writer``;
+        tombstones kept unless older than the retention AND the only row of their key (so a
+        compaction killed between its deletes can never bring a deleted row back). Then delete
+        exactly the files read. Safe beside any number of writers, readers and compactors."""
+        with self._lock:
+            self.refresh(force=True)
+            inputs = list(self._segments.values())
+            winners, sole = self._resolve_all()
+            dropped = 0
+            if winners.num_rows:
+                old = pc.less(winners[TS], self.clock.now() - self.tombstone_retention_us)
+                expired = pc.and_(pc.and_(winners[DELETED], sole), old)
+                dropped = pc.sum(expired).as_py() or 0
+            if len(inputs) <= 1 and not dropped:
+                return CompactionResult(self.spec.name, len(inputs), 0, winners.num_rows, 0, None)
+            if dropped:
+                winners = winners.filter(pc.invert(expired))
+            output = None
+            if winners.num_rows:
+                name = f"{self.clock.tick():017d}_{self.writer}_{next(_sequence):06d}{COMPACTED_SUFFIX}"
+                output = self._create(name, winners)
+            # The output holds everything the inputs decided, so the inputs can go in any order;
+            # oldest first keeps what a killed compaction leaves behind as recent as possible.
+            for segment in sorted(inputs, key=lambda s: s.max_ts):
+                self.storage.delete(self.storage.join(self.directory, segment.name))
+                self._segments.pop(segment.name, None)
+            return CompactionResult(self.spec.name, len(inputs), len(inputs), winners.num_rows,
+                                    dropped, output)
+
+    # -- health ----------------------------------------------------------------------------------
+    def stats(self) -> TableStats:
+        with self._lock:
+            self.refresh()
+            winners, _ = self._resolve_all()
+            tombstones = (pc.sum(winners[DELETED]).as_py() or 0) if winners.num_rows else 0
+            return TableStats(self.spec.name, winners.num_rows - tombstones, tombstones,
+                              len(self._segments), self.small_file_count(),
+                              sum(s.size for s in self._segments.values()), dict(self.bad_files))
