@@ -39,6 +39,17 @@ class Lake:
             return self.storage
         return open_storage(self.config.base_directory, self.config.s3)
 
+    @cached_property
+    def local_state_directory(self) -> str:
+        """Where local (legacy) mode keeps its single-node files: ``legacyDirectory`` if set, else a
+        local ``aperioDirectory``, else (an S3 lake in local mode) a per-lake folder under
+        ``~/.cache/aperio`` — state that, as the config warning says, no other machine sees."""
+        for candidate in (self.config.legacy_directory, self.config.aperio_directory):
+            if candidate and not is_s3_url(candidate):
+                return candidate
+        bucket_and_prefix = self.config.aperio_directory.split("://", 1)[1]
+        return os.path.join(os.path.expanduser("~"), ".cache", "aperio", bucket_and_prefix)
+
     def check(self) -> None:
         """Fail early, with the config key named, when the lake's directory or bucket does not exist;
         unreachable storage or refused credentials raise StorageUnavailable naming endpoint and bucket."""
@@ -89,7 +100,7 @@ class Lake:
         return [self.schema(name)] if name else self.schemas()
 
 
-def open_lake(config_or_path: ConfigLike = None) -> Lake:
+def open_lake(config_or_path: ConfigLike | Lake = None) -> Lake:
     """A :class:`Lake` from a loaded config, a config path, or the default lookup."""
     if isinstance(config_or_path, Lake):
         return config_or_path

@@ -116,3 +116,32 @@ def storage_case(request: pytest.FixtureRequest, tmp_path) -> StorageCase:
     bucket = request.getfixturevalue("s3_bucket")
     root = f"s3://{bucket}/lake"
     return StorageCase("s3", root, S3Storage(s3.settings(), aperio_root=f"{root}/.aperio"), s3)
+
+
+@dataclass
+class TrackerCase:
+    """A way to open trackers on one schema's state: ``duckdb`` (local mode), ``shared-local``,
+    ``shared-s3``. Each ``open()`` is a new, independent instance (a fresh reader or worker)."""
+
+    kind: str
+    storage: StorageProvider | None
+    duckdb_path: str | None
+
+    def open(self, **kwargs):
+        from aperio_assets.state import DuckDBPartitionStatusStore, ParquetPartitionStatusStore
+
+        if self.kind == "duckdb":
+            return DuckDBPartitionStatusStore(self.duckdb_path)
+        assert self.storage is not None
+        return ParquetPartitionStatusStore(self.storage, "sales", **kwargs)
+
+
+@pytest.fixture(params=["duckdb", "shared-local", "shared-s3"])
+def tracker_case(request: pytest.FixtureRequest, tmp_path) -> TrackerCase:
+    if request.param == "duckdb":
+        return TrackerCase("duckdb", None, str(tmp_path / ".aperio" / "sales" / ".partition_status.duckdb"))
+    if request.param == "shared-local":
+        return TrackerCase("shared-local", LocalStorage(aperio_root=str(tmp_path / ".aperio")), None)
+    s3: S3Server = request.getfixturevalue("s3")
+    bucket = request.getfixturevalue("s3_bucket")
+    return TrackerCase("shared-s3", S3Storage(s3.settings(), aperio_root=f"s3://{bucket}/.aperio"), None)

@@ -1,1 +1,38 @@
+"""aperio's state: the state-table protocol and the trackers built on it (SPEC §5, §6).
 
+Public entry points: :func:`open_tracker` (and, with the conversion issue, ``open_lineage``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from aperio_assets import layout
+from aperio_assets.lake import ConfigLike, Lake, open_lake
+from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
+from aperio_assets.state.keys import canonical_key
+from aperio_assets.state.parquet_tracker import ParquetPartitionStatusStore
+from aperio_assets.state.table import CompactionResult, StateTable, TableStats
+from aperio_assets.state.tracker import IncrementalTracker
+
+__all__ = [
+    "CompactionResult",
+    "DuckDBPartitionStatusStore",
+    "IncrementalTracker",
+    "ParquetPartitionStatusStore",
+    "StateTable",
+    "TableStats",
+    "canonical_key",
+    "open_tracker",
+]
+
+
+def open_tracker(config_or_path: ConfigLike | Lake, schema: str) -> IncrementalTracker:
+    """The tracker for ``schema``: shared (Parquet state tables) or local (legacy DuckDB file), as
+    the schema's ``stateStorage`` says."""
+    lake = open_lake(config_or_path)
+    schema_config = lake.schema(schema)
+    if schema_config.state_storage == "local":
+        return DuckDBPartitionStatusStore(os.path.join(lake.local_state_directory, schema,
+                                                       layout.LEGACY_PARTITION_STATUS))
+    return ParquetPartitionStatusStore(lake.storage, schema, lake.config.compaction)
