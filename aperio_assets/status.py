@@ -6,6 +6,7 @@ from typing import Any
 
 from aperio_assets import layout
 from aperio_assets.lake import Lake
+from aperio_assets.state.maintenance import state_health
 from aperio_assets.storage import FileInfo
 
 
@@ -40,20 +41,20 @@ def lake_status(lake: Lake) -> dict[str, Any]:
     report["root"] = root
     report["legacyCatalog"] = legacy_catalog
 
+    health = state_health(lake)
+    report["catalogStateTables"] = health.get(None, {})
     schemas = []
     for schema in lake.schemas():
         entry: dict[str, Any] = {"name": schema.name, "directory": schema.directory,
                                  "stateStorage": schema.state_storage, "legacyFiles": [],
-                                 "stateTables": {}, "other": {}}
+                                 "stateTables": health.get(schema.name, {}), "other": {}}
         if schema.name in root_entries:
             for item in storage.list(storage.aperio_path(schema.name)):
                 if item.name in layout.LEGACY_SCHEMA_FILES:
                     entry["legacyFiles"].append(item.name)
-                elif item.is_dir:
-                    summary = _summarize(storage.list(item.path, recursive=True))
-                    bucket = "stateTables" if item.name in layout.SCHEMA_STATE_TABLES else "other"
-                    entry[bucket][item.name] = summary
-                else:
+                elif item.is_dir and item.name not in layout.SCHEMA_STATE_TABLES:
+                    entry["other"][item.name] = _summarize(storage.list(item.path, recursive=True))
+                elif not item.is_dir:
                     entry["other"][item.name] = {"files": 1, "bytes": item.size}
         schemas.append(entry)
     report["schemas"] = schemas

@@ -145,3 +145,33 @@ def tracker_case(request: pytest.FixtureRequest, tmp_path) -> TrackerCase:
     s3: S3Server = request.getfixturevalue("s3")
     bucket = request.getfixturevalue("s3_bucket")
     return TrackerCase("shared-s3", S3Storage(s3.settings(), aperio_root=f"s3://{bucket}/.aperio"), None)
+
+
+@dataclass
+class LakeCase:
+    """A configured lake with one schema folder ``sales``, on local disk or in the loopback S3."""
+
+    kind: str
+    config_path: str
+    base: str
+
+    def lake(self):
+        from aperio_assets.lake import open_lake
+
+        return open_lake(self.config_path)
+
+
+@pytest.fixture(params=["local", "s3"])
+def lake_case(request: pytest.FixtureRequest, tmp_path) -> LakeCase:
+    config = tmp_path / "aperio.yaml"
+    if request.param == "local":
+        (tmp_path / "lake" / "sales").mkdir(parents=True)
+        (tmp_path / "lake" / "sales" / "orders.csv").write_text("id\n1\n")
+        config.write_text("baseDirectory: lake\ncompaction:\n  max_small_files: 3\n")
+        return LakeCase("local", str(config), str(tmp_path / "lake"))
+    s3: S3Server = request.getfixturevalue("s3")
+    bucket = request.getfixturevalue("s3_bucket")
+    S3Storage(s3.settings()).write_bytes(f"s3://{bucket}/lake/sales/orders.csv", b"id\n1\n")
+    config.write_text(f"baseDirectory: s3://{bucket}/lake\ncompaction:\n  max_small_files: 3\n"
+                      f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+    return LakeCase("s3", str(config), f"s3://{bucket}/lake")

@@ -30,14 +30,24 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[bold]legacy catalog[/bold] {', '.join(report['legacyCatalog'])}")
     for name, summary in report["root"].items():
         console.print(f"[bold]{name}[/bold]  {summary['files']} files, {human_bytes(summary['bytes'])}")
+    _print_tables("catalog", report["catalogStateTables"])
     for schema in report["schemas"]:
         console.print(f"\n[bold]schema {schema['name']}[/bold]  ({schema['stateStorage']})  "
                       f"{schema['directory']}")
-        console.print(f"  legacy state:  {', '.join(schema['legacyFiles']) or '-'}")
-        for title, key in (("state tables", "stateTables"), ("other", "other")):
-            entries = [f"{name} ({s['files']} files, {human_bytes(s['bytes'])})"
-                       for name, s in schema[key].items()]
-            console.print(f"  {title + ':':14s} {', '.join(entries) or '-'}")
+        console.print(f"  legacy state:     {', '.join(schema['legacyFiles']) or '-'}")
+        _print_tables("", schema["stateTables"])
+        other = [f"{name} ({s['files']} files, {human_bytes(s['bytes'])})" for name, s in schema["other"].items()]
+        console.print(f"  other:            {', '.join(other) or '-'}")
     if not report["schemas"]:
         console.print("no schemas: add folders to the lake or list them under `schemas:`")
     return 0
+
+
+def _print_tables(title: str, tables: dict) -> None:
+    if title and tables:
+        console.print(f"\n[bold]{title}[/bold]")
+    for name, t in tables.items():
+        unreadable = f", [red]{len(t['unreadableFiles'])} unreadable[/red]" if t["unreadableFiles"] else ""
+        small = f"{t['smallFiles']} small" + (f" (limit {t['smallFileLimit']})" if t["smallFileLimit"] else "")
+        console.print(f"  {name + ':':18s}{t['liveRows']} rows, {t['files']} files, {small}, "
+                      f"{human_bytes(t['bytes'])}{unreadable}")

@@ -26,6 +26,7 @@ from aperio_assets.state.legacy_schema import (
     TABLE_COMPLETION_DDL,
     UPGRADE_STATEMENTS,
 )
+from aperio_assets.state.table import TableStats
 from aperio_assets.state.tracker import IncrementalTracker, Row
 
 _STATUS_SELECT = f"SELECT {', '.join(PARTITION_STATUS_COLUMNS)} FROM partition_status"
@@ -51,14 +52,16 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
         self._lock = threading.Lock()  # one DuckDB connection per process at a time
 
     @contextmanager
-    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One connection for one operation. ``read_only`` neither creates nor upgrades the file."""
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             deadline = time.monotonic() + self.lock_timeout_seconds
             delay = 0.005
             while True:
                 try:
-                    con = duckdb.connect(str(self.path))
+                    con = duckdb.connect(str(self.path), read_only=read_only)
                     break
                 except duckdb.Error as exc:
                     if _is_lock_error(exc) and time.monotonic() < deadline:
@@ -68,7 +71,7 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
                     raise StorageError(f"cannot open {self.path}: {exc} (the file is left as it is)") \
                         from None
             try:
-                if not self._ready:
+                if not self._ready and not read_only:
                     self._prepare(con)
                     self._ready = True
                 yield con
@@ -107,6 +110,18 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
                 con.execute(f"INSERT OR REPLACE INTO partition_status ({', '.join(row)}) "
                             f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
         con.execute("COMMIT")
+
+    def stats(self) -> list[TableStats]:
+        """Rows per table and the file's size (the file is only read)."""
+        with self._connect(read_only=True) as con:
+            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                                "WHERE table_schema = 'main'").fetchall()}
+            counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                      for t in ("partition_status", "table_completion") if t in tables}
+        size = sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + ".wal"))
+                   if p.exists())
+        return [TableStats(table, rows, 0, 1, 0, size if table == "partition_status" else 0)
+                for table, rows in counts.items()]
 
     # -- primitives ------------------------------------------------------------------------------
     def _status_row(self, alternate: str, key: str) -> Row | None:

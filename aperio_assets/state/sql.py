@@ -17,10 +17,7 @@ def current_state_sql(spec: TableSpec, files: Sequence[str] | str, *, include_de
     file cannot break the query. ``extra_columns`` adds constant columns (name, value), e.g. the
     schema name.
     """
-    if isinstance(files, str):
-        source = quote_literal(files)
-    else:
-        source = "[" + ", ".join(quote_literal(f) for f in files) + "]"
+    source = quote_literal(files) if isinstance(files, str) else "[" + ", ".join(quote_literal(f) for f in files) + "]"
     keys = ", ".join(quote_identifier(k) for k in spec.keys)
     constants = "".join(f", {quote_literal(value)} AS {quote_identifier(name)}"
                         for name, value in extra_columns)

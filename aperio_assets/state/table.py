@@ -153,7 +153,9 @@ class StateTable:
         """Read one state file into the table's schema (extra columns are kept); BadStateFile if
         it is not valid Parquet or lacks a required column."""
         try:
-            table = pq.read_table(pa.BufferReader(data))
+            # ParquetFile, single-threaded: files are read in parallel one level up, and Arrow's
+            # dataset layer (with its own thread pools) is not needed for one in-memory file.
+            table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
         except Exception as exc:
             raise BadStateFile(f"not a valid Parquet file ({type(exc).__name__}: {exc})") from None
         missing = [c for c in self.spec.required if c not in table.column_names]
