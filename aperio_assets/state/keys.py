@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 BatchKey = Mapping[str, Any] | str
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def canonical_key(key_values: BatchKey) -> str:
@@ -15,6 +16,8 @@ def canonical_key(key_values: BatchKey) -> str:
     Accepts a mapping or its JSON text (in any key order). Numbers are taken as their text; nested
     or null values are not batch keys and raise ValueError.
     """
+    if type(key_values) is dict and all(type(k) is str and type(v) is str for k, v in key_values.items()):
+        return _ENCODER.encode(key_values)  # the common case, on hot paths: already flat strings
     if isinstance(key_values, str):
         try:
             key_values = json.loads(key_values)
@@ -29,7 +32,7 @@ def canonical_key(key_values: BatchKey) -> str:
         if isinstance(value, bool) or value is None or isinstance(value, dict | list | tuple):
             raise ValueError(f"batch key {name!r} must have a string value, got {value!r}")
         flat[name] = value if isinstance(value, str) else str(value)
-    return json.dumps(flat, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(flat)
 
 
 def parse_key(text: str) -> dict[str, str]:

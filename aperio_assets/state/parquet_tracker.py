@@ -44,8 +44,8 @@ class ParquetPartitionStatusStore(IncrementalTracker):
         return self.status.rows(where={"alternate_name": alternate})
 
     def _existing_keys(self, alternate: str, keys: Sequence[str]) -> set[str]:
-        found = self.status.get_many((alternate, k) for k in keys)
-        return {key for _, key in found}
+        present = self.status.contains([(alternate, k) for k in keys])
+        return {key for key, hit in zip(keys, present, strict=True) if hit}
 
     def _write_status(self, rows: list[Row]) -> None:
         self.status.write(upserts=rows)

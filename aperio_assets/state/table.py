@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,6 +36,25 @@ COMPACTED_SUFFIX = ".compacted.parquet"
 ROW_GROUP_SIZE = 8192
 MAX_LIST_ROUNDS = 20  # a listed file vanishing (compacted away) means: list again
 _sequence = itertools.count()
+_fetch_pool: ThreadPoolExecutor | None = None
+_fetch_pool_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """One pool for every table's GETs: starting threads per refresh costs more than a cold read."""
+    global _fetch_pool
+    with _fetch_pool_lock:
+        if _fetch_pool is None:
+            _fetch_pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="aperio-fetch")
+        return _fetch_pool
+
+
+def _reset_pool_after_fork() -> None:
+    global _fetch_pool, _fetch_pool_lock
+    _fetch_pool, _fetch_pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_pool_after_fork)
 
 Key = tuple[str, ...]
 Row = dict[str, Any]
@@ -134,6 +154,8 @@ class StateTable:
         self.tombstone_retention_us = tombstone_retention_seconds * 1_000_000
         self.max_staleness_seconds = max_staleness_seconds
         self._schema = spec.schema
+        self._columns = frozenset(self._schema.names)
+        self._value_names = spec.value_names
         self._segments: dict[str, Segment] = {}
         self.bad_files: dict[str, str] = {}
         self._last_refresh = float("-inf")
@@ -196,11 +218,7 @@ class StateTable:
             except BadStateFile as exc:
                 return exc
 
-        if len(infos) > 2:
-            with ThreadPoolExecutor(max_workers=min(16, len(infos))) as pool:
-                results = list(pool.map(one, infos))
-        else:
-            results = [one(info) for info in infos]
+        results = list(_pool().map(one, infos)) if len(infos) > 2 else [one(info) for info in infos]
         segments, vanished = [], []
         for info, result in zip(infos, results, strict=True):
             if isinstance(result, Segment):
@@ -274,25 +292,68 @@ class StateTable:
             return None
         return best
 
-    def get_many(self, keys: Iterable[Key | str]) -> dict[Key, Row]:
-        """Current rows for many keys at once (absent and deleted keys are left out)."""
-        wanted = [self._key(k) for k in keys]
-        if not wanted:
-            return {}
-        probe = pa.array([composite_key(k) for k in wanted], pa.string())
-        best: dict[str, Row] = {}
+    def _locate(self, probe: pa.Array) -> pa.Table:
+        """For each probe (composite key) present in some file: the winning version's file index
+        and row position, and whether it is a tombstone — computed without materializing rows."""
+        segments = list(self._segments.values())
+        parts = []
+        for number, segment in enumerate(segments):
+            positions = pc.index_in(probe, value_set=segment.keys)
+            present = positions.is_valid()
+            if not pc.any(present).as_py():
+                continue
+            found = positions.filter(present)
+            versions = segment.table.select([TS, WRITER, DELETED]).take(found)
+            parts.append(pa.table({"probe": pc.indices_nonzero(present), "segment": pa.repeat(number, len(found)),
+                                   "position": found, TS: versions[TS], WRITER: versions[WRITER],
+                                   DELETED: versions[DELETED]}))
+        if not parts:
+            return pa.table({"probe": pa.array([], pa.uint64()), "segment": pa.array([], pa.int64()),
+                             "position": pa.array([], pa.int32()), DELETED: pa.array([], pa.bool_())})
+        if len(parts) == 1:
+            return parts[0]  # one file holds each key at most once
+        located = pa.concat_tables(parts).sort_by([("probe", "ascending"), (TS, "descending"),
+                                                   (WRITER, "descending")])
+        probes = located["probe"].combine_chunks()
+        first = pa.concat_arrays([pa.array([True]), pc.not_equal(probes.slice(1), probes.slice(0, len(probes) - 1))])
+        return located.filter(first)
+
+    def _probe(self, keys: Iterable[Key | str]) -> pa.Array:
+        width = len(self.spec.keys)
+        composites = []
+        for key in keys:
+            if isinstance(key, str):
+                key = (key,)
+            if len(key) != width:
+                raise ValueError(f"{self.spec.name} keys have {width} part(s), got {key!r}")
+            composites.append(KEY_SEPARATOR.join(key))
+        return pa.array(composites, pa.string())
+
+    def contains(self, keys: Iterable[Key | str]) -> list[bool]:
+        """For each key, whether it currently has a (non-deleted) row; vectorized, for bulk checks."""
+        probe = self._probe(keys)
         with self._lock:
             self.refresh()
-            for segment in self._segments.values():
-                positions = pc.index_in(probe, value_set=segment.keys)
-                found = positions.drop_null()
-                if len(found) == 0:
-                    continue
-                for row in segment.table.take(found).to_pylist():
-                    k = composite_key(tuple(row[c] for c in self.spec.keys))
-                    if self._newer(best.get(k), row):
-                        best[k] = row
-        return {tuple(row[c] for c in self.spec.keys): row for row in best.values() if not row[DELETED]}
+            located = self._locate(probe)
+        live = located.filter(pc.invert(located[DELETED]))["probe"].to_pylist()
+        result = [False] * len(probe)
+        for index in live:
+            result[index] = True
+        return result
+
+    def get_many(self, keys: Iterable[Key | str]) -> dict[Key, Row]:
+        """Current rows for many keys at once (absent and deleted keys are left out)."""
+        probe = self._probe(keys)
+        with self._lock:
+            self.refresh()
+            located = self._locate(probe)
+            located = located.filter(pc.invert(located[DELETED]))
+            segments = list(self._segments.values())
+            rows: list[Row] = []
+            for number in pc.unique(located["segment"]).to_pylist():
+                mine = located.filter(pc.equal(located["segment"], number))
+                rows += segments[number].table.take(mine["position"]).to_pylist()
+        return {tuple(row[c] for c in self.spec.keys): row for row in rows}
 
     def rows(self, where: Mapping[str, str] | None = None) -> list[Row]:
         """Current rows, optionally only those whose key columns equal ``where``'s values."""
@@ -331,9 +392,9 @@ class StateTable:
 
     # -- writes ----------------------------------------------------------------------------------
     def _normalize(self, row: Mapping[str, Any], deleted: bool) -> Row:
-        unknown = [c for c in row if c not in self._schema.names]
+        unknown = row.keys() - self._columns
         if unknown:
-            raise ValueError(f"{self.spec.name} has no column(s) {', '.join(unknown)}")
+            raise ValueError(f"{self.spec.name} has no column(s) {', '.join(sorted(unknown))}")
         out: Row = {}
         for k in self.spec.keys:
             value = row.get(k)
@@ -342,7 +403,7 @@ class StateTable:
             if KEY_SEPARATOR in value:
                 raise ValueError(f"{self.spec.name}: key column {k} may not contain NUL characters")
             out[k] = value
-        for name in self.spec.value_names:
+        for name in self._value_names:
             out[name] = None if deleted else row.get(name)
         out[DELETED] = deleted
         return out
