@@ -1,0 +1,86 @@
+"""The local-mode store's legacy duties: upgrade old files, canonicalise keys, share the file
+between processes, never damage or drop a file; and storage errors always raise."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from aperio_assets.config import S3Settings
+from aperio_assets.errors import StorageError, StorageUnavailable
+from aperio_assets.state import DuckDBPartitionStatusStore, ParquetPartitionStatusStore
+from aperio_assets.state.legacy_schema import PARTITION_STATUS_COLUMNS, PARTITION_STATUS_DDL_OLD
+from aperio_assets.storage import RetryPolicy, S3Storage
+
+
+def test_old_file_is_upgraded_and_legacy_keys_canonicalised(tmp_path: Path) -> None:
+    path = tmp_path / ".partition_status.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(PARTITION_STATUS_DDL_OLD)
+    con.executemany("INSERT INTO partition_status VALUES (?, ?, ?, ?, ?)", [
+        ("flights", '{"year": "2013", "month": "02"}', "flights", None, 2000),  # newer, unsorted
+        ("flights", '{"month":"02","year":"2013"}', "flights", None, 1000),     # older, canonical
+        ("flights", '{"year":"2013","month":"05"}', "flights", None, 1500),      # unsorted only
+        ("flights", "{}", "flights", None, 1200),
+    ])
+    con.close()
+    store = DuckDBPartitionStatusStore(path)
+    assert store.get_processed_key_values("flights") == [
+        {"month": "02", "year": "2013"}, {"month": "05", "year": "2013"}, {}]
+    rows = {r["incremental_key_values"]: r["processed_at"] for r in store.status_rows("flights")}
+    assert rows == {"{}": 1200, '{"month":"02","year":"2013"}': 2000, '{"month":"05","year":"2013"}': 1500}
+    columns = [r[0] for r in duckdb.connect(str(path), read_only=True).execute(
+        "DESCRIBE partition_status").fetchall()]
+    assert tuple(columns) == PARTITION_STATUS_COLUMNS
+    store.mark_table_complete("p", "s")  # table_completion was created
+    assert store.is_table_complete("p", "s")
+
+
+def test_damaged_file_raises_and_is_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / ".partition_status.duckdb"
+    path.write_bytes(b"this is not a duckdb database" * 100)
+    before = path.read_bytes()
+    store = DuckDBPartitionStatusStore(path)
+    with pytest.raises(StorageError, match=r"cannot open .*partition_status.duckdb.*left as it is"):
+        store.is_processed("a", "a", {})
+    assert path.read_bytes() == before
+
+
+def _mark_in_process(path: str, me: int, count: int) -> None:
+    store = DuckDBPartitionStatusStore(path)
+    for i in range(count):
+        store.mark_processed(f"w{me}", "t", {"i": str(i)})
+
+
+@pytest.mark.slow
+def test_processes_share_one_duckdb_file(tmp_path: Path) -> None:
+    path = str(tmp_path / ".partition_status.duckdb")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_mark_in_process, args=(path, n, 25)) for n in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    store = DuckDBPartitionStatusStore(path)
+    assert [len(store.get_processed_key_values(f"w{n}")) for n in range(3)] == [25, 25, 25]
+
+
+def test_storage_errors_raise_never_false(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    storage = S3Storage(S3Settings(endpoint_url=f"http://127.0.0.1:{port}"), aperio_root="s3://gone/.aperio",
+                        retry=RetryPolicy(attempts=2, sleep=lambda s: None))
+    tracker = ParquetPartitionStatusStore(storage, "sales")
+    with pytest.raises(StorageUnavailable):
+        tracker.is_processed("a", "a", {})
+    with pytest.raises(StorageUnavailable):
+        tracker.filter_unprocessed("a", "a", [{}])
+    with pytest.raises(StorageUnavailable):
+        tracker.mark_processed("a", "a", {})
