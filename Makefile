@@ -26,7 +26,9 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
+# The main job: convert the lake's raw files, process changed partitions, then show the state.
 run: $(VENV)/.installed $(DEMO_DIR)/aperio.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/aperio --config $(APERIO_CONFIG) refresh
 	$(BIN)/aperio --config $(APERIO_CONFIG) status
 
 test: $(VENV)/.installed

@@ -157,3 +157,19 @@ def test_create_if_absent_race_between_processes(storage_case: StorageCase) -> N
     assert p.read_bytes(path) == f"writer-{winner}:".encode() + bytes([winner]) * 200_000
     # none of the losers' bytes (or temp files) are visible anywhere
     assert [e.name for e in p.list(p.join(storage_case.root, "race"), recursive=True)] == ["one-name.parquet"]
+
+
+def test_download_and_upload_stream_files(storage_case: StorageCase, tmp_path) -> None:
+    p = storage_case.provider
+    local = tmp_path / "big.bin"
+    payload = bytes(range(256)) * 40_000  # 10 MB
+    local.write_bytes(payload)
+    target = p.join(storage_case.root, "tables", "t", "big.parquet")
+    p.upload(str(local), target)
+    assert p.info(target).size == len(payload)
+    back = tmp_path / "back.bin"
+    p.download(target, str(back))
+    assert back.read_bytes() == payload
+    with pytest.raises(FileNotFoundError):
+        p.download(p.join(storage_case.root, "missing"), str(tmp_path / "x"))
+    assert (p.local_path(target) == target) is (storage_case.kind == "local")

@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aperio_assets.cli import demo, maintenance, status
+from aperio_assets.cli import demo, maintenance, refresh, status
 from aperio_assets.errors import AperioError
 
-COMMANDS = (status, maintenance, demo)
+COMMANDS = (status, refresh, maintenance, demo)
 log = logging.getLogger("aperio")
 
 

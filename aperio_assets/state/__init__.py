@@ -11,18 +11,22 @@ from aperio_assets import layout
 from aperio_assets.lake import ConfigLike, Lake, open_lake
 from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
 from aperio_assets.state.keys import canonical_key
-from aperio_assets.state.parquet_tracker import ParquetPartitionStatusStore
+from aperio_assets.state.lineage import ConversionLineage, JsonLineage, ParquetLineage
+from aperio_assets.state.parquet_tracker import ParquetPartitionStatusStore, open_state_table
 from aperio_assets.state.table import CompactionResult, StateTable, TableStats
+from aperio_assets.state.tables import CONVERSIONS
 from aperio_assets.state.tracker import IncrementalTracker
 
 __all__ = [
     "CompactionResult",
+    "ConversionLineage",
     "DuckDBPartitionStatusStore",
     "IncrementalTracker",
     "ParquetPartitionStatusStore",
     "StateTable",
     "TableStats",
     "canonical_key",
+    "open_lineage",
     "open_tracker",
 ]
 
@@ -36,3 +40,14 @@ def open_tracker(config_or_path: ConfigLike | Lake, schema: str) -> IncrementalT
         return DuckDBPartitionStatusStore(os.path.join(lake.local_state_directory, schema,
                                                        layout.LEGACY_PARTITION_STATUS))
     return ParquetPartitionStatusStore(lake.storage, schema, lake.config.compaction)
+
+
+def open_lineage(config_or_path: ConfigLike | Lake, schema: str) -> ConversionLineage:
+    """The schema's conversion lineage: the ``conversions`` state table (shared) or the legacy
+    ``.conversions.json`` with its lock file (local)."""
+    lake = open_lake(config_or_path)
+    schema_config = lake.schema(schema)
+    if schema_config.state_storage == "local":
+        return JsonLineage(os.path.join(lake.local_state_directory, schema, layout.LEGACY_CONVERSIONS))
+    directory = lake.storage.aperio_path(schema, layout.CONVERSIONS)
+    return ParquetLineage(open_state_table(lake.storage, directory, CONVERSIONS, lake.config.compaction))

@@ -122,5 +122,17 @@ class StorageProvider(ABC):
         """Move one file (used to archive and quarantine); ``target`` is replaced if it exists."""
 
     @abstractmethod
+    def download(self, path: str, local_path: str) -> None:
+        """Copy ``path`` into the local file ``local_path``, streaming (large raw files)."""
+
+    @abstractmethod
+    def upload(self, local_path: str, path: str) -> None:
+        """Store the local file at ``path``, atomically and streaming (large converted files)."""
+
+    def local_path(self, path: str) -> str | None:
+        """The path itself when the storage is the local filesystem (no copy needed), else None."""
+        return None
+
+    @abstractmethod
     def check(self, location: str) -> None:
         """Raise StorageUnavailable with a clear reason if ``location`` cannot be reached."""

@@ -141,6 +141,28 @@ class LocalStorage(StorageProvider):
             shutil.copy2(source, target)
             os.unlink(source)
 
+    def download(self, path: str, local_path: str) -> None:
+        self.counters.add("GET")
+        shutil.copyfile(path, local_path)
+
+    def upload(self, local_path: str, path: str) -> None:
+        self.counters.add("PUT")
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        temp = os.path.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            shutil.copyfile(local_path, temp)
+            with open(temp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        _fsync_dir(directory)
+
+    def local_path(self, path: str) -> str | None:
+        return path
+
     def check(self, location: str) -> None:
         if not os.path.isdir(location):
             raise LocationNotFound(f"directory {location} does not exist")

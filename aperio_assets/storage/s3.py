@@ -200,6 +200,39 @@ class S3Storage(StorageProvider):
                       CopySource={"Bucket": src_bucket, "Key": src_key})
         self.delete(source)
 
+    def _transfer(self, kind: str, location: str, call: Callable[[], Any], requests: int = 1) -> None:
+        """A streaming transfer through s3fs (multipart above its chunk size), with our retries."""
+
+        def attempt(n: int) -> None:
+            self.counters.add(kind, requests)
+            try:
+                call()
+            except FileNotFoundError:
+                raise
+            except OSError as exc:  # s3fs wraps botocore's error; classify and report the original
+                if exc.__cause__ is not None:
+                    raise exc.__cause__ from None
+                raise
+
+        try:
+            self.retry.run(attempt, what=location)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            bucket, key = split_s3_url(location)
+            raise self._translate(exc, "transfer", {"Bucket": bucket, "Key": key}) from exc
+
+    def download(self, path: str, local_path: str) -> None:
+        self._transfer("GET", path, lambda: self.fs.get_file(path, local_path))
+
+    def upload(self, local_path: str, path: str) -> None:
+        import os
+
+        # One PUT up to s3fs's 50 MiB chunk; above it a multipart upload (create, parts, complete).
+        size = os.path.getsize(local_path)
+        parts = size // (50 * 2**20) + 1
+        self._transfer("PUT", path, lambda: self.fs.put_file(local_path, path), 1 if parts == 1 else parts + 2)
+
     def check(self, location: str) -> None:
         bucket, _ = split_s3_url(location)
         try:

@@ -1,0 +1,46 @@
+"""`aperio refresh`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from aperio_assets.cli.output import console, print_json
+from aperio_assets.lake import open_lake
+
+
+def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser("refresh", parents=[parent],
+                                 help="convert new or changed raw files and process changed partitions")
+    parser.add_argument("--schema", metavar="S", help="only this schema (default: all)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from aperio_assets.conversion.refresh import refresh
+
+    lake = open_lake(args.config)
+    lake.check()
+    if sys.stderr.isatty() and not args.json:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("refreshing…", total=None)
+            results = refresh(lake, args.schema, lambda message: bar.update(task, description=message))
+    else:
+        results = refresh(lake, args.schema)
+    failures = [(r.schema, f) for r in results for f in r.failed_files]
+    if args.json:
+        print_json([r.summary() for r in results])
+    else:
+        for r in results:
+            s = r.summary()
+            files, batches = s["files"], s["batches"]
+            console.print(f"{r.schema}: {r.tables} tables; files {files['converted']} converted, "
+                          f"{files['skipped']} skipped, {files['failed']} failed, {files['removed']} removed; "
+                          f"batches {batches['processed']} processed, {batches['skipped']} skipped, "
+                          f"{batches['failed']} failed")
+    for schema, failure in failures:
+        print(f"aperio: failed: {schema}.{failure.table}: {failure.source}: {failure.error}", file=sys.stderr)
+    return 1 if failures else 0

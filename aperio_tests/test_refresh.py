@@ -1,0 +1,213 @@
+"""`aperio refresh`: conversion, lineage, partition processing and the generated model, on local
+disk and on the loopback S3 server."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+
+import polars as pl
+import pytest
+
+from aperio_assets.conversion.refresh import refresh
+from aperio_assets.lake import Lake
+from aperio_assets.state import open_lineage, open_tracker
+from aperio_tests.conftest import LakeCase
+from aperio_tests.test_config import run_cli
+
+
+def put(lake: Lake, relative: str, data: bytes) -> str:
+    path = lake.lake_storage.join(lake.config.base_directory, relative)
+    lake.lake_storage.write_bytes(path, data)
+    return path
+
+
+def parquet_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+def excel_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_excel(buffer)
+    return buffer.getvalue()
+
+
+def read_output(lake: Lake, path: str) -> pl.DataFrame:
+    return pl.read_parquet(io.BytesIO(lake.storage.read_bytes(path)))
+
+
+def seed(lake: Lake) -> None:
+    put(lake, "sales/customers.csv", b"id,name,score\n1,Ann,NA\n2,Bob,\n3,\"Lee, Jr\",7\n")
+    put(lake, "sales/regions.tsv", b"code\tname\nN\tNorth\nS\tSouth\n")
+    put(lake, "sales/products.json", json.dumps([{"sku": "a", "price": 1.5}, {"sku": "b", "price": None}]).encode())
+    put(lake, "sales/events.jsonl", b'{"e": 1}\n{"e": 2}\n{"e": 3}\n')
+    put(lake, "sales/staff.xlsx", excel_bytes(pl.DataFrame({"who": ["x", "y"], "age": [30, 40]})))
+    put(lake, "sales/rates.parquet", parquet_bytes(pl.DataFrame({"r": [0.1, 0.2, 0.3, 0.4]})))
+    for month, rows in (("01", 2), ("02", 3)):
+        body = "id,amount\n" + "".join(f"{i},{i * 10}\n" for i in range(rows))
+        put(lake, f"sales/orders/year=2024/month={month}/part-0.csv", body.encode())
+    put(lake, "sales/orders/year=2024/month=02/part-1.jsonl", b'{"id": 9, "amount": 90}\n')
+
+
+def test_every_format_and_the_generated_model(lake_case: LakeCase) -> None:
+    lake = lake_case.lake()
+    seed(lake)
+    (result,) = refresh(lake)
+    assert result.count("files", "failed") == 0
+    # 10 raw files; the fixture's sales/orders.csv clashes with the orders/ folder: table orders_csv
+    assert (result.count("files", "converted"), result.count("batches", "processed")) == (10, 9)
+    tables = lake.storage.aperio_path("sales", "tables")
+    j = lake.storage.join
+    customers = read_output(lake, j(tables, "customers", "customers.parquet"))
+    assert customers.rows() == [(1, "Ann", None), (2, "Bob", None), (3, "Lee, Jr", 7)]
+    assert read_output(lake, j(tables, "regions", "regions.parquet")).rows() == [("N", "North"), ("S", "South")]
+    assert read_output(lake, j(tables, "products", "products.parquet")).rows() == [("a", 1.5), ("b", None)]
+    assert read_output(lake, j(tables, "events", "events.parquet"))["e"].to_list() == [1, 2, 3]
+    assert read_output(lake, j(tables, "staff", "staff.parquet")).rows() == [("x", 30), ("y", 40)]
+    feb = j(tables, "orders", "year=2024", "month=02")
+    assert read_output(lake, j(feb, "part-0.parquet"))["amount"].to_list() == [0, 10, 20]
+    assert read_output(lake, j(feb, "part-1.parquet"))["amount"].to_list() == [90]
+    assert not lake.storage.exists(j(tables, "rates", "rates.parquet"))  # Parquet is read in place
+
+    tracker = open_tracker(lake, "sales")
+    assert tracker.get_processed_key_values("orders") == [{"month": "01", "year": "2024"},
+                                                          {"month": "02", "year": "2024"}]
+    statuses = {r["incremental_key_values"]: r for r in tracker.status_rows("orders")}
+    feb_status = statuses['{"month":"02","year":"2024"}']
+    assert feb_status["row_count"] == 4 and feb_status["target_pattern"] == j(feb, "*.parquet")
+    assert tracker.status_rows("rates")[0]["target_pattern"].endswith("sales/rates.parquet")
+
+    lineage = open_lineage(lake, "sales").records()
+    assert len(lineage) == 10
+    row = lineage[j(lake.config.base_directory, "sales", "customers.csv")]
+    assert (row["conversion_type"], row["row_count"], row["table_name"], row["error"]) == (
+        "csv->parquet", 3, "customers", None)
+    assert row["source_size"] > 0 and row["source_modified"] > 0
+    assert (row["source_etag"] is not None) is (lake_case.kind == "s3")
+
+    model = json.loads(lake.storage.read_bytes(lake.storage.aperio_path("sales", "generated-model.json")))
+    by_name = {t["name"]: t for t in model["tables"]}
+    assert sorted(by_name) == ["customers", "events", "orders", "orders_csv", "products", "rates", "regions",
+                               "staff"]
+    assert by_name["orders"]["partitionColumns"] == ["year", "month"]
+    assert by_name["orders"]["sourceFormats"] == ["csv", "jsonl"] and by_name["orders"]["rowCount"] == 6
+    assert by_name["customers"]["columns"] == [{"name": "id", "type": "Int64"}, {"name": "name", "type": "String"},
+                                               {"name": "score", "type": "Int64"}]
+    assert by_name["rates"]["rowCount"] == 4 and by_name["rates"]["parquetInPlace"]
+
+
+def test_incremental(lake_case: LakeCase) -> None:
+    lake = lake_case.lake()
+    seed(lake)
+    refresh(lake)
+    (again,) = refresh(lake)
+    assert again.count("files", "converted") == 0 and again.count("batches", "processed") == 0
+    assert again.model_written is False
+
+    # change one file in one partition: only that file and that partition
+    put(lake, "sales/orders/year=2024/month=01/part-0.csv", b"id,amount\n1,11\n2,22\n3,33\n")
+    (changed,) = refresh(lake)
+    assert [(f.table, f.source.rsplit("/", 3)[-3:]) for f in changed.files if f.status == "converted"] == [
+        ("orders", ["year=2024", "month=01", "part-0.csv"])]
+    assert [(b.table, b.batch) for b in changed.batches if b.status == "processed"] == [
+        ("orders", '{"month":"01","year":"2024"}')]
+    tracker = open_tracker(lake, "sales")
+    jan = {r["incremental_key_values"]: r["row_count"] for r in tracker.status_rows("orders")}
+    assert jan['{"month":"01","year":"2024"}'] == 3
+
+    # a new partition, and a file added to an existing one
+    put(lake, "sales/orders/year=2024/month=03/part-0.csv", b"id,amount\n1,1\n")
+    put(lake, "sales/orders/year=2024/month=02/part-2.csv", b"id,amount\n5,5\n")
+    (added,) = refresh(lake)
+    assert sorted(b.batch for b in added.batches if b.status == "processed") == [
+        '{"month":"02","year":"2024"}', '{"month":"03","year":"2024"}']
+    assert added.count("files", "converted") == 2
+
+    # removing a raw file removes its output and lineage; an emptied partition is no longer processed
+    storage = lake.lake_storage
+    storage.delete(storage.join(lake.config.base_directory, "sales/orders/year=2024/month=03/part-0.csv"))
+    storage.delete(storage.join(lake.config.base_directory, "sales/events.jsonl"))
+    (removed,) = refresh(lake)
+    assert sorted(f.source.rsplit("/", 1)[-1] for f in removed.files if f.status == "removed") == [
+        "events.jsonl", "part-0.csv"]
+    tables = lake.storage.aperio_path("sales", "tables")
+    assert not lake.storage.exists(lake.storage.join(tables, "events", "events.parquet"))
+    assert not lake.storage.exists(lake.storage.join(tables, "orders", "year=2024", "month=03", "part-0.parquet"))
+    assert open_tracker(lake, "sales").get_processed_key_values("events") == []
+    assert {"month": "03", "year": "2024"} not in open_tracker(lake, "sales").get_processed_key_values("orders")
+    assert not any(p.endswith("events.jsonl") for p in open_lineage(lake, "sales").records())
+
+
+def test_broken_file_among_good_ones(lake_case: LakeCase) -> None:
+    lake = lake_case.lake()
+    seed(lake)
+    put(lake, "sales/broken.xlsx", b"this is not a spreadsheet")
+    put(lake, "sales/orders/year=2024/month=01/bad.json", b'{"not": "an array"}')
+    result = run_cli("--config", lake_case.config_path, "refresh")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    failures = [line for line in result.stderr.splitlines() if line.startswith("aperio: failed:")]
+    assert len(failures) == 2 and any("broken.xlsx" in f for f in failures) and any("bad.json" in f for f in failures)
+    lake = lake_case.lake()
+    lineage = open_lineage(lake, "sales").records()
+    broken = next(r for p, r in lineage.items() if p.endswith("broken.xlsx"))
+    assert broken["error"] and broken["target_path"] is None
+    assert next(r for p, r in lineage.items() if p.endswith("customers.csv"))["error"] is None
+    statuses = {r["incremental_key_values"]: r for r in open_tracker(lake, "sales").status_rows("orders")}
+    jan = statuses['{"month":"01","year":"2024"}']
+    assert jan["error_status"] is True and "bad.json" in jan["error_message"] and jan["row_count"] == 2
+    assert statuses['{"month":"02","year":"2024"}']["error_status"] is False
+
+
+def test_hostile_file_names(lake_case: LakeCase) -> None:
+    lake = lake_case.lake()
+    names = ['quo"te.csv', "semi;colon --.csv", "with space.csv", "ünïcødé.csv", 'x"; DROP SCHEMA y; --.csv']
+    for name in names:
+        put(lake, f"sales/{name}", b"a\n1\n")
+    put(lake, "sales/same.csv", b"a\n1\n")
+    put(lake, "sales/same.json", b'[{"a": 1}]')
+    (result,) = refresh(lake)
+    assert result.count("files", "failed") == 0
+    model = json.loads(lake.storage.read_bytes(lake.storage.aperio_path("sales", "generated-model.json")))
+    assert sorted(t["name"] for t in model["tables"]) == sorted(
+        ['quo"te', "semi;colon --", "with space", "ünïcødé", 'x"; DROP SCHEMA y; --', "orders",
+         "same_csv", "same_json"])
+    target = lake.storage.join(lake.storage.aperio_path("sales", "tables"), 'x"; DROP SCHEMA y; --',
+                               'x"; DROP SCHEMA y; --.parquet')
+    assert read_output(lake, target)["a"].to_list() == [1]
+
+
+def _refresh_in_process(config_path: str) -> None:
+    from aperio_assets.conversion.refresh import refresh as run
+    from aperio_assets.lake import open_lake
+
+    run(open_lake(config_path))
+
+
+@pytest.mark.slow
+def test_two_concurrent_refreshes_end_consistent(lake_case: LakeCase) -> None:
+    lake = lake_case.lake()
+    seed(lake)
+    for month in range(3, 13):
+        body = "id,amount\n" + "".join(f"{i},{i}\n" for i in range(100))
+        put(lake, f"sales/orders/year=2024/month={month:02d}/part-0.csv", body.encode())
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_refresh_in_process, args=(lake_case.config_path,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    lake = lake_case.lake()
+    tracker = open_tracker(lake, "sales")
+    assert len(tracker.get_processed_key_values("orders")) == 12
+    assert sum(r["row_count"] for r in tracker.status_rows("orders")) == 2 + 4 + 10 * 100
+    outputs = [f for f in lake.storage.list(lake.storage.aperio_path("sales", "tables/orders"), recursive=True)]
+    assert len(outputs) == 13  # one converted file per raw file, whoever converted it
+    total = sum(read_output(lake, f.path).height for f in outputs)
+    assert total == 2 + 4 + 10 * 100  # no duplicated rows
+    (after,) = refresh(lake)
+    assert after.count("files", "converted") == 0 and after.count("batches", "processed") == 0
