@@ -14,7 +14,6 @@ import pytest
 import xlsxwriter
 
 from aperio_assets.conversion.formats import (
-    RAW_FORMATS,
     ConversionError,
     Converted,
     convert_file,
@@ -82,18 +81,6 @@ def _check_result(result: Converted, target: pathlib.Path) -> pl.DataFrame:
 )
 def test_format_of(name: str, expected: str | None) -> None:
     assert format_of(name) == expected
-
-
-def test_raw_formats_table() -> None:
-    assert RAW_FORMATS == {
-        ".csv": "csv",
-        ".tsv": "tsv",
-        ".json": "json",
-        ".jsonl": "jsonl",
-        ".ndjson": "jsonl",
-        ".xlsx": "xlsx",
-        ".parquet": "parquet",
-    }
 
 
 # --- successful conversions ----------------------------------------------------------------------------
