@@ -276,6 +276,11 @@ class SchemaRefresher:
 
 
 def refresh(lake: Lake, schema: str | None = None, progress: Progress | None = None) -> list[RefreshResult]:
-    """Refresh every schema (or one): the library call behind `aperio refresh` and the Dagster assets."""
-    return [SchemaRefresher(lake, s, progress).run() for s in lake.select_schemas(schema)]
+    """Refresh every schema (or one), then the view definitions: the library call behind
+    `aperio refresh` and the Dagster assets."""
+    from aperio_assets.catalog.views import ViewStore
+
+    results = [SchemaRefresher(lake, s, progress).run() for s in lake.select_schemas(schema)]
+    ViewStore(lake).rebuild()
+    return results
 

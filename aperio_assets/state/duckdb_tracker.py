@@ -123,6 +123,19 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
         return [TableStats(table, rows, 0, 1, 0, size if table == "partition_status" else 0)
                 for table, rows in counts.items()]
 
+    def all_rows(self, table: str) -> list[Row]:
+        """Every row of ``partition_status`` or ``table_completion`` (read-only; for the catalog)."""
+        columns = {"partition_status": PARTITION_STATUS_COLUMNS, "table_completion": TABLE_COMPLETION_COLUMNS}[table]
+        with self._connect(read_only=True) as con:
+            present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                                 "WHERE table_schema = 'main'").fetchall()}
+            if table not in present:
+                return []
+            have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+            select = ", ".join(c if c in have else f"NULL AS {c}" for c in columns)
+            values = con.execute(f"SELECT {select} FROM {table}").fetchall()
+        return [dict(zip(columns, v, strict=True)) for v in values]
+
     # -- primitives ------------------------------------------------------------------------------
     def _status_row(self, alternate: str, key: str) -> Row | None:
         with self._connect() as con:

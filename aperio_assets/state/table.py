@@ -495,6 +495,11 @@ class StateTable:
             return CompactionResult(self.spec.name, len(inputs), len(inputs), winners.num_rows,
                                     dropped, output)
 
+    def readable_files(self) -> list[str]:
+        """Locations of the files the last refresh read successfully."""
+        with self._lock:
+            return [self.storage.join(self.directory, name) for name in sorted(self._segments)]
+
     # -- health ----------------------------------------------------------------------------------
     def stats(self) -> TableStats:
         with self._lock:

@@ -1,0 +1,6 @@
+"""The in-memory DuckDB catalog (SPEC §7). Public entry point: :func:`connect`."""
+
+from aperio_assets.catalog.connect import CatalogReport, connect, open_catalog
+from aperio_assets.catalog.views import ViewDefinition, ViewStore
+
+__all__ = ["CatalogReport", "ViewDefinition", "ViewStore", "connect", "open_catalog"]

@@ -1,0 +1,181 @@
+"""The in-memory DuckDB catalog (SPEC §7): one DuckDB schema per aperio schema, one view per view
+definition, and the system schema ``aperio`` exposing the state itself. No catalog file exists."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+
+from aperio_assets import layout
+from aperio_assets.catalog.s3access import enable_s3
+from aperio_assets.catalog.views import ViewDefinition, ViewStore
+from aperio_assets.config import SchemaConfig, is_s3_url
+from aperio_assets.lake import ConfigLike, Lake, open_lake
+from aperio_assets.sqlutil import quote_identifier, quote_literal
+from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
+from aperio_assets.state.lineage import COLUMNS as LINEAGE_COLUMNS
+from aperio_assets.state.lineage import JsonLineage
+from aperio_assets.state.maintenance import local_store_path
+from aperio_assets.state.parquet_tracker import open_state_table
+from aperio_assets.state.spec import DELETED, TableSpec
+from aperio_assets.state.sql import current_state_sql
+from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION, VIEWS
+from aperio_assets.storage import S3Storage
+
+log = logging.getLogger(__name__)
+SYSTEM_SCHEMA = "aperio"
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN"}
+
+
+@dataclass
+class CatalogReport:
+    views: int = 0
+    broken: dict[str, str] = field(default_factory=dict)  # "schema.view" → why it did not register
+    s3_access: str | None = None
+    seconds: float = 0.0
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _empty_select(spec: TableSpec, with_schema: bool) -> str:
+    columns = [f"CAST(NULL AS VARCHAR) AS {quote_identifier('schema_name')}"] if with_schema else []
+    columns += [f"CAST(NULL AS {_DUCKDB_TYPES.get(f.type, 'VARCHAR')}) AS {quote_identifier(f.name)}"
+                for f in spec.schema if f.name != DELETED]
+    return f"SELECT {', '.join(columns)} WHERE false"
+
+
+class _Builder:
+    def __init__(self, lake: Lake, con: duckdb.DuckDBPyConnection, workers: int) -> None:
+        self.lake, self.con, self.workers = lake, con, workers
+        self.report = CatalogReport()
+
+    def _shared_state_sql(self, directory: str, spec: TableSpec) -> str | None:
+        """The §5 rule over a state directory: its glob, or the readable files when some are bad."""
+        table = open_state_table(self.lake.storage, directory, spec, self.lake.config.compaction)
+        table.refresh(force=True)
+        files = table.readable_files()
+        if not files:
+            return None
+        source: str | list[str] = files if table.bad_files else self.lake.storage.join(directory, "*.parquet")
+        return f"SELECT * EXCLUDE ({DELETED}) FROM ({current_state_sql(spec, source)})"
+
+    def _local_snapshot(self, name: str, rows: list[dict], spec: TableSpec) -> str:
+        schema = pa.schema([f for f in spec.schema if f.name in spec.keys or f.name in spec.value_names])
+        self.con.register(name, pa.Table.from_pylist(rows, schema=schema))
+        return f"SELECT * FROM {quote_identifier(name)}"
+
+    def state_views(self) -> None:
+        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {SYSTEM_SCHEMA}")
+        for spec in (PARTITION_STATUS, TABLE_COMPLETION, CONVERSIONS):
+            parts = []
+            for schema in self.lake.schemas():
+                if schema.state_storage == "shared":
+                    sql = self._shared_state_sql(self.lake.storage.aperio_path(schema.name, spec.name), spec)
+                else:  # local mode: a snapshot of the legacy files, read without holding their locks
+                    sql = self._local_sql(schema, spec)
+                if sql is not None:
+                    parts.append(f"SELECT {quote_literal(schema.name)} AS schema_name, * FROM ({sql})")
+            body = " UNION ALL BY NAME ".join(parts) if parts else _empty_select(spec, with_schema=True)
+            self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.{spec.name} AS {body}")
+        views = self._shared_state_sql(self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
+        self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.views AS "
+                         f"{views or _empty_select(VIEWS, with_schema=False)}")
+
+    def _local_sql(self, schema: SchemaConfig, spec: TableSpec) -> str | None:
+        name = f"__aperio_local_{schema.name}_{spec.name}"
+        if spec is CONVERSIONS:
+            path = os.path.join(self.lake.local_state_directory, schema.name, layout.LEGACY_CONVERSIONS)
+            if not os.path.exists(path):
+                return None
+            rows = [{c: r.get(c) for c in LINEAGE_COLUMNS} for r in JsonLineage(path).records().values()]
+            return self._local_snapshot(name, rows, spec)
+        path = local_store_path(self.lake, schema)
+        if not os.path.exists(path):
+            return None
+        store = DuckDBPartitionStatusStore(path)
+        rows = store.all_rows(spec.name)
+        return self._local_snapshot(name, rows, spec)
+
+    def table_views(self) -> None:
+        names = {s.name for s in self.lake.schemas()}
+        for name in sorted(names):
+            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(name)}")
+        definitions = ViewStore(self.lake).list()
+        for view in definitions:
+            if view.schema_name not in names:
+                self.report.broken[f"{view.schema_name}.{view.view_name}"] = "its schema is not in the configuration"
+        definitions = [v for v in definitions if v.schema_name in names]
+        # Generated views first (user views may read them), in parallel: each binds its files' metadata,
+        # which on S3 is a request or two per view.
+        pending = [v for v in definitions if v.origin == "generated"]
+        self._register_all(pending, parallel=True)
+        rest = [v for v in definitions if v.origin != "generated"]
+        for _ in range(len(rest) + 1):  # user views may depend on each other: retry until nothing changes
+            failed = self._register_all(rest, parallel=False)
+            if len(failed) == len(rest):
+                break
+            rest = failed
+        self.report.views = sum(1 for v in definitions if f"{v.schema_name}.{v.view_name}" not in self.report.broken)
+
+    def _register(self, view: ViewDefinition) -> str | None:
+        cursor = self.con.cursor()
+        try:
+            cursor.execute(f"CREATE OR REPLACE VIEW {quote_identifier(view.schema_name)}."
+                           f"{quote_identifier(view.view_name)} AS {view.sql}")
+            return None
+        except duckdb.Error as exc:
+            return _first_line(exc)
+        finally:
+            cursor.close()
+
+    def _register_all(self, views: list[ViewDefinition], *, parallel: bool) -> list[ViewDefinition]:
+        if parallel and len(views) > 1:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                errors = list(pool.map(self._register, views))
+        else:
+            errors = [self._register(v) for v in views]
+        failed = []
+        for view, error in zip(views, errors, strict=True):
+            key = f"{view.schema_name}.{view.view_name}"
+            if error is None:
+                self.report.broken.pop(key, None)
+            else:
+                self.report.broken[key] = error
+                failed.append(view)
+        return failed
+
+
+def open_catalog(config_or_path: ConfigLike | Lake = None, *, s3_access: str = "auto",
+                 workers: int = 8) -> tuple[duckdb.DuckDBPyConnection, CatalogReport]:
+    """:func:`connect`, plus a report: views registered, views that did not bind (and why), how S3
+    is read."""
+    started = time.perf_counter()
+    lake = open_lake(config_or_path)
+    con = duckdb.connect(":memory:")
+    # Footers and HTTP metadata are fetched once per connection, not once per query.
+    con.execute("SET parquet_metadata_cache = true")
+    builder = _Builder(lake, con, workers)
+    if is_s3_url(lake.config.aperio_directory) or is_s3_url(lake.config.base_directory):
+        storage = lake.storage if isinstance(lake.storage, S3Storage) else lake.lake_storage
+        assert isinstance(storage, S3Storage)
+        builder.report.s3_access = enable_s3(con, storage, method=s3_access)
+        con.execute("SET enable_http_metadata_cache = true")
+    builder.table_views()
+    builder.state_views()
+    for key, error in builder.report.broken.items():
+        log.warning("view %s did not register: %s", key, error)
+    builder.report.seconds = time.perf_counter() - started
+    return con, builder.report
+
+
+def connect(config_or_path: ConfigLike | Lake = None, *, s3_access: str = "auto") -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with every table of the lake as a view and the state under ``aperio``."""
+    return open_catalog(config_or_path, s3_access=s3_access)[0]

@@ -1,0 +1,116 @@
+"""View definitions: the ``catalog/views`` state table (SPEC §4, §7).
+
+``generated`` definitions are rebuilt from the schemas' generated models; ``user`` views (added with
+``aperio views add``) and ``migrated`` ones (from a legacy catalog) are never touched by a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aperio_assets import layout
+from aperio_assets.errors import UsageError
+from aperio_assets.lake import Lake
+from aperio_assets.sqlutil import quote_literal
+from aperio_assets.state.parquet_tracker import open_state_table
+from aperio_assets.state.table import StateTable
+from aperio_assets.state.tables import VIEWS
+
+ORIGINS = ("generated", "user", "migrated")
+
+
+@dataclass(frozen=True)
+class ViewDefinition:
+    schema_name: str
+    view_name: str
+    sql: str
+    origin: str
+    columns: tuple[tuple[str, str], ...] = ()
+
+    def row(self) -> dict[str, Any]:
+        return {"schema_name": self.schema_name, "view_name": self.view_name, "sql": self.sql,
+                "origin": self.origin, "columns": json.dumps([list(c) for c in self.columns]) if self.columns
+                else None}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ViewDefinition:
+        columns = tuple(tuple(c) for c in json.loads(row["columns"])) if row.get("columns") else ()
+        return cls(row["schema_name"], row["view_name"], row["sql"], row["origin"], columns)  # type: ignore[arg-type]
+
+
+def views_table(lake: Lake) -> StateTable:
+    return open_state_table(lake.storage, lake.storage.aperio_path(None, layout.VIEWS), VIEWS, lake.config.compaction)
+
+
+def table_scan_sql(sources: list[str]) -> str:
+    """The SELECT a generated view runs: Hive partitioning on, columns united by name."""
+    files = quote_literal(sources[0]) if len(sources) == 1 else "[" + ", ".join(map(quote_literal, sources)) + "]"
+    return f"SELECT * FROM read_parquet({files}, hive_partitioning = true, union_by_name = true)"
+
+
+def generated_definitions(lake: Lake) -> list[ViewDefinition]:
+    """One view per table of every schema's generated model."""
+    definitions = []
+    for schema in lake.schemas():
+        path = lake.storage.aperio_path(schema.name, layout.GENERATED_MODEL)
+        try:
+            model = json.loads(lake.storage.read_bytes(path))
+        except FileNotFoundError:
+            continue
+        for table in model.get("tables", []):
+            sources = list(table.get("parquetInPlace") or [])
+            if table.get("files", 0) > len(sources):  # some files were converted into tables/
+                depth = len(table.get("partitionColumns") or [])
+                sources.insert(0, lake.storage.join(table["location"], *(["*"] * depth), "*.parquet"))
+            if not sources or table.get("failedFiles", 0) >= table.get("files", 0):
+                continue  # nothing readable to show
+            columns = tuple((c["name"], c["type"]) for c in table.get("columns", []))
+            definitions.append(ViewDefinition(schema.name, table["name"], table_scan_sql(sources), "generated",
+                                              columns))
+    return definitions
+
+
+class ViewStore:
+    """List, add, drop and rebuild view definitions."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self.table = views_table(lake)
+
+    def list(self) -> list[ViewDefinition]:
+        return sorted((ViewDefinition.from_row(r) for r in self.table.rows()),
+                      key=lambda v: (v.schema_name, v.view_name))
+
+    def rebuild(self) -> dict[str, int]:
+        """Replace the generated definitions with what the generated models say now (one write)."""
+        current = {(v.schema_name, v.view_name): v for v in self.list()}
+        wanted = {(v.schema_name, v.view_name): v for v in generated_definitions(self.lake)}
+        upserts, kept = [], 0
+        for key, view in wanted.items():
+            existing = current.get(key)
+            if existing is not None and existing.origin != "generated":
+                kept += 1  # a user's or migrated view of that name wins over the generated one
+            elif existing != view:
+                upserts.append(view.row())
+        stale = [key for key, v in current.items() if v.origin == "generated" and key not in wanted]
+        self.table.write(upserts=upserts, deletes=stale)
+        return {"written": len(upserts), "removed": len(stale), "unchanged": len(wanted) - len(upserts) - kept,
+                "shadowedByUserViews": kept}
+
+    def add(self, schema: str, name: str, sql: str, origin: str = "user") -> ViewDefinition:
+        if origin not in ORIGINS:
+            raise UsageError(f"unknown view origin {origin!r}")
+        self.lake.schema(schema)  # the schema must exist
+        if not name or "\x00" in name:
+            raise UsageError("a view needs a name")
+        view = ViewDefinition(schema, name, sql.strip().rstrip(";"), origin)
+        self.table.write(upserts=[view.row()])
+        return view
+
+    def drop(self, schema: str, name: str) -> bool:
+        if self.table.get((schema, name)) is None:
+            return False
+        self.table.write(deletes=[(schema, name)])
+        return True

@@ -1,0 +1,130 @@
+"""The in-memory DuckDB catalog: table views, the `aperio` state views, view definitions, quoting,
+credentials, and both ways DuckDB reads S3."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from aperio_assets.catalog import ViewStore, connect, open_catalog
+from aperio_assets.conversion.refresh import refresh
+from aperio_assets.state import open_tracker
+from aperio_tests.conftest import TEST_CREDENTIALS, LakeCase
+from aperio_tests.test_config import run_cli
+from aperio_tests.test_refresh import put
+
+HOSTILE = 'x"; DROP SCHEMA sales; --'
+
+
+def build(lake_case: LakeCase):
+    """Two schemas (sales, ref) with a partitioned table, a hostile name, and refreshed state."""
+    lake = lake_case.lake()
+    put(lake, "sales/orders/year=2024/month=01/a.csv", b"id,carrier,amount\n1,AA,10\n2,UA,20\n")
+    put(lake, "sales/orders/year=2024/month=02/a.csv", b"id,carrier,amount\n3,AA,30\n")
+    put(lake, f"sales/{HOSTILE}.csv", b"v\n42\n")
+    put(lake, "ref/carriers.json", json.dumps([{"carrier": "AA", "name": "American"},
+                                               {"carrier": "UA", "name": "United"}]).encode())
+    lake = lake_case.lake()  # rediscover: ref is new
+    refresh(lake)
+    return lake
+
+
+@pytest.mark.parametrize(("lake_case", "s3_access"), [("local", "auto"), ("s3", "auto"), ("s3", "fsspec")],
+                         indirect=["lake_case"])
+def test_views_and_cross_schema_join(lake_case: LakeCase, s3_access: str) -> None:
+    lake = build(lake_case)
+    con, report = open_catalog(lake, s3_access=s3_access)
+    assert report.broken == {}
+    assert report.s3_access == (None if lake_case.kind == "local" else ("httpfs" if s3_access == "auto" else "fsspec"))
+    rows = con.execute("SELECT c.name, sum(o.amount) FROM sales.orders o JOIN ref.carriers c USING (carrier) "
+                       "GROUP BY 1 ORDER BY 1").fetchall()
+    assert rows == [("American", 40), ("United", 20)]
+    assert con.execute("SELECT DISTINCT month FROM sales.orders ORDER BY 1").fetchall() == [("01",), ("02",)] or \
+        con.execute("SELECT DISTINCT month FROM sales.orders ORDER BY 1").fetchall() == [(1,), (2,)]
+    assert con.execute(f'SELECT v FROM sales."{HOSTILE.replace(chr(34), chr(34) * 2)}"').fetchall() == [(42,)]
+    schemas = {r[0] for r in con.execute("SELECT schema_name FROM duckdb_schemas()").fetchall()}
+    assert {"sales", "ref", "aperio"} <= schemas  # the hostile name dropped nothing
+    # no persistent catalog file in shared mode
+    assert not [f for f in lake.storage.list(lake.config.aperio_directory, recursive=True)
+                if f.name.endswith((".duckdb", ".wal"))]
+
+
+def test_state_views_agree_with_the_trackers(lake_case: LakeCase) -> None:
+    lake = build(lake_case)
+    tracker = open_tracker(lake, "sales")
+    tracker.invalidate("orders", {"year": "2024", "month": "02"})
+    tracker.mark_table_complete("orders-pipeline", "sig")
+    for _ in range(2):  # before and after compaction
+        con = connect(lake)
+        status = con.execute("SELECT schema_name, alternate_name, incremental_key_values, row_count "
+                             "FROM aperio.partition_status ORDER BY ALL").fetchall()
+        expected = sorted((s, r["alternate_name"], r["incremental_key_values"], r["row_count"])
+                          for s in ("ref", "sales") for alt in {"orders", "orders_csv", HOSTILE, "carriers"}
+                          for r in open_tracker(lake, s).status_rows(alt))
+        assert status == expected and len(status) == 4  # the fixture's orders.csv is table orders_csv
+        assert con.execute("SELECT schema_name, pipeline_name FROM aperio.table_completion").fetchall() == [
+            ("sales", "orders-pipeline")]
+        conversions = con.execute("SELECT schema_name, table_name, row_count FROM aperio.conversions "
+                                  "ORDER BY ALL").fetchall()
+        assert conversions == sorted([("ref", "carriers", 2), ("sales", HOSTILE, 1), ("sales", "orders", 1),
+                                      ("sales", "orders", 2), ("sales", "orders_csv", 1)])
+        assert con.execute("SELECT count(*) FROM aperio.views WHERE origin = 'generated'").fetchone() == (4,)
+        tracker.compact()
+
+
+def test_user_views_survive_rebuild_and_broken_ones_do_not_break_connect(lake_case: LakeCase,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    lake = build(lake_case)
+    store = ViewStore(lake)
+    store.add("sales", "big_orders", "SELECT * FROM sales.orders WHERE amount >= 20")
+    store.add("sales", "joined", "SELECT o.id, c.name FROM sales.orders o JOIN ref.carriers c USING (carrier)")
+    store.add("ref", "broken", "SELECT * FROM no_such_table")
+    assert store.rebuild()["removed"] == 0
+    assert {(v.view_name, v.origin) for v in store.list()} >= {("big_orders", "user"), ("joined", "user"),
+                                                                ("broken", "user"), ("orders", "generated")}
+    with caplog.at_level(logging.WARNING):
+        con, report = open_catalog(lake)
+    assert list(report.broken) == ["ref.broken"] and "no_such_table" in report.broken["ref.broken"].lower()
+    assert "ref.broken" in caplog.text
+    assert con.execute("SELECT count(*) FROM sales.big_orders").fetchone() == (2,)
+    assert con.execute("SELECT count(*) FROM sales.joined").fetchone() == (3,)
+    assert store.drop("ref", "broken") and not store.drop("ref", "broken")
+    assert open_catalog(lake)[1].broken == {}
+
+
+@pytest.mark.parametrize("lake_case", ["s3"], indirect=True)
+def test_credentials_never_leave_the_secret(lake_case: LakeCase, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        lake = build(lake_case)
+        con = connect(lake)
+        con.execute("SELECT count(*) FROM sales.orders").fetchall()
+    written = b"".join(lake.storage.read_bytes(f.path)
+                       for f in lake.storage.list(lake.config.aperio_directory, recursive=True))
+    view_sql = " ".join(r[0] for r in con.execute("SELECT sql FROM duckdb_views()").fetchall())
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("aperio"))
+    for secret in TEST_CREDENTIALS.values():
+        assert secret.encode() not in written
+        assert secret not in view_sql and secret not in ours
+    # botocore's own DEBUG request logs name the access key id (never the secret); the CLI keeps them off
+    assert TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in caplog.text
+    status = run_cli("--config", lake_case.config_path, "status", "--json")
+    assert all(secret not in status.stdout for secret in TEST_CREDENTIALS.values())
+
+
+def test_sql_command(lake_case: LakeCase) -> None:
+    build(lake_case)
+    result = run_cli("--config", lake_case.config_path, "sql",
+                     "SELECT carrier, sum(amount) AS total FROM sales.orders GROUP BY 1 ORDER BY 1", "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["carrier,total", "AA,40", "UA,20"]
+    result = run_cli("--config", lake_case.config_path, "sql", "SELECT 1 AS one", "--json")
+    assert json.loads(result.stdout) == [{"one": 1}]
+    bad = run_cli("--config", lake_case.config_path, "sql", "SELECT * FROM nowhere")
+    assert bad.returncode == 2 and bad.stderr.startswith("aperio: error: query failed:")
+    assert "Traceback" not in bad.stderr
+    views = run_cli("--config", lake_case.config_path, "views", "add", "sales.recent", "SELECT 2 AS two")
+    assert views.returncode == 0
+    listed = json.loads(run_cli("--config", lake_case.config_path, "views", "list", "--json").stdout)
+    assert {"schema": "sales", "view": "recent", "origin": "user", "sql": "SELECT 2 AS two"} in listed
