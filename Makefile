@@ -30,6 +30,9 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 run: $(VENV)/.installed $(DEMO_DIR)/aperio.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/aperio --config $(APERIO_CONFIG) refresh
 	$(BIN)/aperio --config $(APERIO_CONFIG) status
+	$(BIN)/aperio --config $(APERIO_CONFIG) sql "SELECT a.name AS airline, count(*) AS flights, \
+	  round(avg(f.dep_delay), 1) AS avg_dep_delay FROM flights.flights f JOIN reference.airlines a USING (carrier) \
+	  GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
