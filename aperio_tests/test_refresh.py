@@ -211,3 +211,16 @@ def test_two_concurrent_refreshes_end_consistent(lake_case: LakeCase) -> None:
     assert total == 2 + 4 + 10 * 100  # no duplicated rows
     (after,) = refresh(lake)
     assert after.count("files", "converted") == 0 and after.count("batches", "processed") == 0
+
+
+def test_same_stem_in_one_partition_gets_two_outputs(lake_case: LakeCase) -> None:
+    lake = lake_case.lake()
+    put(lake, "sales/events/day=1/a.csv", b"v\n1\n")
+    put(lake, "sales/events/day=1/a.jsonl", b'{"v": 2}\n')
+    put(lake, "sales/events/day=1/b.csv", b"v\n3\n")
+    (result,) = refresh(lake)
+    assert result.count("files", "converted") == 4  # the three above and the fixture's orders.csv
+    folder = lake.storage.aperio_path("sales", "tables/events/day=1")
+    assert sorted(f.name for f in lake.storage.list(folder)) == ["a.csv.parquet", "a.jsonl.parquet", "b.parquet"]
+    (status,) = open_tracker(lake, "sales").status_rows("events")
+    assert status["row_count"] == 3

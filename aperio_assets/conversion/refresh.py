@@ -15,6 +15,7 @@ import logging
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +85,11 @@ def _mtime_ms(mtime: float) -> int:
     return round(mtime * 1000)
 
 
+def _folder_and_stem(raw: RawFile) -> tuple[str, str]:
+    folder, _, name = raw.relative.rpartition("/")
+    return folder, name.rsplit(".", 1)[0]
+
+
 def unchanged(raw: RawFile, row: Row | None) -> bool:
     """Size, modification time and etag as recorded when the file was last converted."""
     return row is not None and row["source_size"] == raw.info.size \
@@ -103,16 +109,23 @@ class SchemaRefresher:
         self.lineage: ConversionLineage = open_lineage(lake, schema.name)
         self.tables_root = self.storage.aperio_path(schema.name, layout.TABLES_DIR)
         self.result = RefreshResult(schema.name)
+        self._stems: dict[str, Counter] = {}
 
     # -- locations -------------------------------------------------------------------------------
     def target_path(self, table: RawTable, raw: RawFile) -> str:
         if raw.format == "parquet":
             return raw.path  # Parquet is read where it is: never copied
-        stem = raw.relative.rsplit("/", 1)[-1]
-        siblings = [f for f in table.files if f.partition == raw.partition and f is not raw
-                    and f.relative.rsplit("/", 1)[-1].rsplit(".", 1)[0] == stem.rsplit(".", 1)[0]]
-        name = stem if siblings else stem.rsplit(".", 1)[0]  # a.csv beside a.json: keep the suffix
-        return self.storage.join(self.tables_root, table.name, raw.partition_dir, f"{name}.parquet")
+        name = raw.relative.rsplit("/", 1)[-1]
+        folder, stem = _folder_and_stem(raw)
+        # a.csv beside a.json in one folder: both keep their suffix, so their outputs differ
+        clash = self._stem_counts(table)[(folder, stem)] > 1
+        return self.storage.join(self.tables_root, table.name, raw.partition_dir,
+                                 f"{name if clash else stem}.parquet")
+
+    def _stem_counts(self, table: RawTable) -> Counter:
+        if table.name not in self._stems:
+            self._stems[table.name] = Counter(_folder_and_stem(f) for f in table.files if f.format != "parquet")
+        return self._stems[table.name]
 
     def target_pattern(self, table: RawTable, batch_files: list[RawFile]) -> str:
         if all(f.format == "parquet" for f in batch_files) and len(batch_files) == 1:
@@ -167,7 +180,7 @@ class SchemaRefresher:
         with tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp:
             for table in discovery.tables:
                 self._refresh_table(table, lineage, Path(tmp), columns)
-        self.result.model_written = self._write_model(discovery, columns)
+        self.result.model_written = self._write_model(discovery, columns, lineage)
         return self.result
 
     def _forget_removed(self, discovery: Discovery, lineage: dict[str, Row]) -> None:
@@ -242,14 +255,14 @@ class SchemaRefresher:
         marks.clear()
 
     # -- generated model -------------------------------------------------------------------------
-    def _write_model(self, discovery: Discovery, columns: dict[str, list[tuple[str, str]]]) -> bool:
+    def _write_model(self, discovery: Discovery, columns: dict[str, list[tuple[str, str]]],
+                     lineage: dict[str, Row]) -> bool:
         path = self.storage.aperio_path(self.schema.name, layout.GENERATED_MODEL)
         try:
             previous = json.loads(self.storage.read_bytes(path))
         except (FileNotFoundError, ValueError):
             previous = {}
         old_tables = {t["name"]: t for t in previous.get("tables", [])}
-        lineage = self.lineage.records()
         tables = []
         for table in discovery.tables:
             cols = columns.get(table.name)
