@@ -128,3 +128,24 @@ def test_sql_command(lake_case: LakeCase) -> None:
     assert views.returncode == 0
     listed = json.loads(run_cli("--config", lake_case.config_path, "views", "list", "--json").stdout)
     assert {"schema": "sales", "view": "recent", "origin": "user", "sql": "SELECT 2 AS two"} in listed
+
+
+def test_local_mode_state_views_read_the_legacy_files(tmp_path) -> None:
+    from aperio_assets.lake import open_lake
+
+    (tmp_path / "lake" / "sales").mkdir(parents=True)
+    (tmp_path / "lake" / "sales" / "orders.csv").write_text("id,amount\n1,5\n2,7\n")
+    config = tmp_path / "aperio.yaml"
+    config.write_text("baseDirectory: lake\nstateStorage: local\n")
+    lake = open_lake(str(config))
+    refresh(lake)
+    open_tracker(lake, "sales").mark_table_complete("p", "s")
+    con, report = open_catalog(lake)
+    assert report.broken == {} and report.views == 1
+    assert con.execute("SELECT sum(amount) FROM sales.orders").fetchone() == (12,)
+    assert con.execute("SELECT schema_name, alternate_name, row_count FROM aperio.partition_status").fetchall() == [
+        ("sales", "orders", 2)]
+    assert con.execute("SELECT pipeline_name FROM aperio.table_completion").fetchall() == [("p",)]
+    assert con.execute("SELECT table_name, row_count FROM aperio.conversions").fetchall() == [("orders", 2)]
+    # the legacy DuckDB file is not held open by the catalog: the store can still write
+    open_tracker(lake, "sales").mark_processed("orders", "orders", {"x": "1"})
