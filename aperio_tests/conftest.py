@@ -34,6 +34,8 @@ def isolated_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
         if name.startswith(("AWS_", "APERIO_")):
             monkeypatch.delenv(name)
     empty = tmp_path_factory.getbasetemp() / "no-aws-config"
+    # each test gets its own catalog cache (a cache hit across tests would hide a binding cost or bug)
+    monkeypatch.setenv("APERIO_CACHE_DIR", str(tmp_path_factory.mktemp("catalog-cache")))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

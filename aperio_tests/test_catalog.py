@@ -44,8 +44,8 @@ def test_views_and_cross_schema_join(lake_case: LakeCase, s3_access: str) -> Non
     assert con.execute("SELECT DISTINCT month FROM sales.orders ORDER BY 1").fetchall() == [("01",), ("02",)] or \
         con.execute("SELECT DISTINCT month FROM sales.orders ORDER BY 1").fetchall() == [(1,), (2,)]
     assert con.execute(f'SELECT v FROM sales."{HOSTILE.replace(chr(34), chr(34) * 2)}"').fetchall() == [(42,)]
-    schemas = {r[0] for r in con.execute("SELECT schema_name FROM duckdb_schemas()").fetchall()}
-    assert {"sales", "ref", "aperio"} <= schemas  # the hostile name dropped nothing
+    schemas = {r for r in con.execute("SELECT database_name, schema_name FROM duckdb_schemas()").fetchall()}
+    assert {("aperio_catalog", "sales"), ("aperio_catalog", "ref"), ("aperio", "main")} <= schemas  # nothing dropped
     # no persistent catalog file in shared mode
     assert not [f for f in lake.storage.list(lake.config.aperio_directory, recursive=True)
                 if f.name.endswith((".duckdb", ".wal"))]
@@ -149,3 +149,20 @@ def test_local_mode_state_views_read_the_legacy_files(tmp_path) -> None:
     assert con.execute("SELECT table_name, row_count FROM aperio.conversions").fetchall() == [("orders", 2)]
     # the legacy DuckDB file is not held open by the catalog: the store can still write
     open_tracker(lake, "sales").mark_processed("orders", "orders", {"x": "1"})
+
+
+def test_views_are_bound_once_per_definitions_version(lake_case: LakeCase) -> None:
+    lake = build(lake_case)
+    ViewStore(lake).add("ref", "broken", "SELECT * FROM no_such_table")
+    first = open_catalog(lake)[1]
+    second = open_catalog(lake)[1]
+    assert (first.cache, second.cache) == ("built", "hit")
+    assert list(second.broken) == ["ref.broken"]  # still reported when nothing is bound
+    # views of the cache bind at query time: data added after the cache was built is there
+    put(lake, "sales/orders/year=2024/month=03/a.csv", b"id,carrier,amount\n9,UA,1000\n")
+    refresh(lake)
+    assert open_catalog(lake)[1].cache == "hit"  # a new partition changes no definition
+    assert connect(lake).execute("SELECT sum(amount) FROM sales.orders").fetchone() == (1060,)
+    ViewStore(lake).drop("ref", "broken")
+    third = open_catalog(lake)[1]
+    assert third.cache == "built" and third.broken == {}

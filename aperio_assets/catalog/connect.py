@@ -1,13 +1,26 @@
 """The in-memory DuckDB catalog (SPEC §7): one DuckDB schema per aperio schema, one view per view
-definition, and the system schema ``aperio`` exposing the state itself. No catalog file exists."""
+definition, and ``aperio`` exposing the state itself.
+
+DuckDB binds a view when it is created, reading its files' metadata: on S3 a LIST and a footer read
+per view, which made connect cost grow with the number of views. Views loaded from a database file,
+by contrast, are bound only when queried. So the table views are created once per version of the
+view definitions into a machine-local cache file (``$APERIO_CACHE_DIR``, default
+``~/.cache/aperio/catalog``), and every connect ATTACHes it read-only: no request per view. The cache
+is disposable and derived from the shared ``catalog/views`` state, never a source of truth; the
+shared state has no catalog file. The state views live in an in-memory catalog named ``aperio``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -29,7 +42,9 @@ from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMP
 from aperio_assets.storage import S3Storage
 
 log = logging.getLogger(__name__)
-SYSTEM_SCHEMA = "aperio"
+SYSTEM_SCHEMA = "aperio"  # an in-memory catalog: aperio.partition_status, aperio.views, …
+TABLES_CATALOG = "aperio_catalog"  # the attached cache of table views, made the default database
+CACHE_ENV = "APERIO_CACHE_DIR"
 _DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN"}
 
 
@@ -39,6 +54,7 @@ class CatalogReport:
     broken: dict[str, str] = field(default_factory=dict)  # "schema.view" → why it did not register
     s3_access: str | None = None
     seconds: float = 0.0
+    cache: str = ""  # "hit" (attached a prepared catalog) or "built" (views were bound this time)
 
 
 def _first_line(exc: Exception) -> str:
@@ -56,6 +72,7 @@ class _Builder:
     def __init__(self, lake: Lake, con: duckdb.DuckDBPyConnection, workers: int) -> None:
         self.lake, self.con, self.workers = lake, con, workers
         self.report = CatalogReport()
+        self.s3_storage: S3Storage | None = None
 
     def _shared_state_sql(self, directory: str, spec: TableSpec) -> str | None:
         """The §5 rule over a state directory: its glob, or the readable files when some are bad."""
@@ -73,7 +90,7 @@ class _Builder:
         return f"SELECT * FROM {quote_identifier(name)}"
 
     def state_views(self) -> None:
-        self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {SYSTEM_SCHEMA}")
+        self.con.execute(f"ATTACH ':memory:' AS {SYSTEM_SCHEMA}")
         for spec in (PARTITION_STATUS, TABLE_COMPLETION, CONVERSIONS):
             parts = []
             for schema in self.lake.schemas():
@@ -84,9 +101,9 @@ class _Builder:
                 if sql is not None:
                     parts.append(f"SELECT {quote_literal(schema.name)} AS schema_name, * FROM ({sql})")
             body = " UNION ALL BY NAME ".join(parts) if parts else _empty_select(spec, with_schema=True)
-            self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.{spec.name} AS {body}")
+            self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.main.{spec.name} AS {body}")
         views = self._shared_state_sql(self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
-        self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.views AS "
+        self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.main.views AS "
                          f"{views or _empty_select(VIEWS, with_schema=False)}")
 
     def _local_sql(self, schema: SchemaConfig, spec: TableSpec) -> str | None:
@@ -104,29 +121,59 @@ class _Builder:
         rows = store.all_rows(spec.name)
         return self._local_snapshot(name, rows, spec)
 
-    def table_views(self) -> None:
-        names = {s.name for s in self.lake.schemas()}
-        for name in sorted(names):
-            self.con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(name)}")
+    def table_views(self, s3_access: str) -> None:
+        names = sorted(s.name for s in self.lake.schemas())
         definitions = ViewStore(self.lake).list()
         for view in definitions:
             if view.schema_name not in names:
                 self.report.broken[f"{view.schema_name}.{view.view_name}"] = "its schema is not in the configuration"
         definitions = [v for v in definitions if v.schema_name in names]
-        # Generated views first (user views may read them), in parallel: each binds its files' metadata,
-        # which on S3 is a request or two per view.
-        pending = [v for v in definitions if v.origin == "generated"]
-        self._register_all(pending, parallel=True)
-        rest = [v for v in definitions if v.origin != "generated"]
-        for _ in range(len(rest) + 1):  # user views may depend on each other: retry until nothing changes
-            failed = self._register_all(rest, parallel=False)
-            if len(failed) == len(rest):
-                break
-            rest = failed
-        self.report.views = sum(1 for v in definitions if f"{v.schema_name}.{v.view_name}" not in self.report.broken)
+        cache = _cache_path(names, definitions)
+        sidecar = cache.with_suffix(".json")
+        try:
+            broken = json.loads(sidecar.read_text())
+            self._attach(cache)
+            self.report.cache = "hit"
+        except (OSError, ValueError, duckdb.Error):
+            broken = self._build(cache, sidecar, names, definitions, s3_access)
+            self._attach(cache)
+            self.report.cache = "built"
+        self.report.broken.update(broken)
+        self.report.views = sum(1 for v in definitions if f"{v.schema_name}.{v.view_name}" not in broken)
 
-    def _register(self, view: ViewDefinition) -> str | None:
-        cursor = self.con.cursor()
+    def _attach(self, cache: Path) -> None:
+        self.con.execute(f"ATTACH {quote_literal(str(cache))} AS {TABLES_CATALOG} (READ_ONLY)")
+        self.con.execute(f"USE {TABLES_CATALOG}")
+
+    def _build(self, cache: Path, sidecar: Path, names: list[str], definitions: list[ViewDefinition],
+               s3_access: str) -> dict[str, str]:
+        """Bind every view once, into a new cache file (written aside, then renamed into place)."""
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temp = cache.with_name(f".{cache.stem}.{uuid.uuid4().hex}.duckdb")
+        scratch = duckdb.connect(str(temp))
+        try:
+            if self.s3_storage is not None:
+                enable_s3(scratch, self.s3_storage, method=s3_access)
+            for name in names:
+                scratch.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(name)}")
+            # Generated views first (user views may read them), in parallel: each binds its files.
+            failed = self._register_all(scratch, [v for v in definitions if v.origin == "generated"], parallel=True)
+            rest = [v for v in definitions if v.origin != "generated"]
+            still: list[tuple[ViewDefinition, str]] = []
+            for _ in range(len(rest) + 1):  # user views may depend on each other: retry while that helps
+                still = self._register_all(scratch, rest, parallel=False)
+                if len(still) == len(rest):
+                    break
+                rest = [v for v, _ in still]
+            broken = {f"{v.schema_name}.{v.view_name}": error for v, error in [*failed, *still]}
+        finally:
+            scratch.close()
+        sidecar.write_text(json.dumps(broken))
+        os.replace(temp, cache)
+        return broken
+
+    def _register(self, con: duckdb.DuckDBPyConnection, view: ViewDefinition) -> str | None:
+        cursor = con.cursor()
         try:
             cursor.execute(f"CREATE OR REPLACE VIEW {quote_identifier(view.schema_name)}."
                            f"{quote_identifier(view.view_name)} AS {view.sql}")
@@ -136,21 +183,32 @@ class _Builder:
         finally:
             cursor.close()
 
-    def _register_all(self, views: list[ViewDefinition], *, parallel: bool) -> list[ViewDefinition]:
+    def _register_all(self, con: duckdb.DuckDBPyConnection, views: list[ViewDefinition], *,
+                      parallel: bool) -> list[tuple[ViewDefinition, str]]:
+        """Create the views; returns those that did not bind, with the reason."""
         if parallel and len(views) > 1:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
-                errors = list(pool.map(self._register, views))
+                errors = list(pool.map(lambda v: self._register(con, v), views))
         else:
-            errors = [self._register(v) for v in views]
-        failed = []
-        for view, error in zip(views, errors, strict=True):
-            key = f"{view.schema_name}.{view.view_name}"
-            if error is None:
-                self.report.broken.pop(key, None)
-            else:
-                self.report.broken[key] = error
-                failed.append(view)
-        return failed
+            errors = [self._register(con, v) for v in views]
+        return [(v, e) for v, e in zip(views, errors, strict=True) if e is not None]
+
+
+def cache_directory() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "aperio" / "catalog"
+
+
+def _cache_path(schemas: list[str], definitions: list[ViewDefinition]) -> Path:
+    """One cache file per version of everything the views' binding depends on."""
+    fingerprint = hashlib.sha256(json.dumps({
+        "duckdb": duckdb.__version__, "schemas": schemas,
+        "views": [[v.schema_name, v.view_name, v.sql, v.origin, list(v.columns)] for v in definitions],
+    }, sort_keys=True).encode()).hexdigest()[:32]
+    return cache_directory() / f"{fingerprint}.duckdb"
 
 
 def open_catalog(config_or_path: ConfigLike | Lake = None, *, s3_access: str = "auto",
@@ -166,9 +224,10 @@ def open_catalog(config_or_path: ConfigLike | Lake = None, *, s3_access: str = "
     if is_s3_url(lake.config.aperio_directory) or is_s3_url(lake.config.base_directory):
         storage = lake.storage if isinstance(lake.storage, S3Storage) else lake.lake_storage
         assert isinstance(storage, S3Storage)
+        builder.s3_storage = storage
         builder.report.s3_access = enable_s3(con, storage, method=s3_access)
         con.execute("SET enable_http_metadata_cache = true")
-    builder.table_views()
+    builder.table_views(s3_access)
     builder.state_views()
     for key, error in builder.report.broken.items():
         log.warning("view %s did not register: %s", key, error)
