@@ -26,8 +26,10 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
-# The main job: convert the lake's raw files, process changed partitions, then show the state.
+# The main job: migrate any legacy state, convert the lake's raw files, process changed partitions,
+# then show the state and query the catalog.
 run: $(VENV)/.installed $(DEMO_DIR)/aperio.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/aperio --config $(APERIO_CONFIG) migrate
 	$(BIN)/aperio --config $(APERIO_CONFIG) refresh
 	$(BIN)/aperio --config $(APERIO_CONFIG) status
 	$(BIN)/aperio --config $(APERIO_CONFIG) sql "SELECT a.name AS airline, count(*) AS flights, \

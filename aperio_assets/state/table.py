@@ -432,6 +432,24 @@ class StateTable:
         self._maybe_compact()
         return name
 
+    def write_versions(self, rows: Iterable[Mapping[str, Any]], writer: str) -> str | None:
+        """Write rows that carry their own ``_ts`` (history imported from legacy state, stamped from its
+        own timestamps) under ``writer``, as one file. Writing the same rows again is harmless: equal
+        versions resolve to one row. Within the batch the greatest ``_ts`` per key is kept."""
+        batch: dict[str, Row] = {}
+        for row in rows:
+            normalized = self._normalize({k: v for k, v in row.items() if k != TS}, deleted=False)
+            normalized[TS], normalized[WRITER] = int(row[TS]), writer
+            key = composite_key(tuple(normalized[k] for k in self.spec.keys))
+            if key not in batch or batch[key][TS] < normalized[TS]:
+                batch[key] = normalized
+        if not batch:
+            return None
+        newest = max(r[TS] for r in batch.values())
+        self.clock.observe(newest)
+        table = pa.Table.from_pylist([batch[k] for k in sorted(batch)], schema=self._schema)
+        return self._create(f"{newest:017d}_{self.writer}_{next(_sequence):06d}{DATA_SUFFIX}", table)
+
     def _create(self, name: str, table: pa.Table) -> str:
         data = parquet_bytes(table)
         if not self.storage.create_if_absent(self.storage.join(self.directory, name), data):
