@@ -142,8 +142,7 @@ class Migrator:
                 self.storage.upload(str(copy), target + suffix)
         return target
 
-    @staticmethod
-    def _remove_original(file: LegacyFile) -> None:
+    def _remove_original(self, file: LegacyFile) -> None:
         """Delete a legacy file, its WAL and, for conversions, its lock file (deletes are idempotent)."""
         file.storage.delete(file.location)
         file.storage.delete(file.location + ".wal")
@@ -219,7 +218,14 @@ class Migrator:
                     result.notes.append("legacy files left in place (--no-archive); a copy is in the archive")
             except CorruptLegacyFile as exc:
                 result.error = str(exc)
+            except FileNotFoundError as exc:  # another worker finished this schema meanwhile
+                if not self._all_recorded(schema.name):
+                    raise
+                result.notes.append(f"migrated by another worker meanwhile ({exc.filename or exc})")
         return result
+
+    def _all_recorded(self, schema: str) -> bool:
+        return all(self.storage.exists(self._record_path(f"{schema}-{kind}")) for kind in KINDS)
 
     def migrate_catalog(self) -> SchemaResult | None:
         file = self.find(*layout.LEGACY_CATALOG.split("/"))
@@ -238,10 +244,11 @@ class Migrator:
                 result.notes += [f"macro {m} is not migrated (re-create it in a user view if needed)"
                                  for m in catalog.macros]
                 if self._recorded("catalog-views", file.checksum):
-                    result.kinds.append(KindResult("views", file.location, len(views), "already-migrated"))
+                    status = "already-migrated"
                 elif self.dry_run:
-                    result.kinds.append(KindResult("views", file.location, len(views), "would-migrate"))
+                    status = "would-migrate"
                 else:
+                    status = "migrated"
                     result.archived.append(self._backup(file, None))
                     store = ViewStore(self.lake)
                     existing = {(v.schema_name, v.view_name) for v in store.list()}
@@ -249,11 +256,17 @@ class Migrator:
                         if (schema, name) not in existing:  # a view already defined in shared mode wins
                             store.add(schema, name, sql, origin="migrated")
                     self._record("catalog-views", source=file.location, checksum=file.checksum, rows=len(views))
-                    result.kinds.append(KindResult("views", file.location, len(views), "migrated"))
-                    if self.archive:
-                        self._remove_original(file)
+                result.kinds.append(KindResult("views", file.location, len(views), status))
+                if not self.dry_run and self.archive:
+                    if not result.archived:  # migrated earlier with --no-archive: back up before removing
+                        result.archived.append(self._backup(file, None))
+                    self._remove_original(file)
             except CorruptLegacyFile as exc:
                 result.error = str(exc)
+            except FileNotFoundError:  # another worker finished the catalog meanwhile
+                if not self.storage.exists(self._record_path("catalog-views")):
+                    raise
+                result.notes.append("migrated by another worker meanwhile")
         return result
 
 
