@@ -40,6 +40,9 @@ def lake_status(lake: Lake) -> dict[str, Any]:
         else []
     report["root"] = root
     report["legacyCatalog"] = legacy_catalog
+    report["migrations"] = sorted(f.name.removesuffix(".json") for f in
+                                  storage.list(storage.aperio_path(None, layout.MIGRATIONS_DIR))) \
+        if layout.MIGRATIONS_DIR in root_entries else []
 
     health = state_health(lake)
     report["catalogStateTables"] = health.get(None, {})

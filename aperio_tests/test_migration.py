@@ -255,3 +255,44 @@ def test_two_migrators_at_once_end_as_one(tmp_path: Path) -> None:
         p.join(timeout=120)
         assert p.exitcode == 0
     assert _state(config) == _state(reference)
+
+
+def test_unicode_quotes_empty_keys_and_namespaced_conversions(tmp_path: Path) -> None:
+    from aperio_assets.migration import legacy_fingerprint
+    from aperio_assets.state.legacy_schema import PARTITION_STATUS_DDL, TABLE_COMPLETION_DDL
+
+    (tmp_path / "lake" / "sales").mkdir(parents=True)
+    aperio = tmp_path / "lake" / ".aperio" / "sales"
+    aperio.mkdir(parents=True)
+    con = duckdb.connect(str(aperio / ".partition_status.duckdb"))
+    con.execute(PARTITION_STATUS_DDL)
+    con.execute(TABLE_COMPLETION_DDL)
+    odd = '{"ville": "Zürich", "q": "it\'s \\"quoted\\"; DROP TABLE x; --"}'
+    con.executemany("INSERT INTO partition_status VALUES (?, ?, ?, NULL, ?, ?, ?, ?, NULL)", [
+        ("orders", odd, "orders", 1000, 5, False, None),
+        ("orders", "{}", "orders", 2000, None, True, "boom"),
+    ])
+    con.close()
+    (aperio / ".conversions.json").write_text(json.dumps({"s3://bucket": {"k1": {
+        "sourceFile": "s3://bucket/sales/a.csv", "convertedFile": "s3://bucket/t/a.parquet", "rowCount": 3,
+        "timestamp": 1704067300000, "refreshEnabled": True}}}))
+    (aperio / ".conversions.json.lock").write_text("")
+    config = tmp_path / "aperio.yaml"
+    config.write_text("baseDirectory: lake\n")
+    lake = open_lake(str(config))
+    fingerprint = legacy_fingerprint(lake)
+    assert fingerprint is not None and fingerprint == legacy_fingerprint(lake)
+
+    assert not migrate(lake).failed
+    tracker = open_tracker(lake, "sales")
+    rows = {r["incremental_key_values"]: r for r in tracker.status_rows("orders")}
+    assert set(rows) == {canonical_key(odd), "{}"}
+    assert "Zürich" in canonical_key(odd) and rows[canonical_key(odd)]["row_count"] == 5
+    assert rows["{}"]["error_status"] is True and rows["{}"]["error_message"] == "boom"
+    assert tracker.is_processed("orders", "orders", json.loads(odd))
+    (conversion,) = open_lineage(lake, "sales").records().values()
+    assert (conversion["source_path"], conversion["row_count"]) == ("s3://bucket/sales/a.csv", 3)
+    assert json.loads(conversion["extra"]) == {"refreshEnabled": True}
+    assert legacy_fingerprint(lake) is None  # nothing left: the sensor asks for no run
+    status = json.loads(run_cli("--config", str(config), "status", "--json").stdout)
+    assert status["migrations"] == ["sales-conversions", "sales-partition_status", "sales-table_completion"]

@@ -23,8 +23,9 @@ def run(args: argparse.Namespace) -> int:
 
     lake = open_lake(args.config)
     lake.check()
-    with console.status("migrating legacy state…"):
-        report = migrate(lake, args.schema, dry_run=args.dry_run, archive=not args.no_archive)
+    with console.status("migrating legacy state…") as spinner:
+        report = migrate(lake, args.schema, dry_run=args.dry_run, archive=not args.no_archive,
+                         progress=lambda message: spinner.update(message))
     if args.json:
         print_json(report.to_dict())
     else:

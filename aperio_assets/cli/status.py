@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
                   + ("" if report["aperioDirectoryExists"] else "  (not created yet)"))
     console.print(f"[bold]storage[/bold]     {report['storage']}")
     console.print(f"[bold]mode[/bold]        {report['stateStorage']} (default)")
+    if report["migrations"]:
+        console.print(f"[bold]migrated[/bold]    {', '.join(report['migrations'])}")
     if report["legacyCatalog"]:
         console.print(f"[bold]legacy catalog[/bold] {', '.join(report['legacyCatalog'])}")
     for name, summary in report["root"].items():

@@ -21,6 +21,7 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,8 +90,10 @@ def _stamp() -> str:
 
 
 class Migrator:
-    def __init__(self, lake: Lake, *, dry_run: bool = False, archive: bool = True) -> None:
+    def __init__(self, lake: Lake, *, dry_run: bool = False, archive: bool = True,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.lake, self.dry_run, self.archive = lake, dry_run, archive
+        self.progress = progress or (lambda message: None)
         self.storage = lake.storage
         self.stamp = _stamp()
         self.legacy_roots: list[tuple[str, StorageProvider]] = [(lake.config.aperio_directory, lake.storage)]
@@ -161,6 +164,7 @@ class Migrator:
             return KindResult(kind, source.location, len(rows), "already-migrated")
         if self.dry_run:
             return KindResult(kind, source.location, len(rows), "would-migrate")
+        self.progress(f"{schema}: writing and verifying {len(rows)} {kind} rows")
         versions = [{**{c: r.get(c) for c in spec.keys + spec.value_names}, TS: (r.get(stamp_column) or 0) * 1000}
                     for r in rows]
         state_file = self._state_table(schema, spec).write_versions(versions, MIGRATION_WRITER)
@@ -196,11 +200,13 @@ class Migrator:
                 work: list[tuple[str, list[dict[str, Any]], LegacyFile]] = []
                 status_file = files.get(layout.LEGACY_PARTITION_STATUS)
                 if status_file is not None:
+                    self.progress(f"{schema.name}: reading {status_file.location}")
                     copy = fetch(status_file, workdir, with_wal=True)
                     status, completion = read_partition_status(copy, status_file.location)
                     work += [("partition_status", status, status_file), ("table_completion", completion, status_file)]
                 conversions_file = files.get(layout.LEGACY_CONVERSIONS)
                 if conversions_file is not None:
+                    self.progress(f"{schema.name}: reading {conversions_file.location}")
                     copy = fetch(conversions_file, workdir)
                     work.append(("conversions", read_conversions(copy, conversions_file.location), conversions_file))
                 model_file = files.get(layout.LEGACY_GENERATED_MODEL)
@@ -270,9 +276,10 @@ class Migrator:
         return result
 
 
-def migrate(lake: Lake, schema: str | None = None, *, dry_run: bool = False, archive: bool = True) -> MigrationReport:
+def migrate(lake: Lake, schema: str | None = None, *, dry_run: bool = False, archive: bool = True,
+            progress: Callable[[str], None] | None = None) -> MigrationReport:
     """Migrate the legacy state of every shared-mode schema (or one); safe to run from many workers."""
-    migrator = Migrator(lake, dry_run=dry_run, archive=archive)
+    migrator = Migrator(lake, dry_run=dry_run, archive=archive, progress=progress)
     report = MigrationReport(dry_run)
     for schema_config in lake.select_schemas(schema):
         if schema_config.state_storage != "shared":
