@@ -16,8 +16,12 @@ def test_definitions_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("APERIO_CONFIG", str(tmp_path / "aperio.yaml"))
     from aperio_assets.definitions import defs
 
-    dg.Definitions.validate_loadable(defs)
+    with dg.instance_for_test():  # a fresh instance: an earlier test's may be gone
+        dg.Definitions.validate_loadable(defs)
     assert "aperio" in defs.resources
+    assert {j.name for j in defs.jobs} == {"migrate_legacy_state_job", "compact_state_job", "rebuild_views_job"}
+    assert [s.name for s in defs.sensors] == ["legacy_state_sensor"]
+    assert {s.name for s in defs.schedules} == {"compact_state_schedule", "rebuild_views_schedule"}
 
 
 def test_resource_gives_the_lake(tmp_path: Path) -> None:

@@ -1,0 +1,89 @@
+"""Maintenance jobs and their automation (SPEC §9): migration of legacy state started by a sensor,
+hourly compaction, daily view rebuild. Each op calls the same library code as the CLI.
+
+(No ``from __future__ import annotations`` here: Dagster reads the context annotations at runtime.)
+"""
+
+import dagster as dg
+
+from aperio_assets.catalog.views import ViewStore
+from aperio_assets.defs.resources import AperioResource
+from aperio_assets.migration import legacy_fingerprint, migrate
+from aperio_assets.state.maintenance import compact_lake
+
+FINGERPRINT_TAG = "aperio/legacy-fingerprint"
+
+
+# Pools serialise these ops across all runs (dagster.yaml gives every pool a default limit of 1): two
+# compactions never run at once. The protocol is safe either way; this only saves the work.
+@dg.op(pool="aperio_migration")
+def migrate_legacy_state(context: dg.OpExecutionContext, aperio: AperioResource) -> dg.Output[int]:
+    """Migrate every shared schema's legacy state; fails (to be retried by the sensor) if any fails."""
+    report = migrate(aperio.lake(), progress=context.log.info)
+    migrated = [f"{s.schema}: {k.kind} ({k.rows} rows, {k.status})" for s in report.schemas for k in s.kinds]
+    for schema in report.failed:
+        context.log.error(f"{schema.schema}: {schema.error}")
+    if report.failed:
+        raise dg.Failure(description=f"{len(report.failed)} schema(s) could not be migrated",
+                         metadata={"errors": dg.MetadataValue.json({s.schema: s.error for s in report.failed})})
+    rows = sum(k.rows for s in report.schemas for k in s.kinds if k.status == "migrated")
+    summary = "\n".join(f"- {m}" for m in migrated) or "nothing to migrate"
+    return dg.Output(rows, metadata={"rows migrated": rows, "schemas": len(report.schemas),
+                                     "summary": dg.MetadataValue.md(summary)})
+
+
+@dg.op(pool="aperio_compaction")
+def compact_state(context: dg.OpExecutionContext, aperio: AperioResource) -> dg.Output[int]:
+    results = compact_lake(aperio.lake())
+    files_before = sum(r["files_read"] for r in results)
+    files_after = sum(1 for r in results if r["output"]) + sum(r["files_read"] - r["files_deleted"] for r in results)
+    return dg.Output(len(results), metadata={"state files before": files_before, "state files after": files_after,
+                                             "tombstones dropped": sum(r["tombstones_dropped"] for r in results)})
+
+
+@dg.op
+def rebuild_views(context: dg.OpExecutionContext, aperio: AperioResource) -> dg.Output[int]:
+    summary = ViewStore(aperio.lake()).rebuild()
+    return dg.Output(summary["written"], metadata=dict(summary.items()))
+
+
+@dg.job(description="Migrate legacy single-node state into shared state (SPEC §8).")
+def migrate_legacy_state_job() -> None:
+    migrate_legacy_state()
+
+
+@dg.job(description="Compact every shared state table into one file.")
+def compact_state_job() -> None:
+    compact_state()
+
+
+@dg.job(description="Regenerate the generated view definitions from the generated models.")
+def rebuild_views_job() -> None:
+    rebuild_views()
+
+
+# Running by default: the rollout plan wants legacy state migrated on start-up, and compaction keeps
+# reads cheap. Both need the dagster-daemon (`make dev` starts it).
+compact_state_schedule = dg.ScheduleDefinition(name="compact_state_schedule", job=compact_state_job,
+                                               cron_schedule="0 * * * *",  # hourly
+                                               default_status=dg.DefaultScheduleStatus.RUNNING)
+rebuild_views_schedule = dg.ScheduleDefinition(name="rebuild_views_schedule", job=rebuild_views_job,
+                                               cron_schedule="30 3 * * *",  # daily
+                                               default_status=dg.DefaultScheduleStatus.RUNNING)
+
+
+@dg.sensor(job=migrate_legacy_state_job, minimum_interval_seconds=60,
+           default_status=dg.DefaultSensorStatus.RUNNING)
+def legacy_state_sensor(context: dg.SensorEvaluationContext, aperio: AperioResource) -> dg.SensorResult:
+    """One run per legacy state (its files' fingerprint); a failed run is retried with a new run key;
+    nothing once the legacy files are gone."""
+    fingerprint = legacy_fingerprint(aperio.lake())
+    if fingerprint is None:
+        return dg.SensorResult(skip_reason="no legacy state left to migrate")
+    runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=migrate_legacy_state_job.name,
+                                                           tags={FINGERPRINT_TAG: fingerprint}))
+    failed = [r for r in runs if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
+    if len(failed) < len(runs):
+        return dg.SensorResult(skip_reason=f"a migration of legacy state {fingerprint} is queued, running or done")
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"{fingerprint}-attempt-{len(failed)}",
+                                                       tags={FINGERPRINT_TAG: fingerprint})])

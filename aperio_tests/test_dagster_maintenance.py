@@ -1,0 +1,95 @@
+"""The maintenance jobs, the legacy-state sensor and the schedules, tested the Dagster way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from aperio_assets.defs.maintenance import (
+    FINGERPRINT_TAG,
+    compact_state_job,
+    compact_state_schedule,
+    legacy_state_sensor,
+    migrate_legacy_state_job,
+    rebuild_views_job,
+    rebuild_views_schedule,
+)
+from aperio_assets.defs.resources import AperioResource
+from aperio_assets.demo import write_demo_lake
+from aperio_assets.lake import open_lake
+from aperio_assets.state import open_tracker
+
+
+@pytest.fixture
+def legacy(tmp_path: Path) -> AperioResource:
+    return AperioResource(config_path=str(write_demo_lake(tmp_path / "demo", with_legacy=True, flights_per_month=10)))
+
+
+def tick(instance: dg.DagsterInstance, aperio: AperioResource) -> dg.SensorResult:
+    context = dg.build_sensor_context(instance=instance, resources={"aperio": aperio})
+    return legacy_state_sensor(context)
+
+
+def run(job: dg.JobDefinition, instance: dg.DagsterInstance, aperio: AperioResource,
+        request: dg.RunRequest | None = None) -> dg.ExecuteInProcessResult:
+    return job.execute_in_process(instance=instance, resources={"aperio": aperio},
+                                  tags=request.tags if request else None, raise_on_error=False)
+
+
+def test_sensor_requests_one_migration_then_nothing(legacy: AperioResource) -> None:
+    with dg.instance_for_test() as instance:
+        first = tick(instance, legacy)
+        (request,) = first.run_requests
+        assert request.run_key.endswith("-attempt-0") and FINGERPRINT_TAG in request.tags
+        result = run(migrate_legacy_state_job, instance, legacy, request)
+        assert result.success
+        materialized = result.output_for_node("migrate_legacy_state")
+        assert materialized == 18  # flights 8 + 3 + 2 rows, reference 2 + 0 + 1, two catalog views
+        after = tick(instance, legacy)
+        assert not after.run_requests and "no legacy state" in after.skip_reason.skip_message
+        lake = open_lake(legacy.config_path)
+        assert len(open_tracker(lake, "flights").get_processed_key_values("flights")) == 6
+
+
+def test_a_failed_migration_is_retried(legacy: AperioResource, tmp_path: Path) -> None:
+    bad = tmp_path / "demo" / "lake" / ".aperio" / "reference" / ".partition_status.duckdb"
+    good = bad.read_bytes()
+    bad.write_bytes(b"corrupt" * 100)
+    with dg.instance_for_test() as instance:
+        (request,) = tick(instance, legacy).run_requests
+        failed = run(migrate_legacy_state_job, instance, legacy, request)
+        assert not failed.success
+        # the reference schema's file is repaired (say, restored from a backup): a new attempt is requested
+        bad.write_bytes(good)
+        (retry,) = tick(instance, legacy).run_requests
+        assert retry.run_key != request.run_key
+        assert run(migrate_legacy_state_job, instance, legacy, retry).success
+        assert not tick(instance, legacy).run_requests
+
+
+def test_no_second_request_while_one_is_pending(legacy: AperioResource) -> None:
+    with dg.instance_for_test() as instance:
+        (request,) = tick(instance, legacy).run_requests
+        instance.create_run_for_job(migrate_legacy_state_job, tags=request.tags)  # queued, not yet run
+        assert not tick(instance, legacy).run_requests
+
+
+def test_schedules_and_maintenance_jobs(legacy: AperioResource) -> None:
+    with dg.instance_for_test() as instance:
+        for schedule in (compact_state_schedule, rebuild_views_schedule):
+            context = dg.build_schedule_context(instance=instance, resources={"aperio": legacy})
+            requests = schedule.evaluate_tick(context).run_requests
+            assert len(requests) == 1
+        assert compact_state_schedule.cron_schedule == "0 * * * *"
+        assert compact_state_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+        assert run(migrate_legacy_state_job, instance, legacy).success
+        tracker = open_tracker(open_lake(legacy.config_path), "flights")
+        for month in ("07", "08"):
+            tracker.mark_processed("flights", "flights", {"year": "2013", "month": month})
+        compacted = run(compact_state_job, instance, legacy)
+        assert compacted.success
+        assert [s.files for s in open_tracker(open_lake(legacy.config_path), "flights").stats()] == [1, 1]
+        views = run(rebuild_views_job, instance, legacy)
+        assert views.success
