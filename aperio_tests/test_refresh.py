@@ -224,3 +224,16 @@ def test_same_stem_in_one_partition_gets_two_outputs(lake_case: LakeCase) -> Non
     assert sorted(f.name for f in lake.storage.list(folder)) == ["a.csv.parquet", "a.jsonl.parquet", "b.parquet"]
     (status,) = open_tracker(lake, "sales").status_rows("events")
     assert status["row_count"] == 3
+
+
+def test_a_refresh_writes_state_once_and_lists_little(lake_case: LakeCase) -> None:
+    """State is written in one file per kind (not one per table), and reads do not re-list per table."""
+    lake = lake_case.lake()
+    for i in range(20):
+        put(lake, f"sales/t{i:02d}.csv", f"a\n{i}\n".encode())
+    lake.storage.counters.reset()
+    (result,) = refresh(lake)
+    assert result.count("batches", "processed") == 21  # 20 tables and the fixture's orders.csv
+    for table in ("conversions", "partition_status"):
+        assert len(lake.storage.list(lake.storage.aperio_path("sales", table))) == 1
+    assert lake.storage.counters.snapshot()["LIST"] <= 10

@@ -32,6 +32,9 @@ from aperio_assets.state.lineage import ConversionLineage, Row
 
 log = logging.getLogger(__name__)
 FLUSH_EVERY_BATCHES = 64  # lineage rows and batch marks are written in groups, not one PUT per batch
+# A refresh reads the status once, at its start: it is the one processing these batches, and a
+# concurrent refresh at worst redoes idempotent work. Without this every table's lookup re-lists.
+RUN_STALENESS_SECONDS = 3600.0
 Progress = Callable[[str], None]
 
 
@@ -105,11 +108,14 @@ class SchemaRefresher:
         self.storage = lake.storage
         self.raw_storage = lake.lake_storage
         self.progress = progress or (lambda message: None)
-        self.tracker: IncrementalTracker = open_tracker(lake, schema.name)
+        self.tracker: IncrementalTracker = open_tracker(lake, schema.name,
+                                                        max_staleness_seconds=RUN_STALENESS_SECONDS)
         self.lineage: ConversionLineage = open_lineage(lake, schema.name)
         self.tables_root = self.storage.aperio_path(schema.name, layout.TABLES_DIR)
         self.result = RefreshResult(schema.name)
         self._stems: dict[str, Counter] = {}
+        self._pending_rows: list[Row] = []
+        self._pending_marks: list[dict[str, Any]] = []
 
     # -- locations -------------------------------------------------------------------------------
     def target_path(self, table: RawTable, raw: RawFile) -> str:
@@ -180,6 +186,7 @@ class SchemaRefresher:
         with tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp:
             for table in discovery.tables:
                 self._refresh_table(table, lineage, Path(tmp), columns)
+            self._flush()
         self.result.model_written = self._write_model(discovery, columns, lineage)
         return self.result
 
@@ -212,9 +219,7 @@ class SchemaRefresher:
         keys = list(batches)
         unprocessed = {keys[i] for i in self.tracker.filter_unprocessed(table.name, table.name,
                                                                         [parse_key(k) for k in keys])}
-        pending_rows: list[Row] = []
-        pending_marks: list[dict[str, Any]] = []
-        for n, (batch, files) in enumerate(batches.items(), 1):
+        for batch, files in batches.items():
             changed = [f for f in files if not unchanged(f, lineage.get(f.path))]
             if not changed and batch not in unprocessed:
                 self.result.batches.append(BatchOutcome(table.name, batch, "skipped"))
@@ -226,7 +231,7 @@ class SchemaRefresher:
                     self.progress(f"{self.schema.name}.{table.name}: {raw.relative}")
                     row, converted = self._convert(table, raw, workdir)
                     lineage[raw.path] = row
-                    pending_rows.append(row)
+                    self._pending_rows.append(row)
                     if converted is not None:
                         columns[table.name] = list(converted.columns)
                     self.result.files.append(FileOutcome(table.name, raw.path, "failed" if row["error"] else
@@ -240,19 +245,19 @@ class SchemaRefresher:
                     "target_pattern": self.target_pattern(table, files), "row_count": rows}
             if errors:
                 mark["error_message"] = "; ".join(errors)
-            pending_marks.append(mark)
+            self._pending_marks.append(mark)
             self.result.batches.append(BatchOutcome(table.name, batch, "failed" if errors else "processed",
                                                     rows, "; ".join(errors) or None))
-            if n % FLUSH_EVERY_BATCHES == 0:
-                self._flush(pending_rows, pending_marks)
-        self._flush(pending_rows, pending_marks)
+            if len(self._pending_marks) >= FLUSH_EVERY_BATCHES:
+                self._flush()
 
-    def _flush(self, rows: list[Row], marks: list[dict[str, Any]]) -> None:
-        # Lineage first: a batch is only marked once what it was made from is recorded.
-        self.lineage.record_many(rows)
-        self.tracker.mark_many(marks)
-        rows.clear()
-        marks.clear()
+    def _flush(self) -> None:
+        # Lineage first: a batch is only marked once what it was made from is recorded. A refresh
+        # killed before a flush redoes those batches next time (their outputs have fixed names).
+        self.lineage.record_many(self._pending_rows)
+        self.tracker.mark_many(self._pending_marks)
+        self._pending_rows.clear()
+        self._pending_marks.clear()
 
     # -- generated model -------------------------------------------------------------------------
     def _write_model(self, discovery: Discovery, columns: dict[str, list[tuple[str, str]]],

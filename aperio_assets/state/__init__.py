@@ -31,15 +31,19 @@ __all__ = [
 ]
 
 
-def open_tracker(config_or_path: ConfigLike | Lake, schema: str) -> IncrementalTracker:
+def open_tracker(config_or_path: ConfigLike | Lake, schema: str, *,
+                 max_staleness_seconds: float = 0.0) -> IncrementalTracker:
     """The tracker for ``schema``: shared (Parquet state tables) or local (legacy DuckDB file), as
-    the schema's ``stateStorage`` says."""
+    the schema's ``stateStorage`` says. In shared mode every read re-lists the state directory
+    unless ``max_staleness_seconds`` allows a recent listing to be reused (one LIST per read adds up
+    on S3 for a caller that reads in a loop)."""
     lake = open_lake(config_or_path)
     schema_config = lake.schema(schema)
     if schema_config.state_storage == "local":
         return DuckDBPartitionStatusStore(os.path.join(lake.local_state_directory, schema,
                                                        layout.LEGACY_PARTITION_STATUS))
-    return ParquetPartitionStatusStore(lake.storage, schema, lake.config.compaction)
+    return ParquetPartitionStatusStore(lake.storage, schema, lake.config.compaction,
+                                       max_staleness_seconds=max_staleness_seconds)
 
 
 def open_lineage(config_or_path: ConfigLike | Lake, schema: str) -> ConversionLineage:
