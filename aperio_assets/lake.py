@@ -50,6 +50,10 @@ class Lake:
         bucket_and_prefix = self.config.aperio_directory.split("://", 1)[1]
         return os.path.join(os.path.expanduser("~"), ".cache", "aperio", bucket_and_prefix)
 
+    def local_state_path(self, schema: str, name: str) -> str:
+        """A local-mode (legacy) state file of a schema, e.g. its ``.partition_status.duckdb``."""
+        return os.path.join(self.local_state_directory, schema, name)
+
     def check(self) -> None:
         """Fail early, with the config key named, when the lake's directory or bucket does not exist;
         unreachable storage or refused credentials raise StorageUnavailable naming endpoint and bucket."""
@@ -65,10 +69,15 @@ class Lake:
                 raise ConfigError(self.config.source, "aperioDirectory", str(exc)) from None
 
     def schemas(self) -> list[SchemaConfig]:
-        """The configured schemas, or else every top-level folder of the lake (SPEC §2)."""
+        """The configured schemas, or else every top-level folder of the lake (SPEC §2), discovered
+        once per Lake (one LIST): open a new Lake to see folders added since."""
         if self.config.configured_schemas is not None:
             return list(self.config.configured_schemas)
-        return self.discover_schemas()
+        return list(self._discovered)
+
+    @cached_property
+    def _discovered(self) -> tuple[SchemaConfig, ...]:
+        return tuple(self.discover_schemas())
 
     def discover_schemas(self) -> list[SchemaConfig]:
         aperio_dir = self.config.aperio_directory.rstrip("/")
@@ -89,10 +98,11 @@ class Lake:
         return found
 
     def schema(self, name: str) -> SchemaConfig:
-        for schema in self.schemas():
+        schemas = self.schemas()
+        for schema in schemas:
             if schema.name == name:
                 return schema
-        known = ", ".join(s.name for s in self.schemas()) or "none"
+        known = ", ".join(s.name for s in schemas) or "none"
         raise UsageError(f"unknown schema {name!r} in {self.config.source} (known: {known})")
 
     def select_schemas(self, name: str | None) -> list[SchemaConfig]:

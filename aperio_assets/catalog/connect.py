@@ -34,7 +34,6 @@ from aperio_assets.sqlutil import quote_identifier, quote_literal
 from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
 from aperio_assets.state.lineage import COLUMNS as LINEAGE_COLUMNS
 from aperio_assets.state.lineage import JsonLineage
-from aperio_assets.state.maintenance import local_store_path
 from aperio_assets.state.parquet_tracker import open_state_table
 from aperio_assets.state.spec import DELETED, TableSpec
 from aperio_assets.state.sql import current_state_sql
@@ -109,12 +108,12 @@ class _Builder:
     def _local_sql(self, schema: SchemaConfig, spec: TableSpec) -> str | None:
         name = f"__aperio_local_{schema.name}_{spec.name}"
         if spec is CONVERSIONS:
-            path = os.path.join(self.lake.local_state_directory, schema.name, layout.LEGACY_CONVERSIONS)
+            path = self.lake.local_state_path(schema.name, layout.LEGACY_CONVERSIONS)
             if not os.path.exists(path):
                 return None
             rows = [{c: r.get(c) for c in LINEAGE_COLUMNS} for r in JsonLineage(path).records().values()]
             return self._local_snapshot(name, rows, spec)
-        path = local_store_path(self.lake, schema)
+        path = self.lake.local_state_path(schema.name, layout.LEGACY_PARTITION_STATUS)
         if not os.path.exists(path):
             return None
         store = DuckDBPartitionStatusStore(path)

@@ -73,9 +73,6 @@ class Discovery:
     tables: list[RawTable]
     ignored: list[str]  # files in formats aperio does not read
 
-    def table(self, name: str) -> RawTable | None:
-        return next((t for t in self.tables if t.name == name), None)
-
 
 def _hidden(part: str) -> bool:
     return part.startswith((".", "_"))

@@ -17,11 +17,12 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aperio_assets import layout
+from aperio_assets.catalog.views import ViewStore
 from aperio_assets.config import SchemaConfig
 from aperio_assets.conversion.discovery import Discovery, RawFile, RawTable, discover_tables
 from aperio_assets.conversion.formats import ConversionError, Converted, convert_file, inspect_parquet
@@ -79,9 +80,6 @@ class RefreshResult:
                 "failures": [{"table": o.table, "source": o.source, "error": o.error} for o in self.failed_files],
                 "ignoredFiles": self.ignored_files, "modelWritten": self.model_written}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.summary(), "fileOutcomes": [asdict(o) for o in self.files],
-                "batchOutcomes": [asdict(o) for o in self.batches]}
 
 
 def _mtime_ms(mtime: float) -> int:
@@ -296,8 +294,6 @@ class SchemaRefresher:
 def refresh(lake: Lake, schema: str | None = None, progress: Progress | None = None) -> list[RefreshResult]:
     """Refresh every schema (or one), then the view definitions: the library call behind
     `aperio refresh` and the Dagster assets."""
-    from aperio_assets.catalog.views import ViewStore
-
     results = [SchemaRefresher(lake, s, progress).run() for s in lake.select_schemas(schema)]
     ViewStore(lake).rebuild()
     return results

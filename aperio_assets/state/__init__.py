@@ -5,8 +5,6 @@ Public entry points: :func:`open_tracker` (and, with the conversion issue, ``ope
 
 from __future__ import annotations
 
-import os
-
 from aperio_assets import layout
 from aperio_assets.lake import ConfigLike, Lake, open_lake
 from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
@@ -40,8 +38,7 @@ def open_tracker(config_or_path: ConfigLike | Lake, schema: str, *,
     lake = open_lake(config_or_path)
     schema_config = lake.schema(schema)
     if schema_config.state_storage == "local":
-        return DuckDBPartitionStatusStore(os.path.join(lake.local_state_directory, schema,
-                                                       layout.LEGACY_PARTITION_STATUS))
+        return DuckDBPartitionStatusStore(lake.local_state_path(schema, layout.LEGACY_PARTITION_STATUS))
     return ParquetPartitionStatusStore(lake.storage, schema, lake.config.compaction,
                                        max_staleness_seconds=max_staleness_seconds)
 
@@ -52,6 +49,6 @@ def open_lineage(config_or_path: ConfigLike | Lake, schema: str) -> ConversionLi
     lake = open_lake(config_or_path)
     schema_config = lake.schema(schema)
     if schema_config.state_storage == "local":
-        return JsonLineage(os.path.join(lake.local_state_directory, schema, layout.LEGACY_CONVERSIONS))
+        return JsonLineage(lake.local_state_path(schema, layout.LEGACY_CONVERSIONS))
     directory = lake.storage.aperio_path(schema, layout.CONVERSIONS)
     return ParquetLineage(open_state_table(lake.storage, directory, CONVERSIONS, lake.config.compaction))

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aperio_assets import layout
-from aperio_assets.config import SchemaConfig
 from aperio_assets.errors import AperioError
 from aperio_assets.lake import Lake
 from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
@@ -41,10 +40,6 @@ def shared_state_tables(lake: Lake, schema: str | None = None) -> list[LakeState
     return found
 
 
-def local_store_path(lake: Lake, schema: SchemaConfig) -> str:
-    return os.path.join(lake.local_state_directory, schema.name, layout.LEGACY_PARTITION_STATUS)
-
-
 def compact_lake(lake: Lake, schema: str | None = None) -> list[dict[str, Any]]:
     results = []
     for entry in shared_state_tables(lake, schema):
@@ -68,7 +63,7 @@ def state_health(lake: Lake, schema: str | None = None) -> dict[str | None, dict
             entry.table.stats(), entry.table.max_small_files)
     for schema_config in lake.select_schemas(schema):
         if schema_config.state_storage == "local":
-            path = local_store_path(lake, schema_config)
+            path = lake.local_state_path(schema_config.name, layout.LEGACY_PARTITION_STATUS)
             if os.path.exists(path):
                 for stats in DuckDBPartitionStatusStore(path).stats():
                     report.setdefault(schema_config.name, {})[stats.table] = _stats_dict(stats, 0)
@@ -130,7 +125,7 @@ def doctor(lake: Lake, *, repair: bool = False) -> DoctorReport:
             report.problems.append(problem)
     for schema_config in lake.schemas():
         if schema_config.state_storage == "local":
-            path = local_store_path(lake, schema_config)
+            path = lake.local_state_path(schema_config.name, layout.LEGACY_PARTITION_STATUS)
             if os.path.exists(path):
                 try:
                     DuckDBPartitionStatusStore(path).stats()

@@ -88,10 +88,6 @@ class CompactionResult:
     tombstones_dropped: int
     output: str | None
 
-    @property
-    def compacted(self) -> bool:
-        return self.output is not None
-
 
 @dataclass
 class TableStats:
@@ -340,20 +336,6 @@ class StateTable:
         for index in live:
             result[index] = True
         return result
-
-    def get_many(self, keys: Iterable[Key | str]) -> dict[Key, Row]:
-        """Current rows for many keys at once (absent and deleted keys are left out)."""
-        probe = self._probe(keys)
-        with self._lock:
-            self.refresh()
-            located = self._locate(probe)
-            located = located.filter(pc.invert(located[DELETED]))
-            segments = list(self._segments.values())
-            rows: list[Row] = []
-            for number in pc.unique(located["segment"]).to_pylist():
-                mine = located.filter(pc.equal(located["segment"], number))
-                rows += segments[number].table.take(mine["position"]).to_pylist()
-        return {tuple(row[c] for c in self.spec.keys): row for row in rows}
 
     def rows(self, where: Mapping[str, str] | None = None) -> list[Row]:
         """Current rows, optionally only those whose key columns equal ``where``'s values."""

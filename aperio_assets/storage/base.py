@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 REQUEST_KINDS = ("PUT", "GET", "LIST", "DELETE", "HEAD")
@@ -44,10 +43,6 @@ class RequestCounter:
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
-
-    @staticmethod
-    def difference(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
-        return {kind: after.get(kind, 0) - before.get(kind, 0) for kind in REQUEST_KINDS}
 
 
 class StorageProvider(ABC):
