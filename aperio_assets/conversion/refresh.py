@@ -2,10 +2,14 @@
 the batches they belong to, and regenerate the schema's model.
 
 A raw file is reconverted only when its size, modification time or etag changed. A batch is
-processed when it is not processed yet or when any of its raw files was added, removed or changed.
+(re)marked when it is not processed yet, when one of its raw files was converted after its mark, or
+when what its mark would say (target, rows, errors) changed, e.g. because a file was removed.
 Converted files have one fixed name per raw file, so two workers refreshing one schema at once
-write the same files and end consistent, with no duplicated rows. The same code serves the CLI and
-the Dagster assets.
+write the same files and end consistent, with no duplicated rows.
+
+The refresh is three steps, each reading the state the step before wrote, so they can run in one
+call (the CLI) or as three Dagster assets: ``convert_files`` (lineage rows), ``process_batches``
+(partition status rows) and ``write_model`` (the generated model).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,16 +31,20 @@ from aperio_assets.config import SchemaConfig
 from aperio_assets.conversion.discovery import Discovery, RawFile, RawTable, discover_tables
 from aperio_assets.conversion.formats import ConversionError, Converted, convert_file, inspect_parquet
 from aperio_assets.lake import Lake
-from aperio_assets.state import IncrementalTracker, open_lineage, open_tracker
-from aperio_assets.state.keys import canonical_key, parse_key
-from aperio_assets.state.lineage import ConversionLineage, Row
+from aperio_assets.state.access import open_state
+from aperio_assets.state.lineage import Row
+from aperio_assets.state.tracker import now_ms, status_row
 
 log = logging.getLogger(__name__)
-FLUSH_EVERY_BATCHES = 64  # lineage rows and batch marks are written in groups, not one PUT per batch
-# A refresh reads the status once, at its start: it is the one processing these batches, and a
-# concurrent refresh at worst redoes idempotent work. Without this every table's lookup re-lists.
-RUN_STALENESS_SECONDS = 3600.0
+# Lineage is written in groups of this many changed files: a refresh killed midway keeps most of
+# its work, without one PUT per file.
+FLUSH_EVERY_FILES = 256
+# The phase aperio's refresh marks its batches with. Only rows with this phase whose batch is gone
+# are invalidated by a refresh: status rows of other pipelines are theirs to manage.
+REFRESH_PHASE = "materialize"
 Progress = Callable[[str], None]
+LineageSink = Callable[[list[Row], list[str]], None]  # (rows recorded, source paths removed)
+Key = tuple[str, ...]
 
 
 @dataclass
@@ -52,7 +60,7 @@ class FileOutcome:
 class BatchOutcome:
     table: str
     batch: str
-    status: str  # processed | skipped | failed | removed
+    status: str  # processed | skipped | failed | removed | pending
     row_count: int | None = None
     error: str | None = None
 
@@ -76,10 +84,10 @@ class RefreshResult:
     def summary(self) -> dict[str, Any]:
         return {"schema": self.schema, "tables": self.tables,
                 "files": {s: self.count("files", s) for s in ("converted", "skipped", "failed", "removed")},
-                "batches": {s: self.count("batches", s) for s in ("processed", "skipped", "failed", "removed")},
+                "batches": {s: self.count("batches", s)
+                            for s in ("processed", "skipped", "failed", "removed", "pending")},
                 "failures": [{"table": o.table, "source": o.source, "error": o.error} for o in self.failed_files],
                 "ignoredFiles": self.ignored_files, "modelWritten": self.model_written}
-
 
 
 def _mtime_ms(mtime: float) -> int:
@@ -97,8 +105,17 @@ def unchanged(raw: RawFile, row: Row | None) -> bool:
         and row["source_modified"] == _mtime_ms(raw.info.mtime) and row["source_etag"] == raw.info.etag
 
 
-class SchemaRefresher:
-    """One refresh of one schema."""
+def lineage_columns(row: Row) -> list[tuple[str, str]] | None:
+    """The columns a conversion produced (kept in the lineage row's ``extra``)."""
+    try:
+        columns = json.loads(row.get("extra") or "{}").get("columns")
+    except (ValueError, AttributeError):
+        return None
+    return [(str(name), str(dtype)) for name, dtype in columns] if isinstance(columns, list) else None
+
+
+class SchemaRefresh:
+    """One refresh of one schema, step by step (see the module's docstring)."""
 
     def __init__(self, lake: Lake, schema: SchemaConfig, progress: Progress | None = None) -> None:
         self.lake = lake
@@ -106,14 +123,19 @@ class SchemaRefresher:
         self.storage = lake.storage
         self.raw_storage = lake.lake_storage
         self.progress = progress or (lambda message: None)
-        self.tracker: IncrementalTracker = open_tracker(lake, schema.name,
-                                                        max_staleness_seconds=RUN_STALENESS_SECONDS)
-        self.lineage: ConversionLineage = open_lineage(lake, schema.name)
         self.tables_root = self.storage.aperio_path(schema.name, layout.TABLES_DIR)
         self.result = RefreshResult(schema.name)
+        self._discovery: Discovery | None = None
         self._stems: dict[str, Counter] = {}
-        self._pending_rows: list[Row] = []
-        self._pending_marks: list[dict[str, Any]] = []
+
+    @property
+    def discovery(self) -> Discovery:
+        """The schema's tables, listed once per refresh."""
+        if self._discovery is None:
+            self._discovery = discover_tables(self.raw_storage, self.schema.directory)
+            self.result.tables = len(self._discovery.tables)
+            self.result.ignored_files = self._discovery.ignored
+        return self._discovery
 
     # -- locations -------------------------------------------------------------------------------
     def target_path(self, table: RawTable, raw: RawFile) -> str:
@@ -140,11 +162,11 @@ class SchemaRefresher:
         """Only converted files under this schema's tables/ are ever deleted (never a raw file)."""
         return bool(path) and path.startswith(self.tables_root.rstrip("/") + "/")
 
-    # -- conversion ------------------------------------------------------------------------------
+    # -- step 1: conversion ----------------------------------------------------------------------
     def _convert(self, table: RawTable, raw: RawFile, workdir: Path) -> tuple[Row, Converted | None]:
         target = self.target_path(table, raw)
         row: Row = {"source_path": raw.path, "target_path": target, "source_modified": _mtime_ms(raw.info.mtime),
-                    "converted_at": int(time.time() * 1000), "conversion_type": f"{raw.format}->parquet",
+                    "converted_at": now_ms(), "conversion_type": f"{raw.format}->parquet",
                     "row_count": None, "source_size": raw.info.size, "source_etag": raw.info.etag,
                     "table_name": table.name, "error": None, "extra": None}
         local_source = self.raw_storage.local_path(raw.path)
@@ -171,95 +193,79 @@ class SchemaRefresher:
             if downloaded and local_source:
                 Path(local_source).unlink(missing_ok=True)
         row["row_count"] = converted.row_count
+        row["extra"] = json.dumps({"columns": [list(c) for c in converted.columns]}, ensure_ascii=False)
         return row, converted
 
-    # -- the refresh -----------------------------------------------------------------------------
-    def run(self) -> RefreshResult:
-        discovery = discover_tables(self.raw_storage, self.schema.directory)
-        self.result.tables = len(discovery.tables)
-        self.result.ignored_files = discovery.ignored
-        lineage = self.lineage.records()
-        self._forget_removed(discovery, lineage)
-        columns: dict[str, list[tuple[str, str]]] = {}
-        with tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp:
-            for table in discovery.tables:
-                self._refresh_table(table, lineage, Path(tmp), columns)
-            self._flush()
-        self.result.model_written = self._write_model(discovery, columns, lineage)
-        return self.result
-
-    def _forget_removed(self, discovery: Discovery, lineage: dict[str, Row]) -> None:
+    def convert_files(self, lineage: dict[str, Row], sink: LineageSink) -> None:
+        """Convert every new or changed raw file, forget removed ones (deleting their outputs), and
+        hand the lineage changes to ``sink`` in groups. ``lineage`` (source path → row, the current
+        lineage) is updated in place."""
+        discovery = self.discovery
         present = {f.path for t in discovery.tables for f in t.files}
         root = self.schema.directory.rstrip("/") + "/"
         gone = [row for path, row in lineage.items() if path.startswith(root) and path not in present]
-        if not gone:
-            return
         for row in gone:
             if self._owned(row.get("target_path")):
                 self.storage.delete(row["target_path"])
-            table = row.get("table_name") or "?"
-            self.result.files.append(FileOutcome(table, row["source_path"], "removed"))
-        self.lineage.remove([row["source_path"] for row in gone])
-        for row in gone:
-            lineage.pop(row["source_path"], None)
-        # Batches left with no raw file at all are no longer processed.
-        live_batches = {(t.name, b) for t in discovery.tables for b in t.batches()}
-        for table_name in {row.get("table_name") for row in gone if row.get("table_name")}:
-            for key in self.tracker.get_processed_key_values(table_name):
-                batch = canonical_key(key)
-                if (table_name, batch) not in live_batches:
-                    self.tracker.invalidate(table_name, key)
-                    self.result.batches.append(BatchOutcome(table_name, batch, "removed"))
-
-    def _refresh_table(self, table: RawTable, lineage: dict[str, Row], workdir: Path,
-                       columns: dict[str, list[tuple[str, str]]]) -> None:
-        batches = table.batches()
-        keys = list(batches)
-        unprocessed = {keys[i] for i in self.tracker.filter_unprocessed(table.name, table.name,
-                                                                        [parse_key(k) for k in keys])}
-        for batch, files in batches.items():
-            changed = [f for f in files if not unchanged(f, lineage.get(f.path))]
-            if not changed and batch not in unprocessed:
-                self.result.batches.append(BatchOutcome(table.name, batch, "skipped"))
-                self.result.files.extend(FileOutcome(table.name, f.path, "skipped") for f in files)
-                continue
-            errors = []
-            for raw in files:
-                if raw in changed:
+            self.result.files.append(FileOutcome(row.get("table_name") or "?", row["source_path"], "removed"))
+            del lineage[row["source_path"]]
+        pending: list[Row] = []
+        removed = [row["source_path"] for row in gone]
+        with tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp:
+            for table in discovery.tables:
+                for raw in table.files:
+                    if unchanged(raw, lineage.get(raw.path)):
+                        self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
+                        continue
                     self.progress(f"{self.schema.name}.{table.name}: {raw.relative}")
-                    row, converted = self._convert(table, raw, workdir)
+                    row, _ = self._convert(table, raw, Path(tmp))
                     lineage[raw.path] = row
-                    self._pending_rows.append(row)
-                    if converted is not None:
-                        columns[table.name] = list(converted.columns)
+                    pending.append(row)
                     self.result.files.append(FileOutcome(table.name, raw.path, "failed" if row["error"] else
                                                          "converted", row["row_count"], row["error"]))
-                else:
-                    self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
-                if lineage[raw.path].get("error"):
-                    errors.append(f"{raw.relative}: {lineage[raw.path]['error']}")
-            rows = sum(lineage[f.path].get("row_count") or 0 for f in files)
-            mark = {"alternate": table.name, "source_table": table.name, "key_values": parse_key(batch),
-                    "target_pattern": self.target_pattern(table, files), "row_count": rows}
-            if errors:
-                mark["error_message"] = "; ".join(errors)
-            self._pending_marks.append(mark)
-            self.result.batches.append(BatchOutcome(table.name, batch, "failed" if errors else "processed",
-                                                    rows, "; ".join(errors) or None))
-            if len(self._pending_marks) >= FLUSH_EVERY_BATCHES:
-                self._flush()
+                    if len(pending) >= FLUSH_EVERY_FILES:
+                        sink(pending, removed)
+                        pending, removed = [], []
+        if pending or removed:
+            sink(pending, removed)
 
-    def _flush(self) -> None:
-        # Lineage first: a batch is only marked once what it was made from is recorded. A refresh
-        # killed before a flush redoes those batches next time (their outputs have fixed names).
-        self.lineage.record_many(self._pending_rows)
-        self.tracker.mark_many(self._pending_marks)
-        self._pending_rows.clear()
-        self._pending_marks.clear()
+    # -- step 2: partition status ----------------------------------------------------------------
+    def process_batches(self, lineage: dict[str, Row], status: Sequence[Row]) -> tuple[list[Row], list[Key]]:
+        """The status rows to write (one per batch that changed) and the ``(alternate, key)`` pairs
+        to delete (batches aperio marked whose files are all gone). Writes nothing."""
+        current = {(r["alternate_name"], r["incremental_key_values"]): r for r in status}
+        stamp = now_ms()
+        marks: list[Row] = []
+        live: set[Key] = set()
+        for table in self.discovery.tables:
+            for batch, files in table.batches().items():
+                live.add((table.name, batch))
+                rows = [lineage.get(f.path) for f in files]
+                if not all(unchanged(f, r) for f, r in zip(files, rows, strict=True)):
+                    # changed since its conversion (or not converted yet): the next refresh takes it
+                    self.result.batches.append(BatchOutcome(table.name, batch, "pending"))
+                    continue
+                errors = "; ".join(f"{f.relative}: {r['error']}" for f, r in zip(files, rows, strict=True)
+                                   if r.get("error"))
+                mark = status_row({"alternate": table.name, "source_table": table.name, "key_values": batch,
+                                   "target_pattern": self.target_pattern(table, files),
+                                   "row_count": sum(r.get("row_count") or 0 for r in rows),
+                                   "error_message": errors or None, "phase": REFRESH_PHASE}, stamp)
+                previous = current.get((table.name, batch))
+                if previous is not None and not _outdated(previous, mark, rows):
+                    self.result.batches.append(BatchOutcome(table.name, batch, "skipped"))
+                    continue
+                marks.append(mark)
+                self.result.batches.append(BatchOutcome(table.name, batch, "failed" if errors else "processed",
+                                                        mark["row_count"], errors or None))
+        deletes = [key for key, row in current.items()
+                   if key not in live and row.get("phase") == REFRESH_PHASE and row.get("source_table") == key[0]]
+        self.result.batches.extend(BatchOutcome(alternate, batch, "removed") for alternate, batch in deletes)
+        return marks, deletes
 
-    # -- generated model -------------------------------------------------------------------------
-    def _write_model(self, discovery: Discovery, columns: dict[str, list[tuple[str, str]]],
-                     lineage: dict[str, Row]) -> bool:
+    # -- step 3: generated model -----------------------------------------------------------------
+    def write_model(self, lineage: dict[str, Row]) -> bool:
+        """Write ``generated-model.json`` if what it says changed; returns whether it was written."""
         path = self.storage.aperio_path(self.schema.name, layout.GENERATED_MODEL)
         try:
             previous = json.loads(self.storage.read_bytes(path))
@@ -267,11 +273,14 @@ class SchemaRefresher:
             previous = {}
         old_tables = {t["name"]: t for t in previous.get("tables", [])}
         tables = []
-        for table in discovery.tables:
-            cols = columns.get(table.name)
-            if cols is None:  # nothing converted this time: the columns are what they were
-                cols = [(c["name"], c["type"]) for c in old_tables.get(table.name, {}).get("columns", [])]
+        for table in self.discovery.tables:
             rows = [lineage.get(f.path) or {} for f in table.files]
+            converted = sorted((r for r in rows if lineage_columns(r) is not None),
+                               key=lambda r: r.get("converted_at") or 0)
+            if converted:  # the newest conversion's columns
+                cols = lineage_columns(converted[-1]) or []
+            else:  # nothing recorded them (e.g. migrated lineage): the columns are what they were
+                cols = [(c["name"], c["type"]) for c in old_tables.get(table.name, {}).get("columns", [])]
             tables.append({
                 "name": table.name,
                 "location": self.storage.join(self.tables_root, table.name),
@@ -288,13 +297,34 @@ class SchemaRefresher:
             return False
         model["generatedAt"] = int(time.time() * 1000)
         self.storage.write_bytes(path, (json.dumps(model, indent=2, ensure_ascii=False) + "\n").encode())
+        self.result.model_written = True
         return True
+
+
+def _outdated(previous: Row, mark: Row, lineage_rows: list[Row | None]) -> bool:
+    """Whether a batch's recorded status no longer says what its files say now."""
+    said = ("target_pattern", "row_count", "error_status", "error_message")
+    if any(previous.get(c) != mark[c] for c in said):
+        return True
+    return any((r or {}).get("converted_at", 0) > (previous.get("processed_at") or 0) for r in lineage_rows)
+
+
+def refresh_schema(lake: Lake, schema: SchemaConfig, progress: Progress | None = None) -> RefreshResult:
+    """The three steps in one call, each writing its state before the next reads it."""
+    run = SchemaRefresh(lake, schema, progress)
+    conversions = open_state(lake, schema.name, layout.CONVERSIONS)
+    lineage = {r["source_path"]: r for r in conversions.rows()}
+    run.convert_files(lineage, lambda rows, removed: conversions.apply(rows, [(p,) for p in removed]))
+    status = open_state(lake, schema.name, layout.PARTITION_STATUS)
+    marks, deletes = run.process_batches(lineage, status.rows())
+    status.apply(marks, deletes)
+    run.write_model(lineage)
+    return run.result
 
 
 def refresh(lake: Lake, schema: str | None = None, progress: Progress | None = None) -> list[RefreshResult]:
     """Refresh every schema (or one), then the view definitions: the library call behind
-    `aperio refresh` and the Dagster assets."""
-    results = [SchemaRefresher(lake, s, progress).run() for s in lake.select_schemas(schema)]
+    `aperio refresh`; the Dagster assets run the same steps one by one."""
+    results = [refresh_schema(lake, s, progress) for s in lake.select_schemas(schema)]
     ViewStore(lake).rebuild()
     return results
-

@@ -126,6 +126,8 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
     def all_rows(self, table: str) -> list[Row]:
         """Every row of ``partition_status`` or ``table_completion`` (read-only; for the catalog)."""
         columns = {"partition_status": PARTITION_STATUS_COLUMNS, "table_completion": TABLE_COMPLETION_COLUMNS}[table]
+        if not self.path.exists():
+            return []  # nothing tracked yet (a read never creates the file)
         with self._connect(read_only=True) as con:
             present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
                                                  "WHERE table_schema = 'main'").fetchall()}

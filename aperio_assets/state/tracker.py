@@ -35,6 +35,22 @@ def truncate_error(message: str | None) -> str | None:
     return None if message is None else str(message)[:ERROR_MESSAGE_LIMIT]
 
 
+def status_row(record: Mapping[str, Any], processed_at: int) -> Row:
+    """A ``mark_many`` record as a partition_status row (legacy columns, canonical batch key)."""
+    error = record.get("error_message")
+    return {
+        "alternate_name": record["alternate"],
+        "incremental_key_values": canonical_key(record["key_values"]),
+        "source_table": record["source_table"],
+        "target_pattern": record.get("target_pattern"),
+        "processed_at": processed_at,
+        "row_count": record.get("row_count"),
+        "error_status": error is not None,
+        "error_message": truncate_error(error),
+        "phase": record.get("phase"),
+    }
+
+
 class IncrementalTracker(ABC):
     """Partition processing status and table completion for one schema."""
 
@@ -76,26 +92,12 @@ class IncrementalTracker(ABC):
         limit = _ttl_ms(ttl)
         return limit is None or row["processed_at"] >= now_ms() - limit
 
-    def _status_record(self, record: Mapping[str, Any], processed_at: int) -> Row:
-        error = record.get("error_message")
-        return {
-            "alternate_name": record["alternate"],
-            "incremental_key_values": canonical_key(record["key_values"]),
-            "source_table": record["source_table"],
-            "target_pattern": record.get("target_pattern"),
-            "processed_at": processed_at,
-            "row_count": record.get("row_count"),
-            "error_status": error is not None,
-            "error_message": truncate_error(error),
-            "phase": record.get("phase"),
-        }
-
     def mark_many(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Record a whole batch in ONE write. Each record: ``alternate``, ``source_table``,
         ``key_values`` and optionally ``target_pattern``, ``row_count``, ``phase``,
         ``error_message`` (which makes it an error row). Returns how many were written."""
         stamp = now_ms()
-        rows = [self._status_record(r, stamp) for r in records]
+        rows = [status_row(r, stamp) for r in records]
         if rows:
             self._write_status(rows)
         return len(rows)
@@ -135,6 +137,17 @@ class IncrementalTracker(ABC):
             self._delete_status(alternate, keys)
         return len(keys)
 
+    def apply_status(self, upserts: Sequence[Row] = (), deletes: Sequence[tuple[str, str]] = ()) -> None:
+        """Write whole status rows (legacy columns, canonical keys, their own ``processed_at``) and
+        delete ``(alternate, key)`` pairs: the raw form the state IO (``state.access``) uses."""
+        if upserts:
+            self._write_status(list(upserts))
+        by_alternate: dict[str, list[str]] = {}
+        for alternate, key in deletes:
+            by_alternate.setdefault(alternate, []).append(key)
+        for alternate, keys in by_alternate.items():
+            self._delete_status(alternate, keys)
+
     # -- table completion ------------------------------------------------------------------------
     def is_table_complete(self, pipeline: str, signature: str) -> bool:
         row = self._completion_row(pipeline)
@@ -152,3 +165,10 @@ class IncrementalTracker(ABC):
 
     def clear_all_completions(self) -> None:
         self._delete_completions(None)
+
+    def apply_completions(self, upserts: Sequence[Row] = (), deletes: Sequence[str] = ()) -> None:
+        """Write whole completion rows and delete pipelines' rows (see ``apply_status``)."""
+        for row in upserts:
+            self._write_completion(dict(row))
+        if deletes:
+            self._delete_completions(list(deletes))
