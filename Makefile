@@ -26,11 +26,13 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
-# The main job: migrate any legacy state, convert the lake's raw files, process changed partitions,
-# then show the state and query the catalog.
+# The main job, through the Dagster CLI on the instance in $(DAGSTER_HOME): migrate the demo's legacy
+# state, then aperio_refresh_job (convert raw files, lineage, partition status, models, views and
+# the state checks); then show the state and query the catalog.
+DAGSTER_JOB := PYTHONWARNINGS=ignore $(BIN)/dagster job execute -m aperio_assets.definitions -c run-config.yaml
 run: $(VENV)/.installed $(DEMO_DIR)/aperio.yaml $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/aperio --config $(APERIO_CONFIG) migrate
-	$(BIN)/aperio --config $(APERIO_CONFIG) refresh
+	$(DAGSTER_JOB) -j migrate_legacy_state_job
+	$(DAGSTER_JOB) -j aperio_refresh_job
 	$(BIN)/aperio --config $(APERIO_CONFIG) status
 	$(BIN)/aperio --config $(APERIO_CONFIG) sql "SELECT a.name AS airline, count(*) AS flights, \
 	  round(avg(f.dep_delay), 1) AS avg_dep_delay FROM flights.flights f JOIN reference.airlines a USING (carrier) \

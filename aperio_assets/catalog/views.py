@@ -83,8 +83,9 @@ class ViewStore:
         return sorted((ViewDefinition.from_row(r) for r in self.table.rows()),
                       key=lambda v: (v.schema_name, v.view_name))
 
-    def rebuild(self) -> dict[str, int]:
-        """Replace the generated definitions with what the generated models say now (one write)."""
+    def plan_rebuild(self) -> tuple[list[dict[str, Any]], list[tuple[str, str]], dict[str, int]]:
+        """What a rebuild writes (generated definitions that changed), deletes (generated ones no
+        model has any more), and a summary. Writes nothing."""
         current = {(v.schema_name, v.view_name): v for v in self.list()}
         wanted = {(v.schema_name, v.view_name): v for v in generated_definitions(self.lake)}
         upserts, kept = [], 0
@@ -95,9 +96,17 @@ class ViewStore:
             elif existing != view:
                 upserts.append(view.row())
         stale = [key for key, v in current.items() if v.origin == "generated" and key not in wanted]
+        summary = {"written": len(upserts), "removed": len(stale),
+                   "unchanged": len(wanted) - len(upserts) - kept, "shadowedByUserViews": kept,
+                   "views": len(current) - len(stale) + sum(1 for v in upserts
+                                                            if (v["schema_name"], v["view_name"]) not in current)}
+        return upserts, stale, summary
+
+    def rebuild(self) -> dict[str, int]:
+        """Replace the generated definitions with what the generated models say now (one write)."""
+        upserts, stale, summary = self.plan_rebuild()
         self.table.write(upserts=upserts, deletes=stale)
-        return {"written": len(upserts), "removed": len(stale), "unchanged": len(wanted) - len(upserts) - kept,
-                "shadowedByUserViews": kept}
+        return summary
 
     def add(self, schema: str, name: str, sql: str, origin: str = "user") -> ViewDefinition:
         if origin not in ORIGINS:

@@ -1,24 +1,49 @@
-"""The Dagster resource that gives assets the configured lake."""
+"""The Dagster resource that gives assets, ops and sensors the configured lake."""
 
 from __future__ import annotations
 
 import dagster as dg
+import duckdb
+from pydantic import PrivateAttr
 
+from aperio_assets.catalog.connect import CatalogReport, open_catalog
 from aperio_assets.config import CONFIG_ENV
 from aperio_assets.lake import Lake, open_lake
+from aperio_assets.state import ConversionLineage, IncrementalTracker, open_lineage, open_tracker
+from aperio_assets.state.access import StateAccess, open_state
 from aperio_assets.storage import StorageProvider
 
 
 class AperioResource(dg.ConfigurableResource):
-    """The lake described by an ``aperio.yaml`` (path from ``$APERIO_CONFIG`` by default)."""
+    """The lake described by an ``aperio.yaml`` (path from ``$APERIO_CONFIG`` by default): its
+    storage, trackers, lineage, state tables and catalog, all from the library."""
 
     config_path: str
+    _lake: Lake | None = PrivateAttr(default=None)
 
     def lake(self) -> Lake:
-        return open_lake(self.config_path)
+        # One Lake per resource instance (a run, a sensor tick): the config is read and the
+        # schemas discovered once, not per call.
+        if self._lake is None:
+            self._lake = open_lake(self.config_path)
+        return self._lake
 
     def storage(self) -> StorageProvider:
         return self.lake().storage
+
+    def tracker(self, schema: str) -> IncrementalTracker:
+        return open_tracker(self.lake(), schema)
+
+    def lineage(self, schema: str) -> ConversionLineage:
+        return open_lineage(self.lake(), schema)
+
+    def state(self, schema: str | None, table: str) -> StateAccess:
+        """State table ``table`` of ``schema`` (``views``: schema None) in the schema's mode."""
+        return open_state(self.lake(), schema, table)
+
+    def catalog(self) -> tuple[duckdb.DuckDBPyConnection, CatalogReport]:
+        """An in-memory DuckDB catalog of the lake, and the report of what registered."""
+        return open_catalog(self.lake())
 
 
 def default_aperio_resource() -> AperioResource:

@@ -1,0 +1,265 @@
+"""The state assets, their checks, the IO manager and ``aperio_refresh_job``, tested the Dagster way:
+``validate_loadable``, ``materialize`` with ``instance_for_test`` in both modes and on the loopback
+S3, and the Dagster CLI in a subprocess."""
+
+# (No ``from __future__ import annotations``: Dagster reads the test assets' annotations at runtime.)
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from aperio_assets import layout
+from aperio_assets.catalog.connect import connect
+from aperio_assets.catalog.views import ViewStore
+from aperio_assets.definitions import build_defs
+from aperio_assets.defs.assets import STATE_IO_MANAGER
+from aperio_assets.defs.io_managers import SharedParquetIOManager, state_table_metadata
+from aperio_assets.defs.resources import AperioResource
+from aperio_assets.state import open_lineage, open_tracker
+from aperio_assets.state.access import open_state
+from aperio_tests.conftest import LakeCase
+from aperio_tests.test_refresh import put, seed
+
+SCHEMA_ASSETS = ("conversion_lineage", "partition_status", "generated_model")
+
+
+def lake_defs(config_path: str) -> tuple[dg.Definitions, AperioResource]:
+    aperio = AperioResource(config_path=config_path)
+    return build_defs(config_path, aperio), aperio
+
+
+def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """Every asset and check of the definitions, as ``aperio_refresh_job`` runs them."""
+    assets = list(defs.assets or [])
+    result = dg.materialize([*assets, *(defs.asset_checks or [])], instance=instance,
+                            resources=dict(defs.resources or {}))
+    assert result.success
+    return result
+
+
+def metadata(result: dg.ExecuteInProcessResult, key: str) -> dict[str, Any]:
+    (event,) = [e for e in result.get_asset_materialization_events()
+                if e.materialization.asset_key.to_user_string() == key]
+    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+
+
+def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed for e in result.get_asset_check_evaluations()}
+
+
+def set_mode(config_path: str, mode: str) -> None:
+    path = Path(config_path)
+    path.write_text(path.read_text() + f"stateStorage: {mode}\n")
+
+
+def test_definitions_are_generated_from_the_config(tmp_path: Path) -> None:
+    for name in ("sales", "ref"):
+        (tmp_path / "lake" / name).mkdir(parents=True)
+    (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
+    defs, _ = lake_defs(str(tmp_path / "aperio.yaml"))
+    with dg.instance_for_test():
+        dg.Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {f"{s}/{a}" for s in ("sales", "ref") for a in SCHEMA_ASSETS} | {"aperio/catalog_views"}
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey(["sales", "partition_status"])).parent_keys == {
+        dg.AssetKey(["sales", "conversion_lineage"])}
+    assert graph.get(dg.AssetKey(["aperio", "catalog_views"])).parent_keys == {
+        dg.AssetKey([s, "generated_model"]) for s in ("sales", "ref")}
+    check_keys = {f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys}
+    assert check_keys == {"aperio/catalog_views:views_resolve", "aperio/catalog_views:state_health"} | {
+        f"{s}/{a}:state_health" for s in ("sales", "ref") for a in ("conversion_lineage", "partition_status")}
+    job = defs.resolve_job_def("aperio_refresh_job")
+    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == keys
+    assert isinstance(defs.resources[STATE_IO_MANAGER], SharedParquetIOManager)
+
+
+def test_without_a_config_file_the_location_loads_maintenance_only(tmp_path: Path) -> None:
+    defs = build_defs(tmp_path / "missing.yaml")
+    with dg.instance_for_test():
+        dg.Definitions.validate_loadable(defs)
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {"aperio/catalog_views"}
+    assert {j.name for j in defs.jobs} >= {"aperio_refresh_job", "migrate_legacy_state_job", "compact_state_job"}
+
+
+@pytest.mark.parametrize("mode", ["shared", "local"])
+def test_materialize_refreshes_the_lake(lake_case: LakeCase, mode: str) -> None:
+    set_mode(lake_case.config_path, mode)
+    lake = lake_case.lake()
+    seed(lake)
+    defs, _ = lake_defs(lake_case.config_path)
+    with dg.instance_for_test() as instance:
+        first = materialize_all(defs, instance)
+        lineage_meta = metadata(first, "sales/conversion_lineage")
+        # 9 raw files of the seed plus the fixture's orders.csv; none fails
+        assert (lineage_meta["files converted"], lineage_meta["files failed"], lineage_meta["files skipped"]) == (
+            10, 0, 0)
+        assert lineage_meta["rows written"] == 10 and lineage_meta["dagster/row_count"] == 10
+        assert lineage_meta["state mode"] == mode
+        status_meta = metadata(first, "sales/partition_status")
+        # customers, regions, products, events, staff, rates, orders_csv + orders' two months
+        assert (status_meta["batches processed"], status_meta["batches failed"]) == (9, 0)
+        assert status_meta["rows written"] == 9 and status_meta["dagster/row_count"] == 9
+        if mode == "shared":
+            assert (status_meta["state files before"], status_meta["state files after"]) == (0, 1)
+        assert "| orders | 2 |" in status_meta["summary"]
+        model_meta = metadata(first, "sales/generated_model")
+        assert model_meta["model written"] is True and model_meta["tables"] == 8
+        views_meta = metadata(first, "aperio/catalog_views")
+        assert views_meta["views written"] == 8 and views_meta["dagster/row_count"] == 8
+        assert all(checks(first).values()) and len(checks(first)) == 4
+
+        # the state is what the library reads, in the schema's mode
+        tracker = open_tracker(lake, "sales")
+        assert tracker.mode == mode
+        months = {r["incremental_key_values"]: r["row_count"] for r in tracker.status_rows("orders")}
+        assert months == {'{"month":"01","year":"2024"}': 2, '{"month":"02","year":"2024"}': 4}
+        assert len(open_lineage(lake, "sales").records()) == 10
+        with connect(lake) as con:
+            assert con.execute('SELECT count(*) FROM sales.orders').fetchone()[0] == 6
+        if mode == "local":
+            assert Path(lake.local_state_path("sales", layout.LEGACY_PARTITION_STATUS)).exists()
+            assert Path(lake.local_state_path("sales", layout.LEGACY_CONVERSIONS)).exists()
+            assert not lake.storage.exists(lake.storage.aperio_path("sales", layout.PARTITION_STATUS))
+
+        # nothing changed: nothing is converted, marked or written
+        again = materialize_all(defs, instance)
+        assert metadata(again, "sales/conversion_lineage")["files converted"] == 0
+        assert metadata(again, "sales/partition_status")["batches processed"] == 0
+        assert metadata(again, "sales/partition_status")["rows written"] == 0
+        assert metadata(again, "sales/generated_model")["model written"] is False
+
+        # one changed partition, one removed table
+        put(lake, "sales/orders/year=2024/month=01/part-0.csv", b"id,amount\n1,11\n2,22\n3,33\n")
+        lake.lake_storage.delete(lake.lake_storage.join(lake.config.base_directory, "sales/events.jsonl"))
+        third = materialize_all(defs, instance)
+        lineage_meta = metadata(third, "sales/conversion_lineage")
+        assert (lineage_meta["files converted"], lineage_meta["files removed"]) == (1, 1)
+        assert (lineage_meta["rows written"], lineage_meta["rows deleted"]) == (1, 1)
+        status_meta = metadata(third, "sales/partition_status")
+        assert (status_meta["batches processed"], status_meta["batches removed"]) == (1, 1)
+        assert metadata(third, "aperio/catalog_views")["views removed"] == 1
+    tracker = open_tracker(lake, "sales")
+    assert tracker.get_processed_key_values("events") == []
+    assert {r["incremental_key_values"]: r["row_count"] for r in tracker.status_rows("orders")}[
+        '{"month":"01","year":"2024"}'] == 3
+
+
+def test_a_failed_file_is_reported_and_the_checks_see_bad_state(lake_case: LakeCase) -> None:
+    lake = lake_case.lake()
+    put(lake, "sales/broken.xlsx", b"not a workbook")
+    defs, _ = lake_defs(lake_case.config_path)
+    with dg.instance_for_test() as instance:
+        result = materialize_all(defs, instance)
+        lineage_meta = metadata(result, "sales/conversion_lineage")
+        assert lineage_meta["files failed"] == 1 and "broken.xlsx" in lineage_meta["summary"]
+        assert metadata(result, "sales/partition_status")["batches failed"] == 1
+        # a foreign file in a state table, and a view that no longer binds
+        status_dir = lake.storage.aperio_path("sales", layout.PARTITION_STATUS)
+        lake.storage.write_bytes(lake.storage.join(status_dir, "00000000000000001_x_000001.parquet"), b"junk")
+        ViewStore(lake).add("sales", "nowhere", "SELECT * FROM sales.no_such_table")
+        checked = dg.materialize([*defs.assets, *defs.asset_checks], instance=instance,
+                                 resources=dict(defs.resources), raise_on_error=False)
+    results = checks(checked)
+    assert results["sales/partition_status:state_health"] is False
+    assert results["aperio/catalog_views:views_resolve"] is False
+    assert results["sales/conversion_lineage:state_health"] is True
+    (evaluation,) = [e for e in checked.get_asset_check_evaluations() if e.check_name == "views_resolve"]
+    assert "sales.nowhere" in evaluation.metadata["errors"].value
+
+
+@pytest.mark.parametrize("mode", ["shared", "local"])
+def test_io_manager_round_trip(lake_case: LakeCase, mode: str) -> None:
+    """A frame written by one asset (upserts, then an update and a delete) is what the next loads."""
+    set_mode(lake_case.config_path, mode)
+    aperio = AperioResource(config_path=lake_case.config_path)
+    frames = [
+        pl.DataFrame({"pipeline_name": ["a", "b", "c"], "signature": ["s1", "s1", "s1"], "row_count": [1, 2, 3],
+                      "completed_at": [10, 10, 10]}),
+        pl.DataFrame({"pipeline_name": ["b", "c"], "signature": ["s2", None], "row_count": [20, None],
+                      "completed_at": [11, None], "_deleted": [False, True]}),
+    ]
+    loaded: list[pl.DataFrame] = []
+
+    @dg.asset(key=["sales", "completions"], io_manager_key="state", metadata=state_table_metadata("sales",
+                                                                                                  "table_completion"))
+    def completions(context: dg.AssetExecutionContext) -> pl.DataFrame:
+        return frames[int(context.run.tags["round"])]
+
+    @dg.asset(ins={"current": dg.AssetIn(["sales", "completions"])})
+    def reader(current: pl.DataFrame) -> None:
+        loaded.append(current)
+
+    resources = {"state": SharedParquetIOManager(aperio=aperio)}
+    with dg.instance_for_test() as instance:
+        for round_ in ("0", "1"):
+            assert dg.materialize([completions, reader], instance=instance, resources=resources,
+                                  tags={"round": round_}).success
+    first, second = (frame.sort("pipeline_name") for frame in loaded)
+    assert first.select("pipeline_name", "signature", "row_count").rows() == [("a", "s1", 1), ("b", "s1", 2),
+                                                                              ("c", "s1", 3)]
+    assert second.select("pipeline_name", "signature", "row_count", "completed_at").rows() == [
+        ("a", "s1", 1, 10), ("b", "s2", 20, 11)]
+    assert second.schema["row_count"] == pl.Int64 and "_deleted" not in second.columns
+    tracker = open_tracker(aperio.lake(), "sales")
+    assert tracker.is_table_complete("b", "s2") and not tracker.is_table_complete("c", "s1")
+    if mode == "shared":  # each round is one immutable state file
+        assert open_state(aperio.lake(), "sales", "table_completion").file_count() == 2
+
+
+def test_io_manager_rejects_unknown_columns(tmp_path: Path) -> None:
+    (tmp_path / "lake" / "sales").mkdir(parents=True)
+    (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
+    aperio = AperioResource(config_path=str(tmp_path / "aperio.yaml"))
+
+    @dg.asset(key=["sales", "bad"], io_manager_key="state", metadata=state_table_metadata("sales", "table_completion"))
+    def bad() -> pl.DataFrame:
+        return pl.DataFrame({"pipeline_name": ["a"], "colour": ["red"]})
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([bad], instance=instance, resources={"state": SharedParquetIOManager(aperio=aperio)},
+                                raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "no column(s) colour" in str(failure.step_failure_data.error)
+
+
+def test_dagster_cli_runs_the_refresh_job(tmp_path: Path) -> None:
+    """`dagster job execute -m aperio_assets.definitions -j aperio_refresh_job` in a fresh DAGSTER_HOME."""
+    (tmp_path / "lake" / "sales").mkdir(parents=True)
+    (tmp_path / "lake" / "sales" / "orders.csv").write_text("id,amount\n1,10\n2,20\n")
+    (tmp_path / "lake" / "sales" / "regions.json").write_text('[{"code": "N"}]')
+    (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    env = {**os.environ, "DAGSTER_HOME": str(home), "APERIO_CONFIG": str(tmp_path / "aperio.yaml")}
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run([str(dagster), "job", "execute", "-m", "aperio_assets.definitions", "-j",
+                           "aperio_refresh_job"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "RUN_SUCCESS" in done.stderr + done.stdout
+    tracker = open_tracker(str(tmp_path / "aperio.yaml"), "sales")
+    assert {r["alternate_name"]: r["row_count"] for r in tracker.status_rows("orders")} == {"orders": 2}
+    with connect(str(tmp_path / "aperio.yaml")) as con:
+        assert con.execute("SELECT sum(amount) FROM sales.orders").fetchone()[0] == 30
+    assert any(home.joinpath("storage").iterdir())  # the run was recorded in this instance
+
+
+def test_dg_check_defs(tmp_path: Path) -> None:
+    """`dg check defs` loads the project's code location ([tool.dg] in pyproject.toml)."""
+    (tmp_path / "lake" / "sales").mkdir(parents=True)
+    (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
+    (tmp_path / "home").mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "APERIO_CONFIG": str(tmp_path / "aperio.yaml")}
+    done = subprocess.run([str(Path(sys.executable).with_name("dg")), "check", "defs"], env=env,
+                          cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "All definitions loaded successfully" in done.stdout + done.stderr
