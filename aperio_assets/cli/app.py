@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from aperio_assets.cli import catalog, demo, maintenance, migrate, refresh, status
+from aperio_assets.cli import bench, catalog, demo, maintenance, migrate, refresh, status
 from aperio_assets.errors import AperioError
 
-COMMANDS = (status, refresh, migrate, catalog, maintenance, demo)
+COMMANDS = (status, refresh, migrate, catalog, maintenance, demo, bench)
 log = logging.getLogger("aperio")
 
 

@@ -152,6 +152,7 @@ class StateTable:
         self._schema = spec.schema
         self._columns = frozenset(self._schema.names)
         self._value_names = spec.value_names
+        self._required = frozenset(spec.required)
         self._segments: dict[str, Segment] = {}
         self.bad_files: dict[str, str] = {}
         self._last_refresh = float("-inf")
@@ -176,14 +177,20 @@ class StateTable:
             table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
         except Exception as exc:
             raise BadStateFile(f"not a valid Parquet file ({type(exc).__name__}: {exc})") from None
-        missing = [c for c in self.spec.required if c not in table.column_names]
+        names = set(table.column_names)
+        missing = [c for c in self._required if c not in names]
         if missing:
             raise BadStateFile(f"missing required column(s) {', '.join(missing)}")
+        if table.schema.equals(self._schema):  # what aperio writes: only the nulls check is left
+            for name_ in self._required:
+                if table[name_].null_count:
+                    raise BadStateFile(f"column {name_} has nulls")
+            return table
         columns, fields = [], []
         for target in self._schema:
-            if target.name in table.column_names:
+            if target.name in names:
                 column = table[target.name]
-                if target.name in self.spec.required and column.null_count:
+                if target.name in self._required and column.null_count:
                     raise BadStateFile(f"column {target.name} has nulls")
                 if column.type != target.type:
                     try:
