@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -18,12 +19,41 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     parser.add_argument("--storage", choices=("local", "s3"), action="append",
                         help="only this storage (repeatable; default: both)")
     parser.add_argument("--repetitions", type=int, metavar="N", help="interleaved repetitions per operation")
+    parser.add_argument("--throughput", metavar="PNG",
+                        help="instead: aggregate marks per second of 1, 2, 4, 8 writer processes on one state "
+                             "table (shared mode on local disk and S3, the legacy store on local disk), "
+                             "plotted into PNG")
+    parser.add_argument("--marks", type=int, default=100, metavar="N",
+                        help="marks per writer for --throughput (default: 100)")
     parser.set_defaults(handler=run)
+
+
+def run_throughput(args: argparse.Namespace) -> int:
+    from aperio_assets.bench.throughput import measure_throughput, plot
+
+    if args.marks < 1:
+        args.parser.error("--marks must be at least 1")
+    with console.status("measuring throughput…") as status:
+        rows = measure_throughput(args.marks, progress=lambda message: status.update(f"throughput: {message}"))
+    plot(rows, args.throughput, f"aperio: marks/s over writers ({platform.node()}, {os.cpu_count()} cores, "
+                                f"{args.marks} marks per writer)")
+    if args.json:
+        print_json([r.to_dict() for r in rows])
+        return 0
+    table = Table(title=f"writer throughput (plot: {args.throughput})")
+    for column in ("series", "writers", "marks", "seconds", "marks/s"):
+        table.add_column(column, justify="left" if column == "series" else "right")
+    for r in rows:
+        table.add_row(r.series, str(r.writers), str(r.marks), f"{r.seconds:.2f}", f"{r.marks_per_second:.0f}")
+    console.print(table)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from aperio_assets.bench.suite import STORAGES, run_bench
 
+    if args.throughput:
+        return run_throughput(args)
     if args.repetitions is not None and args.repetitions < 1:
         args.parser.error("--repetitions must be at least 1")
     storages = tuple(args.storage) if args.storage else STORAGES
