@@ -86,6 +86,20 @@ def test_delete_and_move(storage_case: StorageCase) -> None:
     assert not p.exists(dst)
 
 
+def test_delete_many(storage_case: StorageCase) -> None:
+    """Many files in few requests (S3: DeleteObjects, 1,000 keys each); gone files are no error."""
+    p = storage_case.provider
+    paths = [p.join(storage_case.root, "many", f"f{i:04d}") for i in range(1003)]
+    keep = p.join(storage_case.root, "many", "keep")
+    for path in [*paths[:20], keep]:
+        p.write_bytes(path, b"x")
+    p.counters.reset()
+    p.delete_many(paths)  # 20 exist, 983 never did
+    assert [f.path for f in p.list(p.join(storage_case.root, "many"))] == [keep]
+    if storage_case.kind == "s3":
+        assert p.counters.snapshot()["DELETE"] == 2
+
+
 def test_aperio_path(storage_case: StorageCase) -> None:
     p = storage_case.provider
     root = storage_case.root

@@ -7,7 +7,13 @@ by contrast, are bound only when queried. So the table views are created once pe
 view definitions into a machine-local cache file (``$APERIO_CACHE_DIR``, default
 ``~/.cache/aperio/catalog``), and every connect ATTACHes it read-only: no request per view. The cache
 is disposable and derived from the shared ``catalog/views`` state, never a source of truth; the
-shared state has no catalog file. The state views live in an in-memory catalog named ``aperio``.
+shared state has no catalog file.
+
+The state views (``aperio.partition_status``, …) are the §5 rule over each state directory's glob;
+their SQL changes only when a directory gains its first file or holds an unreadable one, so they go
+into the same cache file (schema ``aperio``). State tables are kept per process, so a connect lists
+each state directory and reads only files it has not seen. Lakes with local-mode schemas expose
+snapshots of the legacy files instead, in an in-memory catalog named ``aperio``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +34,7 @@ import pyarrow as pa
 
 from aperio_assets import layout
 from aperio_assets.catalog.s3access import enable_s3
-from aperio_assets.catalog.views import ViewDefinition, ViewStore
+from aperio_assets.catalog.views import ViewDefinition
 from aperio_assets.config import SchemaConfig, is_s3_url
 from aperio_assets.lake import ConfigLike, Lake, open_lake
 from aperio_assets.sqlutil import quote_identifier, quote_literal
@@ -37,6 +44,7 @@ from aperio_assets.state.lineage import JsonLineage
 from aperio_assets.state.parquet_tracker import open_state_table
 from aperio_assets.state.spec import DELETED, TableSpec
 from aperio_assets.state.sql import current_state_sql
+from aperio_assets.state.table import StateTable
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION, VIEWS
 from aperio_assets.storage import S3Storage
 
@@ -45,6 +53,22 @@ SYSTEM_SCHEMA = "aperio"  # an in-memory catalog: aperio.partition_status, aperi
 TABLES_CATALOG = "aperio_catalog"  # the attached cache of table views, made the default database
 CACHE_ENV = "APERIO_CACHE_DIR"
 _DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN"}
+
+
+_STATE_TABLES: dict[tuple[str, str, str], StateTable] = {}
+_STATE_TABLES_LOCK = threading.Lock()
+
+
+def _state_table(lake: Lake, directory: str, spec: TableSpec) -> StateTable:
+    """This process's reader of a state directory, refreshed: one LIST plus a GET per new file."""
+    endpoint = getattr(getattr(lake.storage, "settings", None), "endpoint_url", None) or ""
+    key = (endpoint, directory, spec.name)
+    with _STATE_TABLES_LOCK:
+        table = _STATE_TABLES.get(key)
+        if table is None:
+            table = _STATE_TABLES[key] = open_state_table(lake.storage, directory, spec, lake.config.compaction)
+    table.refresh(force=True)
+    return table
 
 
 @dataclass
@@ -75,8 +99,7 @@ class _Builder:
 
     def _shared_state_sql(self, directory: str, spec: TableSpec) -> str | None:
         """The §5 rule over a state directory: its glob, or the readable files when some are bad."""
-        table = open_state_table(self.lake.storage, directory, spec, self.lake.config.compaction)
-        table.refresh(force=True)
+        table = _state_table(self.lake, directory, spec)
         files = table.readable_files()
         if not files:
             return None
@@ -88,8 +111,9 @@ class _Builder:
         self.con.register(name, pa.Table.from_pylist(rows, schema=schema))
         return f"SELECT * FROM {quote_identifier(name)}"
 
-    def state_views(self) -> None:
-        self.con.execute(f"ATTACH ':memory:' AS {SYSTEM_SCHEMA}")
+    def state_view_sql(self) -> dict[str, str]:
+        """The body of each ``aperio.*`` view (local-mode schemas register their snapshots now)."""
+        bodies = {}
         for spec in (PARTITION_STATUS, TABLE_COMPLETION, CONVERSIONS):
             parts = []
             for schema in self.lake.schemas():
@@ -99,11 +123,15 @@ class _Builder:
                     sql = self._local_sql(schema, spec)
                 if sql is not None:
                     parts.append(f"SELECT {quote_literal(schema.name)} AS schema_name, * FROM ({sql})")
-            body = " UNION ALL BY NAME ".join(parts) if parts else _empty_select(spec, with_schema=True)
-            self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.main.{spec.name} AS {body}")
+            bodies[spec.name] = " UNION ALL BY NAME ".join(parts) if parts else _empty_select(spec, with_schema=True)
         views = self._shared_state_sql(self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
-        self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.main.views AS "
-                         f"{views or _empty_select(VIEWS, with_schema=False)}")
+        bodies["views"] = views or _empty_select(VIEWS, with_schema=False)
+        return bodies
+
+    def in_memory_state_views(self, bodies: dict[str, str]) -> None:
+        self.con.execute(f"ATTACH ':memory:' AS {SYSTEM_SCHEMA}")
+        for name, body in bodies.items():
+            self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.main.{name} AS {body}")
 
     def _local_sql(self, schema: SchemaConfig, spec: TableSpec) -> str | None:
         name = f"__aperio_local_{schema.name}_{spec.name}"
@@ -120,23 +148,30 @@ class _Builder:
         rows = store.all_rows(spec.name)
         return self._local_snapshot(name, rows, spec)
 
-    def table_views(self, s3_access: str) -> None:
+    def views(self, s3_access: str) -> None:
         names = sorted(s.name for s in self.lake.schemas())
-        definitions = ViewStore(self.lake).list()
+        table = _state_table(self.lake, self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
+        definitions = sorted((ViewDefinition.from_row(r) for r in table.rows()),
+                             key=lambda v: (v.schema_name, v.view_name))
         for view in definitions:
             if view.schema_name not in names:
                 self.report.broken[f"{view.schema_name}.{view.view_name}"] = "its schema is not in the configuration"
         definitions = [v for v in definitions if v.schema_name in names]
-        cache = _cache_path(names, definitions)
+        bodies = self.state_view_sql()
+        # Snapshots of legacy files live in this connection only: those cannot go into the cache.
+        cached_state = all(s.state_storage == "shared" for s in self.lake.schemas())
+        cache = _cache_path(names, definitions, bodies if cached_state else None)
         sidecar = cache.with_suffix(".json")
         try:
             broken = json.loads(sidecar.read_text())
             self._attach(cache)
             self.report.cache = "hit"
         except (OSError, ValueError, duckdb.Error):
-            broken = self._build(cache, sidecar, names, definitions, s3_access)
+            broken = self._build(cache, sidecar, names, definitions, s3_access, bodies if cached_state else None)
             self._attach(cache)
             self.report.cache = "built"
+        if not cached_state:
+            self.in_memory_state_views(bodies)
         self.report.broken.update(broken)
         self.report.views = sum(1 for v in definitions if f"{v.schema_name}.{v.view_name}" not in broken)
 
@@ -145,7 +180,7 @@ class _Builder:
         self.con.execute(f"USE {TABLES_CATALOG}")
 
     def _build(self, cache: Path, sidecar: Path, names: list[str], definitions: list[ViewDefinition],
-               s3_access: str) -> dict[str, str]:
+               s3_access: str, state_bodies: dict[str, str] | None) -> dict[str, str]:
         """Bind every view once, into a new cache file (written aside, then renamed into place)."""
         cache.parent.mkdir(parents=True, exist_ok=True)
         temp = cache.with_name(f".{cache.stem}.{uuid.uuid4().hex}.duckdb")
@@ -155,6 +190,10 @@ class _Builder:
                 enable_s3(scratch, self.s3_storage, method=s3_access)
             for name in names:
                 scratch.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(name)}")
+            if state_bodies is not None:
+                scratch.execute(f"CREATE SCHEMA {SYSTEM_SCHEMA}")
+                for name, body in state_bodies.items():
+                    scratch.execute(f"CREATE VIEW {SYSTEM_SCHEMA}.{quote_identifier(name)} AS {body}")
             # Generated views first (user views may read them), in parallel: each binds its files.
             failed = self._register_all(scratch, [v for v in definitions if v.origin == "generated"], parallel=True)
             rest = [v for v in definitions if v.origin != "generated"]
@@ -201,10 +240,10 @@ def cache_directory() -> Path:
     return Path(base) / "aperio" / "catalog"
 
 
-def _cache_path(schemas: list[str], definitions: list[ViewDefinition]) -> Path:
+def _cache_path(schemas: list[str], definitions: list[ViewDefinition], state_bodies: dict[str, str] | None) -> Path:
     """One cache file per version of everything the views' binding depends on."""
     fingerprint = hashlib.sha256(json.dumps({
-        "duckdb": duckdb.__version__, "schemas": schemas,
+        "duckdb": duckdb.__version__, "schemas": schemas, "state": state_bodies,
         "views": [[v.schema_name, v.view_name, v.sql, v.origin, list(v.columns)] for v in definitions],
     }, sort_keys=True).encode()).hexdigest()[:32]
     return cache_directory() / f"{fingerprint}.duckdb"
@@ -226,8 +265,7 @@ def open_catalog(config_or_path: ConfigLike | Lake = None, *, s3_access: str = "
         builder.s3_storage = storage
         builder.report.s3_access = enable_s3(con, storage, method=s3_access)
         con.execute("SET enable_http_metadata_cache = true")
-    builder.table_views(s3_access)
-    builder.state_views()
+    builder.views(s3_access)
     for key, error in builder.report.broken.items():
         log.warning("view %s did not register: %s", key, error)
     builder.report.seconds = time.perf_counter() - started

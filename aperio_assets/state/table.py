@@ -152,7 +152,7 @@ class StateTable:
         self._schema = spec.schema
         self._columns = frozenset(self._schema.names)
         self._value_names = spec.value_names
-        self._required = frozenset(spec.required)
+        self._required = spec.required  # a tuple: messages list the columns in order
         self._segments: dict[str, Segment] = {}
         self.bad_files: dict[str, str] = {}
         self._last_refresh = float("-inf")
@@ -496,8 +496,9 @@ class StateTable:
                 output = self._create(name, winners)
             # The output holds everything the inputs decided, so the inputs can go in any order;
             # oldest first keeps what a killed compaction leaves behind as recent as possible.
-            for segment in sorted(inputs, key=lambda s: s.max_ts):
-                self.storage.delete(self.storage.join(self.directory, segment.name))
+            ordered = sorted(inputs, key=lambda s: s.max_ts)
+            self.storage.delete_many([self.storage.join(self.directory, s.name) for s in ordered])
+            for segment in ordered:
                 self._segments.pop(segment.name, None)
             return CompactionResult(self.spec.name, len(inputs), len(inputs), winners.num_rows,
                                     dropped, output)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 REQUEST_KINDS = ("PUT", "GET", "LIST", "DELETE", "HEAD")
@@ -111,6 +112,11 @@ class StorageProvider(ABC):
     @abstractmethod
     def delete(self, path: str) -> None:
         """Remove ``path``; removing a file that is already gone is not an error."""
+
+    def delete_many(self, paths: Sequence[str]) -> None:
+        """Remove several files (in as few requests as the storage allows); gone ones are fine."""
+        for path in paths:
+            self.delete(path)
 
     @abstractmethod
     def move(self, source: str, target: str) -> None:

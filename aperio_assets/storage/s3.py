@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aperio_assets.config import S3Settings
@@ -192,6 +192,23 @@ class S3Storage(StorageProvider):
     def delete(self, path: str) -> None:
         bucket, key = split_s3_url(path)
         self._request("DELETE", "delete_object", Bucket=bucket, Key=key)
+
+    def delete_many(self, paths: Sequence[str]) -> None:
+        """DeleteObjects: up to 1,000 keys per request, in the order given."""
+        by_bucket: dict[str, list[str]] = {}
+        for path in paths:
+            bucket, key = split_s3_url(path)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), 1000):
+                chunk = keys[start:start + 1000]
+                response = self._request("DELETE", "delete_objects", Bucket=bucket,
+                                         Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+                errors = [e for e in response.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+                if errors:
+                    first = errors[0]
+                    raise StorageError(f"could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} "
+                                       f"{first.get('Message', '')} (and {len(errors) - 1} more)".rstrip())
 
     def move(self, source: str, target: str) -> None:
         src_bucket, src_key = split_s3_url(source)
