@@ -112,7 +112,7 @@ def test_credentials_never_leave_the_secret(lake_case: LakeCase, caplog: pytest.
     # the machine-local catalog cache holds view SQL only: the secret was in memory, never persisted
     from aperio_assets.catalog.connect import cache_directory
 
-    cached = b"".join(p.read_bytes() for p in cache_directory().iterdir() if p.is_file())
+    cached = b"".join(p.read_bytes() for p in cache_directory().rglob("*") if p.is_file())
     assert cached and all(secret.encode() not in cached for secret in TEST_CREDENTIALS.values())
     status = run_cli("--config", lake_case.config_path, "status", "--json")
     assert all(secret not in status.stdout for secret in TEST_CREDENTIALS.values())

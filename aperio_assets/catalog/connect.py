@@ -11,9 +11,11 @@ shared state has no catalog file.
 
 The state views (``aperio.partition_status``, …) are the §5 rule over each state directory's glob;
 their SQL changes only when a directory gains its first file or holds an unreadable one, so they go
-into the same cache file (schema ``aperio``). State tables are kept per process, so a connect lists
-each state directory and reads only files it has not seen. Lakes with local-mode schemas expose
-snapshots of the legacy files instead, in an in-memory catalog named ``aperio``.
+into the same cache file (schema ``aperio``), and the connection is that file opened read-only (its
+database is named ``aperio_catalog``): a connect costs what opening one DuckDB file costs, plus one
+LIST per state directory (state readers are kept per process, so only files not seen yet are read).
+Lakes with local-mode schemas expose snapshots of the legacy files instead, in an in-memory catalog
+named ``aperio`` beside the attached cache.
 """
 
 from __future__ import annotations
@@ -92,8 +94,9 @@ def _empty_select(spec: TableSpec, with_schema: bool) -> str:
 
 
 class _Builder:
-    def __init__(self, lake: Lake, con: duckdb.DuckDBPyConnection, workers: int) -> None:
-        self.lake, self.con, self.workers = lake, con, workers
+    def __init__(self, lake: Lake, workers: int) -> None:
+        self.lake, self.workers = lake, workers
+        self.con: duckdb.DuckDBPyConnection | None = None
         self.report = CatalogReport()
         self.s3_storage: S3Storage | None = None
 
@@ -108,6 +111,7 @@ class _Builder:
 
     def _local_snapshot(self, name: str, rows: list[dict], spec: TableSpec) -> str:
         schema = pa.schema([f for f in spec.schema if f.name in spec.keys or f.name in spec.value_names])
+        assert self.con is not None, "local snapshots are registered on an open connection"
         self.con.register(name, pa.Table.from_pylist(rows, schema=schema))
         return f"SELECT * FROM {quote_identifier(name)}"
 
@@ -129,6 +133,7 @@ class _Builder:
         return bodies
 
     def in_memory_state_views(self, bodies: dict[str, str]) -> None:
+        assert self.con is not None
         self.con.execute(f"ATTACH ':memory:' AS {SYSTEM_SCHEMA}")
         for name, body in bodies.items():
             self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.main.{name} AS {body}")
@@ -148,7 +153,7 @@ class _Builder:
         rows = store.all_rows(spec.name)
         return self._local_snapshot(name, rows, spec)
 
-    def views(self, s3_access: str) -> None:
+    def connect(self, s3_access: str) -> duckdb.DuckDBPyConnection:
         names = sorted(s.name for s in self.lake.schemas())
         table = _state_table(self.lake, self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
         definitions = sorted((ViewDefinition.from_row(r) for r in table.rows()),
@@ -157,27 +162,41 @@ class _Builder:
             if view.schema_name not in names:
                 self.report.broken[f"{view.schema_name}.{view.view_name}"] = "its schema is not in the configuration"
         definitions = [v for v in definitions if v.schema_name in names]
-        bodies = self.state_view_sql()
-        # Snapshots of legacy files live in this connection only: those cannot go into the cache.
-        cached_state = all(s.state_storage == "shared" for s in self.lake.schemas())
-        cache = _cache_path(names, definitions, bodies if cached_state else None)
+        # Snapshots of legacy files exist in one connection only: with local-mode schemas the state
+        # views are made per connection, in an in-memory catalog beside the attached cache.
+        standalone = all(s.state_storage == "shared" for s in self.lake.schemas())
+        bodies = self.state_view_sql() if standalone else None
+        cache = _cache_path(names, definitions, bodies)
         sidecar = cache.with_suffix(".json")
         try:
             broken = json.loads(sidecar.read_text())
-            self._attach(cache)
+            self.con = self._open(cache, standalone)
             self.report.cache = "hit"
         except (OSError, ValueError, duckdb.Error):
-            broken = self._build(cache, sidecar, names, definitions, s3_access, bodies if cached_state else None)
-            self._attach(cache)
+            broken = self._build(cache, sidecar, names, definitions, s3_access, bodies)
+            self.con = self._open(cache, standalone)
             self.report.cache = "built"
-        if not cached_state:
-            self.in_memory_state_views(bodies)
+        # Footers and HTTP metadata are fetched once per connection, not once per query.
+        self.con.execute("SET parquet_metadata_cache = true")
+        if self.s3_storage is not None:
+            self.report.s3_access = enable_s3(self.con, self.s3_storage, method=s3_access)
+            self.con.execute("SET enable_http_metadata_cache = true")
+        if not standalone:
+            self.in_memory_state_views(self.state_view_sql())
         self.report.broken.update(broken)
         self.report.views = sum(1 for v in definitions if f"{v.schema_name}.{v.view_name}" not in broken)
+        return self.con
 
-    def _attach(self, cache: Path) -> None:
-        self.con.execute(f"ATTACH {quote_literal(str(cache))} AS {TABLES_CATALOG} (READ_ONLY)")
-        self.con.execute(f"USE {TABLES_CATALOG}")
+    @staticmethod
+    def _open(cache: Path, standalone: bool) -> duckdb.DuckDBPyConnection:
+        """The cache file read-only as the connection's database (named ``aperio_catalog`` after the
+        file), or attached to an in-memory one that can take the per-connection state views."""
+        if standalone:
+            return duckdb.connect(str(cache), read_only=True)
+        con = duckdb.connect(":memory:")
+        con.execute(f"ATTACH {quote_literal(str(cache))} AS {TABLES_CATALOG} (READ_ONLY)")
+        con.execute(f"USE {TABLES_CATALOG}")
+        return con
 
     def _build(self, cache: Path, sidecar: Path, names: list[str], definitions: list[ViewDefinition],
                s3_access: str, state_bodies: dict[str, str] | None) -> dict[str, str]:
@@ -246,7 +265,7 @@ def _cache_path(schemas: list[str], definitions: list[ViewDefinition], state_bod
         "duckdb": duckdb.__version__, "schemas": schemas, "state": state_bodies,
         "views": [[v.schema_name, v.view_name, v.sql, v.origin, list(v.columns)] for v in definitions],
     }, sort_keys=True).encode()).hexdigest()[:32]
-    return cache_directory() / f"{fingerprint}.duckdb"
+    return cache_directory() / fingerprint / f"{TABLES_CATALOG}.duckdb"
 
 
 def open_catalog(config_or_path: ConfigLike | Lake = None, *, s3_access: str = "auto",
@@ -255,17 +274,12 @@ def open_catalog(config_or_path: ConfigLike | Lake = None, *, s3_access: str = "
     is read."""
     started = time.perf_counter()
     lake = open_lake(config_or_path)
-    con = duckdb.connect(":memory:")
-    # Footers and HTTP metadata are fetched once per connection, not once per query.
-    con.execute("SET parquet_metadata_cache = true")
-    builder = _Builder(lake, con, workers)
+    builder = _Builder(lake, workers)
     if is_s3_url(lake.config.aperio_directory) or is_s3_url(lake.config.base_directory):
         storage = lake.storage if isinstance(lake.storage, S3Storage) else lake.lake_storage
         assert isinstance(storage, S3Storage)
         builder.s3_storage = storage
-        builder.report.s3_access = enable_s3(con, storage, method=s3_access)
-        con.execute("SET enable_http_metadata_cache = true")
-    builder.views(s3_access)
+    con = builder.connect(s3_access)
     for key, error in builder.report.broken.items():
         log.warning("view %s did not register: %s", key, error)
     builder.report.seconds = time.perf_counter() - started
