@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.sensor_definition import SensorExecutionData
 
 from aperio_assets.defs.maintenance import (
     FINGERPRINT_TAG,
@@ -27,9 +28,9 @@ def legacy(tmp_path: Path) -> AperioResource:
     return AperioResource(config_path=str(write_demo_lake(tmp_path / "demo", with_legacy=True, flights_per_month=10)))
 
 
-def tick(instance: dg.DagsterInstance, aperio: AperioResource) -> dg.SensorResult:
+def tick(instance: dg.DagsterInstance, aperio: AperioResource) -> SensorExecutionData:
     context = dg.build_sensor_context(instance=instance, resources={"aperio": aperio})
-    return legacy_state_sensor(context)
+    return legacy_state_sensor.evaluate_tick(context)
 
 
 def run(job: dg.JobDefinition, instance: dg.DagsterInstance, aperio: AperioResource,
@@ -48,7 +49,7 @@ def test_sensor_requests_one_migration_then_nothing(legacy: AperioResource) -> N
         materialized = result.output_for_node("migrate_legacy_state")
         assert materialized == 18  # flights 8 + 3 + 2 rows, reference 2 + 0 + 1, two catalog views
         after = tick(instance, legacy)
-        assert not after.run_requests and "no legacy state" in after.skip_reason.skip_message
+        assert not after.run_requests and "no legacy state" in after.skip_message
         lake = open_lake(legacy.config_path)
         assert len(open_tracker(lake, "flights").get_processed_key_values("flights")) == 6
 

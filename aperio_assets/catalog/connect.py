@@ -20,6 +20,7 @@ named ``aperio`` beside the attached cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -59,6 +60,8 @@ _DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.bool_(): "BOOL
 
 _STATE_TABLES: dict[tuple[str, str, str], StateTable] = {}
 _STATE_TABLES_LOCK = threading.Lock()
+# Per views directory: the views table's version and its decoded definitions.
+_DEFINITIONS: dict[str, tuple[object, list[ViewDefinition]]] = {}
 
 
 def _state_table(lake: Lake, directory: str, spec: TableSpec) -> StateTable:
@@ -153,11 +156,19 @@ class _Builder:
         rows = store.all_rows(spec.name)
         return self._local_snapshot(name, rows, spec)
 
+    def definitions(self) -> list[ViewDefinition]:
+        """The view definitions, decoded again only when the views table changed."""
+        table = _state_table(self.lake, self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
+        version = table.version
+        memo = _DEFINITIONS.get(table.directory)
+        if memo is None or memo[0] != version:
+            memo = _DEFINITIONS[table.directory] = (version, sorted(
+                (ViewDefinition.from_row(r) for r in table.rows()), key=lambda v: (v.schema_name, v.view_name)))
+        return memo[1]
+
     def connect(self, s3_access: str) -> duckdb.DuckDBPyConnection:
         names = sorted(s.name for s in self.lake.schemas())
-        table = _state_table(self.lake, self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
-        definitions = sorted((ViewDefinition.from_row(r) for r in table.rows()),
-                             key=lambda v: (v.schema_name, v.view_name))
+        definitions = self.definitions()
         for view in definitions:
             if view.schema_name not in names:
                 self.report.broken[f"{view.schema_name}.{view.view_name}"] = "its schema is not in the configuration"
@@ -261,11 +272,18 @@ def cache_directory() -> Path:
 
 def _cache_path(schemas: list[str], definitions: list[ViewDefinition], state_bodies: dict[str, str] | None) -> Path:
     """One cache file per version of everything the views' binding depends on."""
-    fingerprint = hashlib.sha256(json.dumps({
-        "duckdb": duckdb.__version__, "schemas": schemas, "state": state_bodies,
+    return cache_directory() / _fingerprint(tuple(schemas), tuple(definitions),
+                                            tuple(sorted(state_bodies.items())) if state_bodies else None) \
+        / f"{TABLES_CATALOG}.duckdb"
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(schemas: tuple[str, ...], definitions: tuple[ViewDefinition, ...],
+                 state_bodies: tuple[tuple[str, str], ...] | None) -> str:
+    return hashlib.sha256(json.dumps({
+        "duckdb": duckdb.__version__, "schemas": schemas, "state": dict(state_bodies) if state_bodies else None,
         "views": [[v.schema_name, v.view_name, v.sql, v.origin, list(v.columns)] for v in definitions],
     }, sort_keys=True).encode()).hexdigest()[:32]
-    return cache_directory() / fingerprint / f"{TABLES_CATALOG}.duckdb"
 
 
 def open_catalog(config_or_path: ConfigLike | Lake = None, *, s3_access: str = "auto",

@@ -503,6 +503,13 @@ class StateTable:
             return CompactionResult(self.spec.name, len(inputs), len(inputs), winners.num_rows,
                                     dropped, output)
 
+    @property
+    def version(self) -> tuple[frozenset[str], frozenset[str]]:
+        """What the last refresh read (file names, unreadable names): files are immutable, so an
+        equal version means equal contents."""
+        with self._lock:
+            return frozenset(self._segments), frozenset(self.bad_files)
+
     def readable_files(self) -> list[str]:
         """Locations of the files the last refresh read successfully."""
         with self._lock:
