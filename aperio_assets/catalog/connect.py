@@ -102,10 +102,17 @@ class _Builder:
         self.con: duckdb.DuckDBPyConnection | None = None
         self.report = CatalogReport()
         self.s3_storage: S3Storage | None = None
+        self._tables: dict[str, StateTable] = {}
+
+    def _table(self, directory: str, spec: TableSpec) -> StateTable:
+        """A state table, refreshed once per connect (the views table is read twice)."""
+        if directory not in self._tables:
+            self._tables[directory] = _state_table(self.lake, directory, spec)
+        return self._tables[directory]
 
     def _shared_state_sql(self, directory: str, spec: TableSpec) -> str | None:
         """The §5 rule over a state directory: its glob, or the readable files when some are bad."""
-        table = _state_table(self.lake, directory, spec)
+        table = self._table(directory, spec)
         files = table.readable_files()
         if not files:
             return None
@@ -158,7 +165,7 @@ class _Builder:
 
     def definitions(self) -> list[ViewDefinition]:
         """The view definitions, decoded again only when the views table changed."""
-        table = _state_table(self.lake, self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
+        table = self._table(self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
         version = table.version
         memo = _DEFINITIONS.get(table.directory)
         if memo is None or memo[0] != version:
