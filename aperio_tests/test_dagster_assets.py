@@ -24,6 +24,7 @@ from aperio_assets.state import open_lineage, open_tracker
 from aperio_assets.state.access import open_state
 from aperio_tests.conftest import LakeCase
 from aperio_tests.test_refresh import put, seed
+from aperio_tests.test_scale_out import dagster_home, finish, start_refresh
 
 SCHEMA_ASSETS = ("conversion_lineage", "partition_status", "generated_model")
 
@@ -236,16 +237,10 @@ def test_dagster_cli_runs_the_refresh_job(tmp_path: Path) -> None:
     (tmp_path / "lake" / "sales" / "orders.csv").write_text("id,amount\n1,10\n2,20\n")
     (tmp_path / "lake" / "sales" / "regions.json").write_text('[{"code": "N"}]')
     (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((Path(__file__).parents[1] / "dagster.yaml").read_text())
-    env = {**os.environ, "DAGSTER_HOME": str(home), "APERIO_CONFIG": str(tmp_path / "aperio.yaml")}
-    dagster = Path(sys.executable).with_name("dagster")
-    done = subprocess.run([str(dagster), "job", "execute", "-m", "aperio_assets.definitions", "-j",
-                           "aperio_refresh_job"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "RUN_SUCCESS" in done.stderr + done.stdout
+    home = dagster_home(tmp_path, "dagster_home")
+    done = start_refresh(home, tmp_path / "aperio.yaml")
+    output = finish(done)
+    assert "RUN_SUCCESS" in output
     tracker = open_tracker(str(tmp_path / "aperio.yaml"), "sales")
     assert {r["alternate_name"]: r["row_count"] for r in tracker.status_rows("orders")} == {"orders": 2}
     with connect(str(tmp_path / "aperio.yaml")) as con:

@@ -52,9 +52,10 @@ def start_refresh(home: Path, config: Path) -> subprocess.Popen[str]:
                             env=env, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process: subprocess.Popen[str]) -> None:
+def finish(process: subprocess.Popen[str]) -> str:
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-4000:]
+    return output
 
 
 @contextlib.contextmanager

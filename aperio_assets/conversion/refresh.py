@@ -126,6 +126,7 @@ class SchemaRefresh:
         self.tables_root = self.storage.aperio_path(schema.name, layout.TABLES_DIR)
         self.result = RefreshResult(schema.name)
         self._discovery: Discovery | None = None
+        self.model: dict[str, Any] | None = None  # set by write_model
         self._stems: dict[str, Counter] = {}
 
     @property
@@ -293,6 +294,7 @@ class SchemaRefresh:
                 "parquetInPlace": [f.path for f in table.files if f.format == "parquet"],
             })
         model = {"schema": self.schema.name, "directory": self.schema.directory, "tables": tables}
+        self.model = model  # what the file says now (callers need not read it back)
         if {k: v for k, v in previous.items() if k != "generatedAt"} == model:
             return False
         model["generatedAt"] = int(time.time() * 1000)

@@ -7,7 +7,6 @@
 (No ``from __future__ import annotations`` here: Dagster reads the annotations at runtime.)
 """
 
-import json
 from collections.abc import Sequence
 
 import dagster as dg
@@ -110,8 +109,7 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
         run = _refresh(context, aperio, name)
         written = run.write_model(_lineage_dict(lineage))
         path = aperio.storage().aperio_path(name, layout.GENERATED_MODEL)
-        model = aperio.storage().read_bytes(path)
-        tables = json.loads(model).get("tables", [])
+        tables = run.model["tables"] if run.model else []
         rows = [(t["name"], t["rowCount"], len(t["columns"]), t["files"], t["failedFiles"]) for t in tables]
         return dg.MaterializeResult(metadata={
             "model written": written, "tables": len(tables), "dagster/row_count": sum(t["rowCount"] for t in tables),
