@@ -45,6 +45,7 @@ class S3Settings:
 
     endpoint_url: str | None = None
     region: str = "us-east-1"
+    max_attempts: int = 6  # tries per request, transient errors only (SPEC §3)
 
     @property
     def use_ssl(self) -> bool:
@@ -55,6 +56,8 @@ class S3Settings:
 class CompactionSettings:
     max_small_files: int = 64
     tombstone_retention_seconds: int = 7 * 86400
+    # how long compacted-away files stay readable before they are deleted (SPEC §5)
+    grace_period_seconds: int = 3600
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,7 @@ def _s3_settings(storage: Any, source: str) -> S3Settings:
     s3 = storage.get("s3") or {}
     if not isinstance(s3, dict):
         raise ConfigError(source, "storage.s3", "expected a mapping")
-    _reject_unknown(s3, {"endpoint_url", "region"}, source, "storage.s3.")
+    _reject_unknown(s3, {"endpoint_url", "region", "max_attempts"}, source, "storage.s3.")
     endpoint = s3.get("endpoint_url")
     if endpoint is not None:
         endpoint = _string(endpoint, "storage.s3.endpoint_url", source)
@@ -225,7 +228,12 @@ def _s3_settings(storage: Any, source: str) -> S3Settings:
         region = _string(region, "storage.s3.region", source)
     else:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return S3Settings(endpoint_url=endpoint.rstrip("/") if endpoint else None, region=region)
+    attempts = s3.get("max_attempts", S3Settings.max_attempts)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
+        raise ConfigError(source, "storage.s3.max_attempts",
+                          f"expected a whole number from 1 to 100, got {attempts!r}")
+    return S3Settings(endpoint_url=endpoint.rstrip("/") if endpoint else None, region=region,
+                      max_attempts=attempts)
 
 
 def parse_duration(value: Any) -> int:
@@ -247,7 +255,7 @@ def _compaction(value: Any, source: str) -> CompactionSettings:
         return CompactionSettings()
     if not isinstance(value, dict):
         raise ConfigError(source, "compaction", "expected a mapping")
-    _reject_unknown(value, {"max_small_files", "tombstone_retention"}, source, "compaction.")
+    _reject_unknown(value, {"max_small_files", "tombstone_retention", "grace_period"}, source, "compaction.")
     settings = CompactionSettings()
     if "max_small_files" in value:
         n = value["max_small_files"]
@@ -255,14 +263,15 @@ def _compaction(value: Any, source: str) -> CompactionSettings:
             raise ConfigError(source, "compaction.max_small_files",
                               f"expected a whole number of at least 1, got {n!r}")
         settings = replace(settings, max_small_files=n)
-    if "tombstone_retention" in value:
-        try:
-            seconds = parse_duration(value["tombstone_retention"])
-        except ValueError:
-            raise ConfigError(source, "compaction.tombstone_retention",
-                              f"expected a duration such as 7d, 12h or 30m, got "
-                              f"{value['tombstone_retention']!r}") from None
-        settings = replace(settings, tombstone_retention_seconds=seconds)
+    for key, attribute in (("tombstone_retention", "tombstone_retention_seconds"),
+                           ("grace_period", "grace_period_seconds")):
+        if key in value:
+            try:
+                seconds = parse_duration(value[key])
+            except ValueError:
+                raise ConfigError(source, f"compaction.{key}", f"expected a duration such as 7d, 12h, "
+                                  f"30m or 0s, got {value[key]!r}") from None
+            settings = replace(settings, **{attribute: seconds})
     return settings
 
 

@@ -37,3 +37,9 @@ class StorageUnavailable(StorageError):
 
 class LocationNotFound(StorageUnavailable):
     """A directory or bucket that must exist does not."""
+
+
+class WriteOutcomeUnknown(StorageUnavailable):
+    """A write whose every try failed in a way that does not tell whether the storage applied it
+    (the answer was lost, the connection reset after sending): the data may or may not be stored.
+    Raised only where a read-back could not settle it; the message says so."""

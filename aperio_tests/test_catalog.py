@@ -45,7 +45,7 @@ def test_views_and_cross_schema_join(lake_case: LakeCase, s3_access: str) -> Non
         con.execute("SELECT DISTINCT month FROM sales.orders ORDER BY 1").fetchall() == [(1,), (2,)]
     assert con.execute(f'SELECT v FROM sales."{HOSTILE.replace(chr(34), chr(34) * 2)}"').fetchall() == [(42,)]
     schemas = {r for r in con.execute("SELECT database_name, schema_name FROM duckdb_schemas()").fetchall()}
-    assert {("aperio_catalog", "sales"), ("aperio_catalog", "ref"), ("aperio_catalog", "aperio")} <= schemas
+    assert {("aperio_catalog", "sales"), ("aperio_catalog", "ref"), ("aperio", "main")} <= schemas
     # no persistent catalog file in shared mode
     assert not [f for f in lake.storage.list(lake.config.aperio_directory, recursive=True)
                 if f.name.endswith((".duckdb", ".wal"))]
@@ -171,3 +171,26 @@ def test_views_are_bound_once_per_definitions_version(lake_case: LakeCase) -> No
     ViewStore(lake).drop("ref", "broken")
     third = open_catalog(lake)[1]
     assert third.cache == "built" and third.broken == {}
+
+
+def test_an_open_connection_survives_compaction(lake_case: LakeCase) -> None:
+    """The state views are snapshots: compaction deleting every file they were read from (no grace
+    period at all, an unreadable file present so no glob could serve) never breaks a query."""
+    from aperio_assets.state.maintenance import shared_state_tables
+
+    lake = build(lake_case)
+    status_dir = lake.storage.aperio_path("sales", "partition_status")
+    lake.storage.write_bytes(lake.storage.join(status_dir, "00000000000000001_bad_000000.parquet"), b"not parquet")
+    tracker = open_tracker(lake, "sales")
+    tracker.mark_processed("extra", "extra", {"k": "1"})
+    con = connect(lake)
+    query = "SELECT alternate_name, incremental_key_values FROM aperio.partition_status ORDER BY ALL"
+    before = con.execute(query).fetchall()
+    assert ("extra", '{"k":"1"}') in before and ("orders", '{"month":"02","year":"2024"}') in before
+    views_before = con.execute("SELECT count(*) FROM aperio.views").fetchone()
+    for entry in shared_state_tables(lake):
+        entry.table.grace_seconds = 0
+        entry.table.compact()
+    assert con.execute(query).fetchall() == before
+    assert con.execute("SELECT count(*) FROM aperio.views").fetchone() == views_before
+    assert connect(lake).execute(query).fetchall() == before  # a new connection reads the same

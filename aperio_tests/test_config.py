@@ -33,6 +33,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert config.state_storage == "shared"
     assert config.compaction.max_small_files == 64
     assert config.compaction.tombstone_retention_seconds == 7 * 86400
+    assert config.compaction.grace_period_seconds == 3600
     assert config.s3.endpoint_url is None and config.s3.region == "us-east-1"
     assert config.configured_schemas is None
 
@@ -45,7 +46,7 @@ stateStorage: shared
 legacyDirectory: /var/lib/aperio/.aperio
 storage:
   s3: {endpoint_url: "http://127.0.0.1:9000/", region: eu-west-1}
-compaction: {max_small_files: 8, tombstone_retention: 12h}
+compaction: {max_small_files: 8, tombstone_retention: 12h, grace_period: 0s}
 schemas:
   - name: flights
     directory: raw/flights
@@ -59,6 +60,7 @@ schemas:
     assert not config.s3.use_ssl
     assert config.compaction.max_small_files == 8
     assert config.compaction.tombstone_retention_seconds == 12 * 3600
+    assert config.compaction.grace_period_seconds == 0
     assert [(s.name, s.directory, s.state_storage) for s in config.configured_schemas or ()] == [
         ("flights", "s3://bucket/data/raw/flights", "local"),
         ("reference", "s3://bucket/data/reference", "shared")]
@@ -117,6 +119,8 @@ BAD_CONFIGS = [
     ("storage:\n  s3:\n    aws_secret_access_key: abc\n",
      "storage.s3.aws_secret_access_key: credentials are never read from the configuration file"),
     ("compaction:\n  tombstone_retention: forever\n", "compaction.tombstone_retention: expected a duration"),
+    ("compaction:\n  grace_period: -5m\n", "compaction.grace_period: expected a duration"),
+    ("storage:\n  s3:\n    max_attempts: 0\n", "storage.s3.max_attempts: expected a whole number"),
     ("compaction:\n  max_small_files: 0\n", "compaction.max_small_files: expected a whole number"),
     ("baseDirectory: gs://bucket/x\n", "baseDirectory: unsupported location 'gs://bucket/x'"),
     ("- just\n- a list\n", "the top level must be a mapping"),

@@ -6,7 +6,7 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from aperio_assets.config import S3Settings
-from aperio_assets.errors import StorageError, StorageUnavailable
+from aperio_assets.errors import StorageError, StorageUnavailable, WriteOutcomeUnknown
 from aperio_assets.storage import RetryPolicy, S3Storage, is_transient
 from aperio_tests.conftest import S3Server
 
@@ -130,6 +130,53 @@ def test_create_if_absent_with_lost_response_is_still_ours(s3: S3Server, s3_buck
     assert storage.create_if_absent(path, b"mine") is True
     assert storage.create_if_absent(path, b"someone else") is False
     assert storage.read_bytes(path) == b"mine"
+
+
+def test_create_if_absent_after_the_clients_own_resend_is_still_ours(s3: S3Server, s3_bucket: str) -> None:
+    """aiohttp re-sends a PUT by itself when a reused connection drops its answer: our FIRST try then
+    sees 412 for an object that it stored. That is a success, not a collision."""
+    storage = _storage(s3, [])
+    path = f"s3://{s3_bucket}/state/g.parquet"
+
+    async def hook(send, operation, params):
+        result = await send(operation, params)
+        if operation == "put_object" and not hook.resent:
+            hook.resent = True
+            return await send(operation, params)  # the invisible re-send: 412 reaches the caller
+        return result
+
+    hook.resent = False
+    storage.set_send_hook(hook)
+    assert storage.create_if_absent(path, b"mine") is True
+    assert storage.create_if_absent(path, b"mine") is False  # same bytes, another call: not ours
+    assert storage.read_bytes(path) == b"mine"
+
+
+def test_mutation_whose_every_try_was_sent_reports_an_unknown_outcome(s3: S3Server, s3_bucket: str) -> None:
+    """A PUT whose answers were all lost may have landed: the error says so; one refused up front
+    (503 SlowDown every time) certainly did not, and the error is the plain one."""
+    storage = _storage(s3, [])
+    path = f"s3://{s3_bucket}/x/lost.bin"
+
+    async def lose(send, operation, params):
+        if operation == "put_object":
+            await send(operation, params)
+            raise ConnectionResetError(104, "answer lost")
+        return await send(operation, params)
+
+    storage.set_send_hook(lose)
+    with pytest.raises(WriteOutcomeUnknown, match="may or may not have been applied"):
+        storage.write_bytes(path, b"1")
+    assert storage.read_bytes(path) == b"1"  # it had landed, as the error allowed
+    # create-if-absent settles it by reading back: the object is there and bears this call's id
+    assert storage.create_if_absent(f"s3://{s3_bucket}/x/created.bin", b"2") is True
+
+    refused = _storage(s3, [])
+    _inject(refused, {"put_object": [client_error(503, "SlowDown")] * 4})
+    with pytest.raises(StorageUnavailable) as caught:
+        refused.write_bytes(f"s3://{s3_bucket}/x/refused.bin", b"3")
+    assert not isinstance(caught.value, WriteOutcomeUnknown)
+    assert not refused.exists(f"s3://{s3_bucket}/x/refused.bin")
 
 
 def test_unreachable_endpoint_is_a_clear_error() -> None:

@@ -2,7 +2,9 @@
 
 Two tracker instances (two writers) work on one schema, compaction runs with zero tombstone
 retention and a tiny small-file limit (the most adversarial settings), and fresh readers replace
-instances at random.
+instances at random. The two writers keep compacted-away files for the grace period (they linger,
+superseded); a third party compacts with no grace period at random, deleting every superseded file
+under the writers' feet.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ KEYS = st.fixed_dictionaries({"year": st.sampled_from(["2013", "2014"]),
     st.fixed_dictionaries({"city": st.sampled_from(["São Paulo", "Zürich"])})
 PIPELINES = st.sampled_from(["p1", "p2", "p3"])
 COMPACTION = CompactionSettings(max_small_files=4, tombstone_retention_seconds=0)
+NO_GRACE = CompactionSettings(max_small_files=4, tombstone_retention_seconds=0, grace_period_seconds=0)
 
 
 class TrackerMachine(RuleBasedStateMachine):
-    open_tracker = None  # set by each test: a callable (state id) -> new tracker instance
+    open_tracker = None  # set by each test: a callable (state id, compaction settings) -> new tracker
 
     def __init__(self) -> None:
         super().__init__()
@@ -38,7 +41,7 @@ class TrackerMachine(RuleBasedStateMachine):
 
     @initialize()
     def start(self) -> None:
-        self.trackers = [type(self).open_tracker(self.state_id) for _ in range(2)]
+        self.trackers = [type(self).open_tracker(self.state_id, COMPACTION) for _ in range(2)]
 
     # -- writes ----------------------------------------------------------------------------------
     @rule(who=st.integers(0, 1), alt=ALTERNATES, key=KEYS, rows=st.none() | st.integers(0, 10**9))
@@ -88,9 +91,14 @@ class TrackerMachine(RuleBasedStateMachine):
     def compact(self, who) -> None:
         self.trackers[who].compact()
 
+    @precondition(lambda self: hasattr(self.trackers[0], "compact"))
+    @rule()
+    def compact_and_delete_at_once(self) -> None:
+        type(self).open_tracker(self.state_id, NO_GRACE).compact()
+
     @rule(who=st.integers(0, 1))
     def fresh_reader(self, who) -> None:
-        self.trackers[who] = type(self).open_tracker(self.state_id)
+        self.trackers[who] = type(self).open_tracker(self.state_id, COMPACTION)
 
     # -- the dict is the truth -------------------------------------------------------------------
     @invariant()
@@ -123,14 +131,14 @@ def _run(opener, examples: int, steps: int) -> None:
 
 def test_shared_state_on_local_disk(tmp_path) -> None:
     storage = LocalStorage(aperio_root=str(tmp_path / ".aperio"))
-    _run(lambda sid: ParquetPartitionStatusStore(storage, f"s{sid}", COMPACTION), examples=40, steps=30)
+    _run(lambda sid, compaction: ParquetPartitionStatusStore(storage, f"s{sid}", compaction), examples=40, steps=30)
 
 
 def test_shared_state_on_s3(s3: S3Server, s3_bucket: str) -> None:
     storage = S3Storage(s3.settings(), aperio_root=f"s3://{s3_bucket}/.aperio")
-    _run(lambda sid: ParquetPartitionStatusStore(storage, f"s{sid}", COMPACTION), examples=10, steps=25)
+    _run(lambda sid, compaction: ParquetPartitionStatusStore(storage, f"s{sid}", compaction), examples=10, steps=25)
 
 
 def test_local_duckdb_store(tmp_path) -> None:
-    _run(lambda sid: DuckDBPartitionStatusStore(tmp_path / sid / ".partition_status.duckdb"),
+    _run(lambda sid, compaction: DuckDBPartitionStatusStore(tmp_path / sid / ".partition_status.duckdb"),
          examples=6, steps=15)

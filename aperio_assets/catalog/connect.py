@@ -9,13 +9,12 @@ view definitions into a machine-local cache file (``$APERIO_CACHE_DIR``, default
 is disposable and derived from the shared ``catalog/views`` state, never a source of truth; the
 shared state has no catalog file.
 
-The state views (``aperio.partition_status``, …) are the §5 rule over each state directory's glob;
-their SQL changes only when a directory gains its first file or holds an unreadable one, so they go
-into the same cache file (schema ``aperio``), and the connection is that file opened read-only (its
-database is named ``aperio_catalog``): a connect costs what opening one DuckDB file costs, plus one
-LIST per state directory (state readers are kept per process, so only files not seen yet are read).
-Lakes with local-mode schemas expose snapshots of the legacy files instead, in an in-memory catalog
-named ``aperio`` beside the attached cache.
+The state views (``aperio.partition_status``, …) live in an in-memory catalog named ``aperio``
+beside the attached cache. They are snapshots taken at connect: the current rows (§5 rule) that this
+process's state readers hold (kept per process, so a connect costs one LIST per state directory plus
+a GET per file not seen yet), registered as Arrow tables; local-mode schemas contribute snapshots of
+their legacy files. A query on them never reads a state file, so compaction deleting files can never
+break an open connection; reconnect to see newer state.
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ from aperio_assets.state.lineage import COLUMNS as LINEAGE_COLUMNS
 from aperio_assets.state.lineage import JsonLineage
 from aperio_assets.state.parquet_tracker import open_state_table
 from aperio_assets.state.spec import DELETED, TableSpec
-from aperio_assets.state.sql import current_state_sql
 from aperio_assets.state.table import StateTable
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION, VIEWS
 from aperio_assets.storage import S3Storage
@@ -60,6 +58,8 @@ _DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.bool_(): "BOOL
 
 _STATE_TABLES: dict[tuple[str, str, str], StateTable] = {}
 _STATE_TABLES_LOCK = threading.Lock()
+# Per state directory: the reader's version and its current rows (resolved again only on a change).
+_SNAPSHOTS: dict[str, tuple[object, pa.Table]] = {}
 # Per views directory: the views table's version and its decoded definitions.
 _DEFINITIONS: dict[str, tuple[object, list[ViewDefinition]]] = {}
 
@@ -110,58 +110,61 @@ class _Builder:
             self._tables[directory] = _state_table(self.lake, directory, spec)
         return self._tables[directory]
 
-    def _shared_state_sql(self, directory: str, spec: TableSpec) -> str | None:
-        """The §5 rule over a state directory: its glob, or the readable files when some are bad."""
+    def _shared_snapshot(self, directory: str, spec: TableSpec) -> pa.Table | None:
+        """A state directory's current rows (§5 rule, tombstones hidden), from this process's reader."""
         table = self._table(directory, spec)
-        files = table.readable_files()
-        if not files:
-            return None
-        source: str | list[str] = files if table.bad_files else self.lake.storage.join(directory, "*.parquet")
-        return f"SELECT * EXCLUDE ({DELETED}) FROM ({current_state_sql(spec, source)})"
+        version = table.version
+        memo = _SNAPSHOTS.get(directory)
+        if memo is None or memo[0] != version:
+            rows = table.to_arrow()
+            memo = _SNAPSHOTS[directory] = (version, rows.drop_columns([DELETED]) if rows.num_rows else None)
+        return memo[1]
 
-    def _local_snapshot(self, name: str, rows: list[dict], spec: TableSpec) -> str:
-        schema = pa.schema([f for f in spec.schema if f.name in spec.keys or f.name in spec.value_names])
-        assert self.con is not None, "local snapshots are registered on an open connection"
-        self.con.register(name, pa.Table.from_pylist(rows, schema=schema))
-        return f"SELECT * FROM {quote_identifier(name)}"
-
-    def state_view_sql(self) -> dict[str, str]:
-        """The body of each ``aperio.*`` view (local-mode schemas register their snapshots now)."""
-        bodies = {}
-        for spec in (PARTITION_STATUS, TABLE_COMPLETION, CONVERSIONS):
-            parts = []
-            for schema in self.lake.schemas():
-                if schema.state_storage == "shared":
-                    sql = self._shared_state_sql(self.lake.storage.aperio_path(schema.name, spec.name), spec)
-                else:  # local mode: a snapshot of the legacy files, read without holding their locks
-                    sql = self._local_sql(schema, spec)
-                if sql is not None:
-                    parts.append(f"SELECT {quote_literal(schema.name)} AS schema_name, * FROM ({sql})")
-            bodies[spec.name] = " UNION ALL BY NAME ".join(parts) if parts else _empty_select(spec, with_schema=True)
-        views = self._shared_state_sql(self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
-        bodies["views"] = views or _empty_select(VIEWS, with_schema=False)
-        return bodies
-
-    def in_memory_state_views(self, bodies: dict[str, str]) -> None:
-        assert self.con is not None
-        self.con.execute(f"ATTACH ':memory:' AS {SYSTEM_SCHEMA}")
-        for name, body in bodies.items():
-            self.con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.main.{name} AS {body}")
-
-    def _local_sql(self, schema: SchemaConfig, spec: TableSpec) -> str | None:
-        name = f"__aperio_local_{schema.name}_{spec.name}"
+    def _local_snapshot(self, schema: SchemaConfig, spec: TableSpec) -> pa.Table | None:
+        """A snapshot of a local-mode schema's legacy files, read without holding their locks."""
+        arrow_schema = pa.schema([f for f in spec.schema if f.name in spec.keys or f.name in spec.value_names])
         if spec is CONVERSIONS:
             path = self.lake.local_state_path(schema.name, layout.LEGACY_CONVERSIONS)
             if not os.path.exists(path):
                 return None
             rows = [{c: r.get(c) for c in LINEAGE_COLUMNS} for r in JsonLineage(path).records().values()]
-            return self._local_snapshot(name, rows, spec)
-        path = self.lake.local_state_path(schema.name, layout.LEGACY_PARTITION_STATUS)
-        if not os.path.exists(path):
-            return None
-        store = DuckDBPartitionStatusStore(path)
-        rows = store.all_rows(spec.name)
-        return self._local_snapshot(name, rows, spec)
+        else:
+            path = self.lake.local_state_path(schema.name, layout.LEGACY_PARTITION_STATUS)
+            if not os.path.exists(path):
+                return None
+            rows = DuckDBPartitionStatusStore(path).all_rows(spec.name)
+        return pa.Table.from_pylist(rows, schema=arrow_schema)
+
+    def state_snapshots(self) -> dict[str, list[tuple[str | None, pa.Table]]]:
+        """Per ``aperio.*`` view: (schema, current rows) of every state table that has rows."""
+        snapshots: dict[str, list[tuple[str | None, pa.Table]]] = {}
+        for spec in (PARTITION_STATUS, TABLE_COMPLETION, CONVERSIONS):
+            parts = snapshots.setdefault(spec.name, [])
+            for schema in self.lake.schemas():
+                if schema.state_storage == "shared":
+                    rows = self._shared_snapshot(self.lake.storage.aperio_path(schema.name, spec.name), spec)
+                else:
+                    rows = self._local_snapshot(schema, spec)
+                if rows is not None:
+                    parts.append((schema.name, rows))
+        views = self._shared_snapshot(self.lake.storage.aperio_path(None, layout.VIEWS), VIEWS)
+        snapshots["views"] = [(None, views)] if views is not None else []
+        return snapshots
+
+    def state_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        """The ``aperio`` catalog: one view per state table over the snapshots, registered on ``con``."""
+        specs = {PARTITION_STATUS.name: PARTITION_STATUS, TABLE_COMPLETION.name: TABLE_COMPLETION,
+                 CONVERSIONS.name: CONVERSIONS, "views": VIEWS}
+        con.execute(f"ATTACH ':memory:' AS {SYSTEM_SCHEMA}")
+        for view, parts in self.state_snapshots().items():
+            selects = []
+            for number, (schema, rows) in enumerate(parts):
+                name = f"__aperio_state_{view}_{number}"
+                con.register(name, rows)
+                prefix = f"{quote_literal(schema)} AS schema_name, " if schema is not None else ""
+                selects.append(f"SELECT {prefix}* FROM {quote_identifier(name)}")
+            body = " UNION ALL BY NAME ".join(selects) or _empty_select(specs[view], with_schema=view != "views")
+            con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.main.{quote_identifier(view)} AS {body}")
 
     def definitions(self) -> list[ViewDefinition]:
         """The view definitions, decoded again only when the views table changed."""
@@ -180,44 +183,36 @@ class _Builder:
             if view.schema_name not in names:
                 self.report.broken[f"{view.schema_name}.{view.view_name}"] = "its schema is not in the configuration"
         definitions = [v for v in definitions if v.schema_name in names]
-        # Snapshots of legacy files exist in one connection only: with local-mode schemas the state
-        # views are made per connection, in an in-memory catalog beside the attached cache.
-        standalone = all(s.state_storage == "shared" for s in self.lake.schemas())
-        bodies = self.state_view_sql() if standalone else None
-        cache = _cache_path(names, definitions, bodies)
+        cache = _cache_path(names, definitions)
         sidecar = cache.with_suffix(".json")
         try:
             broken = json.loads(sidecar.read_text())
-            self.con = self._open(cache, standalone)
+            self.con = self._open(cache)
             self.report.cache = "hit"
         except (OSError, ValueError, duckdb.Error):
-            broken = self._build(cache, sidecar, names, definitions, s3_access, bodies)
-            self.con = self._open(cache, standalone)
+            broken = self._build(cache, sidecar, names, definitions, s3_access)
+            self.con = self._open(cache)
             self.report.cache = "built"
         # Footers and HTTP metadata are fetched once per connection, not once per query.
         self.con.execute("SET parquet_metadata_cache = true")
         if self.s3_storage is not None:
             self.report.s3_access = enable_s3(self.con, self.s3_storage, method=s3_access)
             self.con.execute("SET enable_http_metadata_cache = true")
-        if not standalone:
-            self.in_memory_state_views(self.state_view_sql())
+        self.state_views(self.con)
         self.report.broken.update(broken)
         self.report.views = sum(1 for v in definitions if f"{v.schema_name}.{v.view_name}" not in broken)
         return self.con
 
     @staticmethod
-    def _open(cache: Path, standalone: bool) -> duckdb.DuckDBPyConnection:
-        """The cache file read-only as the connection's database (named ``aperio_catalog`` after the
-        file), or attached to an in-memory one that can take the per-connection state views."""
-        if standalone:
-            return duckdb.connect(str(cache), read_only=True)
+    def _open(cache: Path) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB with the cache file attached read-only and made the default."""
         con = duckdb.connect(":memory:")
         con.execute(f"ATTACH {quote_literal(str(cache))} AS {TABLES_CATALOG} (READ_ONLY)")
         con.execute(f"USE {TABLES_CATALOG}")
         return con
 
     def _build(self, cache: Path, sidecar: Path, names: list[str], definitions: list[ViewDefinition],
-               s3_access: str, state_bodies: dict[str, str] | None) -> dict[str, str]:
+               s3_access: str) -> dict[str, str]:
         """Bind every view once, into a new cache file (written aside, then renamed into place)."""
         cache.parent.mkdir(parents=True, exist_ok=True)
         temp = cache.with_name(f".{cache.stem}.{uuid.uuid4().hex}.duckdb")
@@ -227,10 +222,7 @@ class _Builder:
                 enable_s3(scratch, self.s3_storage, method=s3_access)
             for name in names:
                 scratch.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(name)}")
-            if state_bodies is not None:
-                scratch.execute(f"CREATE SCHEMA {SYSTEM_SCHEMA}")
-                for name, body in state_bodies.items():
-                    scratch.execute(f"CREATE VIEW {SYSTEM_SCHEMA}.{quote_identifier(name)} AS {body}")
+            self.state_views(scratch)  # user views may read the state: they bind against it here
             # Generated views first (user views may read them), in parallel: each binds its files.
             failed = self._register_all(scratch, [v for v in definitions if v.origin == "generated"], parallel=True)
             rest = [v for v in definitions if v.origin != "generated"]
@@ -277,18 +269,15 @@ def cache_directory() -> Path:
     return Path(base) / "aperio" / "catalog"
 
 
-def _cache_path(schemas: list[str], definitions: list[ViewDefinition], state_bodies: dict[str, str] | None) -> Path:
+def _cache_path(schemas: list[str], definitions: list[ViewDefinition]) -> Path:
     """One cache file per version of everything the views' binding depends on."""
-    return cache_directory() / _fingerprint(tuple(schemas), tuple(definitions),
-                                            tuple(sorted(state_bodies.items())) if state_bodies else None) \
-        / f"{TABLES_CATALOG}.duckdb"
+    return cache_directory() / _fingerprint(tuple(schemas), tuple(definitions)) / f"{TABLES_CATALOG}.duckdb"
 
 
 @functools.lru_cache(maxsize=64)
-def _fingerprint(schemas: tuple[str, ...], definitions: tuple[ViewDefinition, ...],
-                 state_bodies: tuple[tuple[str, str], ...] | None) -> str:
+def _fingerprint(schemas: tuple[str, ...], definitions: tuple[ViewDefinition, ...]) -> str:
     return hashlib.sha256(json.dumps({
-        "duckdb": duckdb.__version__, "schemas": schemas, "state": dict(state_bodies) if state_bodies else None,
+        "duckdb": duckdb.__version__, "schemas": schemas, "state": "snapshots",
         "views": [[v.schema_name, v.view_name, v.sql, v.origin, list(v.columns)] for v in definitions],
     }, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -31,11 +31,15 @@ def run_compact(args: argparse.Namespace) -> int:
         return 0
     for r in results:
         where = f"{r['schema'] or 'catalog'}/{r['table']}"
-        if r["output"] or r["files_deleted"]:
-            console.print(f"{where}: {r['files_read']} files → 1, {r['rows_written']} rows, "
-                          f"{r['tombstones_dropped']} expired tombstones dropped")
+        if r["output"]:
+            line = (f"{where}: {r['files_read']} files → 1, {r['rows_written']} rows, "
+                    f"{r['tombstones_dropped']} expired tombstones dropped")
         else:
-            console.print(f"{where}: nothing to compact ({r['files_read']} file(s))")
+            line = f"{where}: nothing to compact ({r['files_read']} file(s))"
+        if r["files_deleted"] or r["files_kept"]:
+            line += (f"; {r['files_deleted']} superseded file(s) deleted, {r['files_kept']} kept for the "
+                     "grace period")
+        console.print(line)
     return 0
 
 

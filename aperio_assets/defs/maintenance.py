@@ -36,8 +36,10 @@ def migrate_legacy_state(context: dg.OpExecutionContext, aperio: AperioResource)
 def compact_state(context: dg.OpExecutionContext, aperio: AperioResource) -> dg.Output[int]:
     results = compact_lake(aperio.lake())
     files_before = sum(r["files_read"] for r in results)
-    files_after = sum(1 for r in results if r["output"]) + sum(r["files_read"] - r["files_deleted"] for r in results)
+    files_after = sum(r["files_after"] for r in results)
     return dg.Output(len(results), metadata={"state files before": files_before, "state files after": files_after,
+                                             "superseded files deleted": sum(r["files_deleted"] for r in results),
+                                             "superseded files kept (grace period)": sum(r["files_kept"] for r in results),
                                              "tombstones dropped": sum(r["tombstones_dropped"] for r in results)})
 
 

@@ -51,6 +51,7 @@ def compact_lake(lake: Lake, schema: str | None = None) -> list[dict[str, Any]]:
 def _stats_dict(stats: TableStats, limit: int) -> dict[str, Any]:
     return {"liveRows": stats.live_rows, "tombstones": stats.tombstones, "files": stats.files,
             "smallFiles": stats.small_files, "smallFileLimit": limit, "bytes": stats.bytes,
+            "supersededFiles": stats.superseded_files,
             "unreadableFiles": sorted(stats.bad_files)}
 
 

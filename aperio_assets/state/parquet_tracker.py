@@ -19,7 +19,8 @@ def open_state_table(storage: StorageProvider, directory: str, spec: TableSpec, 
                      **kwargs: Any) -> StateTable:
     """A state table with the lake's compaction settings (the one way every caller opens one)."""
     return StateTable(storage, directory, spec, max_small_files=compaction.max_small_files,
-                      tombstone_retention_seconds=compaction.tombstone_retention_seconds, **kwargs)
+                      tombstone_retention_seconds=compaction.tombstone_retention_seconds,
+                      grace_seconds=compaction.grace_period_seconds, **kwargs)
 
 
 class ParquetPartitionStatusStore(IncrementalTracker):

@@ -12,8 +12,10 @@ from aperio_assets.state.spec import DELETED, TS, WRITER, TableSpec
 def current_state_sql(spec: TableSpec, files: Sequence[str] | str, *, include_deleted: bool = False) -> str:
     """A SELECT of the current state over ``files`` (a list of paths, or one glob).
 
-    A glob follows compaction (new files appear, deleted ones vanish); a list of the files a reader
-    found readable keeps one corrupt file from breaking the query.
+    Superseded files that compaction keeps for its grace period change nothing (they hold versions
+    the compacted file also holds). A list of the files a reader found readable
+    (``StateTable.readable_files()``) keeps one corrupt file from breaking the query, and stays
+    readable for the grace period whatever compaction does meanwhile.
     """
     source = quote_literal(files) if isinstance(files, str) else "[" + ", ".join(quote_literal(f) for f in files) + "]"
     keys = ", ".join(quote_identifier(k) for k in spec.keys)

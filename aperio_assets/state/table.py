@@ -3,13 +3,19 @@
 A state table is a directory of immutable Parquet files. Each write is one new, uniquely named file
 created with create-if-absent; a row's version is ``(_ts, _writer)`` and the greatest wins per key;
 ``_deleted`` rows are tombstones. A reader keeps every file it has read as an Arrow *segment* and
-refreshes with one LIST plus a GET per file it has not read yet. Compaction writes the winners of the
-files it read into one new file, then deletes exactly those files.
+refreshes with one LIST plus a GET per file it has not read yet.
+
+Compaction writes the winners of the files it read into one new file that names them in its Parquet
+metadata (``aperio.supersedes``). From then on those inputs are *superseded*: readers that have the
+compacted file skip them (no GET), and they count as neither live nor small files. They are deleted
+only once they have been superseded for the grace period (``compaction.grace_period``), like Delta's
+vacuum, so that a reader or a DuckDB query that listed them a moment before never finds them gone.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import threading
@@ -35,6 +41,8 @@ DATA_SUFFIX = ".parquet"
 COMPACTED_SUFFIX = ".compacted.parquet"
 ROW_GROUP_SIZE = 8192
 MAX_LIST_ROUNDS = 20  # a listed file vanishing (compacted away) means: list again
+SUPERSEDES_METADATA = b"aperio.supersedes"  # a compacted file's inputs (JSON list of file names)
+DEFAULT_GRACE_SECONDS = 3600
 _sequence = itertools.count()
 _fetch_pool: ThreadPoolExecutor | None = None
 _fetch_pool_lock = threading.Lock()
@@ -73,6 +81,7 @@ class Segment:
     keys: pa.Array
     size: int
     max_ts: int
+    supersedes: frozenset[str] = frozenset()
 
     @property
     def compacted(self) -> bool:
@@ -83,10 +92,12 @@ class Segment:
 class CompactionResult:
     table: str
     files_read: int
-    files_deleted: int
+    files_deleted: int  # superseded files past the grace period, deleted now (this or earlier runs' inputs)
     rows_written: int
     tombstones_dropped: int
     output: str | None
+    files_kept: int = 0  # superseded files still within the grace period, deleted by a later compaction
+    files_after: int = 0  # live files once this compaction is done
 
 
 @dataclass
@@ -98,6 +109,7 @@ class TableStats:
     small_files: int
     bytes: int
     bad_files: dict[str, str] = field(default_factory=dict)
+    superseded_files: int = 0  # compacted away, awaiting deletion after the grace period
 
 
 def composite_key(key: Key | str) -> str:
@@ -129,7 +141,10 @@ def resolve(table: pa.Table, keys: Sequence[str]) -> tuple[pa.Table, pa.Array]:
     return winners, sole
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table, supersedes: Iterable[str] = ()) -> bytes:
+    names = sorted(supersedes)
+    if names:
+        table = table.replace_schema_metadata({SUPERSEDES_METADATA: json.dumps(names).encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd", row_group_size=ROW_GROUP_SIZE, write_statistics=True)
     return sink.getvalue().to_pybytes()
@@ -140,7 +155,8 @@ class StateTable:
 
     def __init__(self, storage: StorageProvider, directory: str, spec: TableSpec, *,
                  clock: HybridClock | None = None, writer: str | None = None, max_small_files: int = 64,
-                 tombstone_retention_seconds: int = 7 * 86400, max_staleness_seconds: float = 0.0) -> None:
+                 tombstone_retention_seconds: int = 7 * 86400, max_staleness_seconds: float = 0.0,
+                 grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
         self.storage = storage
         self.directory = directory.rstrip("/")
         self.spec = spec
@@ -149,24 +165,34 @@ class StateTable:
         self.max_small_files = max_small_files
         self.tombstone_retention_us = tombstone_retention_seconds * 1_000_000
         self.max_staleness_seconds = max_staleness_seconds
+        self.grace_seconds = grace_seconds
         self._schema = spec.schema
         self._columns = frozenset(self._schema.names)
         self._value_names = spec.value_names
         self._required = spec.required  # a tuple: messages list the columns in order
         self._segments: dict[str, Segment] = {}
+        # superseded file name → when it was superseded (the superseding file's mtime), while listed
+        self._superseded: dict[str, float] = {}
         self.bad_files: dict[str, str] = {}
         self._last_refresh = float("-inf")
         self._lock = threading.RLock()
 
     # -- parsing ---------------------------------------------------------------------------------
-    def _segment(self, name: str, table: pa.Table, size: int) -> Segment:
+    def _segment(self, name: str, table: pa.Table, size: int, supersedes: Iterable[str] = ()) -> Segment:
+        metadata = table.schema.metadata or {}
+        if SUPERSEDES_METADATA in metadata:
+            try:
+                supersedes = [str(n) for n in json.loads(metadata[SUPERSEDES_METADATA])]
+            except (ValueError, TypeError):
+                raise BadStateFile("unreadable aperio.supersedes metadata") from None
+            table = table.replace_schema_metadata(None)
         keys = _composite_column(table, self.spec.keys)
         if pc.count_distinct(keys).as_py() != len(keys):
             # Files aperio writes hold one row per key; resolve anything else on the way in.
             table, _ = resolve(table, self.spec.keys)
             keys = _composite_column(table, self.spec.keys)
         max_ts = pc.max(table[TS]).as_py() if table.num_rows else 0
-        return Segment(name, table, keys, size, max_ts or 0)
+        return Segment(name, table, keys, size, max_ts or 0, frozenset(supersedes))
 
     def parse(self, name: str, data: bytes) -> pa.Table:
         """Read one state file into the table's schema (extra columns are kept); BadStateFile if
@@ -206,7 +232,7 @@ class StateTable:
             if name_ not in self._schema.names:
                 columns.append(table[name_])
                 fields.append(table.schema.field(name_))
-        return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+        return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=table.schema.metadata))
 
     # -- refresh ---------------------------------------------------------------------------------
     def _fetch(self, infos: list[FileInfo]) -> tuple[list[Segment], list[str]]:
@@ -234,8 +260,21 @@ class StateTable:
                 vanished.append(result)
         return segments, vanished
 
+    def _adopt(self, segments: list[Segment], listed: Mapping[str, FileInfo]) -> None:
+        """Hold newly read segments; what a compacted one supersedes is dropped (and never fetched)."""
+        for segment in segments:
+            self._segments[segment.name] = segment
+            self.clock.observe(segment.max_ts)
+            info = listed.get(segment.name)
+            when = info.mtime if info is not None else time.time()
+            for name in segment.supersedes:
+                self._superseded[name] = min(when, self._superseded.get(name, when))
+        for name in [n for n in self._segments if n in self._superseded]:
+            del self._segments[name]
+
     def refresh(self, *, force: bool = False) -> None:
-        """One LIST, then a GET of each file not read yet; forget files that were compacted away."""
+        """One LIST, then a GET of each file not read yet (compacted files first: the files they
+        supersede need no GET); forget files that were compacted away."""
         with self._lock:
             if not force and time.monotonic() - self._last_refresh < self.max_staleness_seconds:
                 return
@@ -243,7 +282,7 @@ class StateTable:
                 listed = {e.name: e for e in self.storage.list(self.directory) if not e.is_dir}
                 new = []
                 for name, info in listed.items():
-                    if name in self._segments or name in self.bad_files:
+                    if name in self._segments or name in self.bad_files or name in self._superseded:
                         continue
                     if not name.endswith(DATA_SUFFIX) or name.startswith((".", "_")):
                         if name not in self.bad_files:
@@ -251,21 +290,22 @@ class StateTable:
                         self.bad_files[name] = "not a state file (name does not end in .parquet)"
                         continue
                     new.append(info)
-                segments, vanished = self._fetch(new)
-                for segment in segments:
-                    self._segments[segment.name] = segment
-                    self.clock.observe(segment.max_ts)
-                if not vanished:
+                compacted = [i for i in new if i.name.endswith(COMPACTED_SUFFIX)]
+                segments, vanished = self._fetch(compacted)
+                self._adopt(segments, listed)
+                rest = [i for i in new if not i.name.endswith(COMPACTED_SUFFIX) and i.name not in self._superseded]
+                segments, gone = self._fetch(rest)
+                self._adopt(segments, listed)
+                if not vanished and not gone:
                     break
             else:
                 raise StorageError(f"state table {self.directory} kept changing while being read "
                                    f"({MAX_LIST_ROUNDS} listings); try again")
             # Every listed file is loaded, so the rows of files that vanished (compacted away) are
             # represented by the compaction output we now hold: drop them.
-            for name in [n for n in self._segments if n not in listed]:
-                del self._segments[name]
-            for name in [n for n in self.bad_files if n not in listed]:
-                del self.bad_files[name]
+            for held in (self._segments, self.bad_files, self._superseded):
+                for name in [n for n in held if n not in listed]:
+                    del held[name]
             self._last_refresh = time.monotonic()
 
     # -- reads -----------------------------------------------------------------------------------
@@ -439,14 +479,16 @@ class StateTable:
         table = pa.Table.from_pylist([batch[k] for k in sorted(batch)], schema=self._schema)
         return self._create(f"{newest:017d}_{self.writer}_{next(_sequence):06d}{DATA_SUFFIX}", table)
 
-    def _create(self, name: str, table: pa.Table) -> str:
-        data = parquet_bytes(table)
+    def _create(self, name: str, table: pa.Table, supersedes: Iterable[str] = ()) -> str:
+        supersedes = frozenset(supersedes)
+        data = parquet_bytes(table, supersedes)
         if not self.storage.create_if_absent(self.storage.join(self.directory, name), data):
             # Names carry this process's unique writer id and a sequence number: a collision means
-            # two processes share a writer id, which must never be papered over.
+            # two processes share a writer id, which must never be papered over. (A create whose
+            # answer was lost and whose re-send met 412 is recognised as ours by the storage.)
             raise StorageError(f"state file {self.directory}/{name} already exists; writer ids collide")
         with self._lock:
-            self._segments[name] = self._segment(name, table, len(data))
+            self._adopt([self._segment(name, table, len(data), supersedes)], {})
         return name
 
     def upsert(self, row: Mapping[str, Any]) -> str | None:
@@ -458,6 +500,17 @@ class StateTable:
     # -- compaction ------------------------------------------------------------------------------
     def small_file_count(self) -> int:
         return sum(1 for s in self._segments.values() if not s.compacted)
+
+    def _vacuum(self) -> tuple[int, int]:
+        """Delete the superseded files whose grace period is over (the earliest superseded first, so
+        a vacuum killed midway leaves the newer ones); returns (deleted, still kept)."""
+        cutoff = time.time() - self.grace_seconds
+        due = sorted((when, name) for name, when in self._superseded.items() if when <= cutoff)
+        if due:
+            self.storage.delete_many([self.storage.join(self.directory, name) for _, name in due])
+            for _, name in due:
+                del self._superseded[name]
+        return len(due), len(self._superseded)
 
     def _maybe_compact(self) -> None:
         """Writers compact opportunistically once the table holds more small files than allowed. A
@@ -473,10 +526,12 @@ class StateTable:
             log.warning("opportunistic compaction of %s failed: %s", self.directory, exc)
 
     def compact(self) -> CompactionResult:
-        """Merge every file read into one: winners per key with their original ``_ts``/``_writer``;
+        """Merge every live file into one: winners per key with their original ``_ts``/``_writer``;
         tombstones kept unless older than the retention AND the only row of their key (so a
-        compaction killed between its deletes can never bring a deleted row back). Then delete
-        exactly the files read. Safe beside any number of writers, readers and compactors."""
+        compaction killed between its deletes can never bring a deleted row back). The output names
+        the files it supersedes (the inputs, and any older superseded file still listed, so a reader
+        that has it skips them all); superseded files past the grace period are deleted. Safe beside
+        any number of writers, readers and compactors, and it never changes what a read returns."""
         with self._lock:
             self.refresh(force=True)
             inputs = list(self._segments.values())
@@ -487,21 +542,26 @@ class StateTable:
                 expired = pc.and_(pc.and_(winners[DELETED], sole), old)
                 dropped = pc.sum(expired).as_py() or 0
             if len(inputs) <= 1 and not dropped:
-                return CompactionResult(self.spec.name, len(inputs), 0, winners.num_rows, 0, None)
+                deleted, kept = self._vacuum()
+                return CompactionResult(self.spec.name, len(inputs), deleted, winners.num_rows, 0, None, kept,
+                                        len(self._segments))
             if dropped:
                 winners = winners.filter(pc.invert(expired))
             output = None
-            if winners.num_rows:
+            names = {s.name for s in inputs}
+            if winners.num_rows or self.grace_seconds > 0:
+                # Written even when empty (every row an expired tombstone): it is what marks the
+                # inputs superseded until they are deleted.
                 name = f"{self.clock.tick():017d}_{self.writer}_{next(_sequence):06d}{COMPACTED_SUFFIX}"
-                output = self._create(name, winners)
-            # The output holds everything the inputs decided, so the inputs can go in any order;
-            # oldest first keeps what a killed compaction leaves behind as recent as possible.
-            ordered = sorted(inputs, key=lambda s: s.max_ts)
-            self.storage.delete_many([self.storage.join(self.directory, s.name) for s in ordered])
-            for segment in ordered:
-                self._segments.pop(segment.name, None)
-            return CompactionResult(self.spec.name, len(inputs), len(inputs), winners.num_rows,
-                                    dropped, output)
+                output = self._create(name, winners, names | set(self._superseded))
+            else:  # nothing to keep and no grace period: the inputs go at once
+                now = time.time()
+                self._superseded.update((n, now) for n in names)
+                for n in names:
+                    self._segments.pop(n, None)
+            deleted, kept = self._vacuum()
+            return CompactionResult(self.spec.name, len(inputs), deleted, winners.num_rows, dropped, output, kept,
+                                    len(self._segments))
 
     @property
     def version(self) -> tuple[frozenset[str], frozenset[str]]:
@@ -511,7 +571,9 @@ class StateTable:
             return frozenset(self._segments), frozenset(self.bad_files)
 
     def readable_files(self) -> list[str]:
-        """Locations of the files the last refresh read successfully."""
+        """Locations of the live files the last refresh read successfully: a snapshot that a DuckDB
+        query may read (with :func:`aperio_assets.state.sql.current_state_sql`) for the grace period
+        after the refresh, whatever compaction does meanwhile."""
         with self._lock:
             return [self.storage.join(self.directory, name) for name in sorted(self._segments)]
 
@@ -523,4 +585,5 @@ class StateTable:
             tombstones = (pc.sum(winners[DELETED]).as_py() or 0) if winners.num_rows else 0
             return TableStats(self.spec.name, winners.num_rows - tombstones, tombstones,
                               len(self._segments), self.small_file_count(),
-                              sum(s.size for s in self._segments.values()), dict(self.bad_files))
+                              sum(s.size for s in self._segments.values()), dict(self.bad_files),
+                              len(self._superseded))

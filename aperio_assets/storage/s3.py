@@ -8,18 +8,39 @@ error naming the endpoint and bucket.
 
 from __future__ import annotations
 
-import hashlib
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aperio_assets.config import S3Settings
-from aperio_assets.errors import LocationNotFound, StorageError, StorageUnavailable
+from aperio_assets.errors import LocationNotFound, StorageError, StorageUnavailable, WriteOutcomeUnknown
 from aperio_assets.storage.base import FileInfo, StorageProvider
 from aperio_assets.storage.retry import RetryPolicy, error_code, http_status, is_transient
 
 ACCESS_DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                                  "InvalidToken", "ExpiredToken", "AllAccessDisabled"})
+# Requests that change the bucket: when every try of one fails without a clear "not applied", the
+# change may still have been made, and the error must say so.
+MUTATING_OPERATIONS = frozenset({"put_object", "copy_object", "delete_object", "delete_objects"})
+# User metadata that identifies one create-if-absent call, so a 412 can be told apart from "ours".
+PUT_ID_METADATA = "aperio-put-id"
+
+
+def surely_not_applied(exc: BaseException) -> bool:
+    """Errors after which S3 certainly did not apply the request: it refused it up front (503
+    SlowDown/ServiceUnavailable, any 4xx) or the connection was never made. A reset, a timeout or a
+    500 after the request was sent may come after S3 applied it."""
+    status = http_status(exc)
+    if status is not None:
+        return status == 503 or 400 <= status < 500
+    try:
+        from aiohttp import ClientConnectorError
+    except ImportError:  # pragma: no cover - aiohttp comes with s3fs
+        return False
+    from botocore.exceptions import EndpointConnectionError
+
+    return isinstance(exc, ClientConnectorError | EndpointConnectionError | ConnectionRefusedError)
 
 
 def split_s3_url(location: str) -> tuple[str, str]:
@@ -36,7 +57,7 @@ class S3Storage(StorageProvider):
                  retry: RetryPolicy | None = None) -> None:
         super().__init__(aperio_root)
         self.settings = settings
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or RetryPolicy(attempts=settings.max_attempts)
         self._fs: Any = None
         self._fs_lock = threading.Lock()
 
@@ -83,15 +104,20 @@ class S3Storage(StorageProvider):
         return result
 
     def _request(self, kind: str, operation: str, *, passthrough: tuple[int, ...] = (),
-                 attempts: list[int] | None = None, **params: Any) -> dict[str, Any]:
-        """Make one API call with retries; errors with a status in ``passthrough`` are re-raised as is."""
+                 errors: list[BaseException] | None = None, **params: Any) -> dict[str, Any]:
+        """Make one API call with retries; errors with a status in ``passthrough`` are re-raised as
+        is. ``errors`` collects the error of every failed try."""
         from fsspec.asyn import sync
+
+        tries: list[BaseException] = [] if errors is None else errors
 
         def attempt(n: int) -> dict[str, Any]:
             self.counters.add(kind)
-            if attempts is not None:
-                attempts.append(n)
-            return sync(self.fs.loop, self._send, operation, params)
+            try:
+                return sync(self.fs.loop, self._send, operation, params)
+            except Exception as exc:
+                tries.append(exc)
+                raise
 
         try:
             return self.retry.run(attempt, what=f"{operation} s3://{params.get('Bucket')}/"
@@ -99,7 +125,17 @@ class S3Storage(StorageProvider):
         except Exception as exc:
             if http_status(exc) in passthrough:
                 raise
-            raise self._translate(exc, operation, params) from exc
+            error = self._translate(exc, operation, params)
+            if operation in MUTATING_OPERATIONS and is_transient(exc) \
+                    and not all(surely_not_applied(e) for e in tries):
+                raise self._outcome_unknown(error, operation, params) from exc
+            raise error from exc
+
+    @staticmethod
+    def _outcome_unknown(error: StorageError, operation: str, params: dict[str, Any]) -> WriteOutcomeUnknown:
+        where = f"s3://{params.get('Bucket')}/{params.get('Key', '')}".rstrip("/")
+        return WriteOutcomeUnknown(f"{error}; {operation} {where} may or may not have been applied "
+                                   "(a try failed after the request was sent)")
 
     def _translate(self, exc: Exception, operation: str, params: dict[str, Any]) -> StorageError:
         from botocore.exceptions import NoCredentialsError, PartialCredentialsError
@@ -173,21 +209,46 @@ class S3Storage(StorageProvider):
         self._request("PUT", "put_object", Bucket=bucket, Key=key, Body=data)
 
     def create_if_absent(self, path: str, data: bytes) -> bool:
+        """``If-None-Match: *``, and the truth after any 412 or lost answer.
+
+        A PUT can be applied while its answer is lost; the HTTP client (aiohttp re-sends an
+        idempotent method on a reused connection by itself) or our retry then sends it again and
+        meets 412 for an object that is in fact ours. Each call therefore tags its object with a
+        unique id in its metadata, and a 412 is "ours" exactly when the stored object bears it.
+        """
         bucket, key = split_s3_url(path)
-        attempts: list[int] = []
+        put_id = uuid.uuid4().hex
         try:
-            self._request("PUT", "put_object", passthrough=(412,), attempts=attempts,
-                          Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            self._request("PUT", "put_object", passthrough=(412,), Bucket=bucket, Key=key, Body=data,
+                          IfNoneMatch="*", Metadata={PUT_ID_METADATA: put_id})
             return True
+        except WriteOutcomeUnknown as unknown:
+            # Every try failed after sending: ask the bucket (if it answers) whose object it is.
+            try:
+                stored = self._put_id(bucket, key)
+            except StorageError:
+                raise unknown from None
+            if stored is None:  # not stored now; a delayed try could still land: unknown
+                raise
+            return stored == put_id
         except Exception as exc:
             if http_status(exc) != 412:
                 raise
-            if len(attempts) > 1:
-                # An earlier try may have succeeded with its answer lost in transit: the object is
-                # ours if it holds our bytes (a single-part PUT's ETag is the MD5 of the body).
-                existing = self.info(path)
-                return existing is not None and existing.etag == hashlib.md5(data).hexdigest()
-            return False
+            try:
+                return self._put_id(bucket, key) == put_id
+            except StorageError as verify:
+                raise WriteOutcomeUnknown(f"create of {path} met 412 and the object could not be read back "
+                                          f"({verify}); it may or may not be this writer's") from exc
+
+    def _put_id(self, bucket: str, key: str) -> str | None:
+        """The create-if-absent id stored with an object (None if absent or untagged)."""
+        try:
+            head = self._request("HEAD", "head_object", passthrough=(404,), Bucket=bucket, Key=key)
+        except Exception as exc:
+            if http_status(exc) == 404:
+                return None
+            raise
+        return head.get("Metadata", {}).get(PUT_ID_METADATA)
 
     def delete(self, path: str) -> None:
         bucket, key = split_s3_url(path)
@@ -219,6 +280,7 @@ class S3Storage(StorageProvider):
 
     def _transfer(self, kind: str, location: str, call: Callable[[], Any], requests: int = 1) -> None:
         """A streaming transfer through s3fs (multipart above its chunk size), with our retries."""
+        tries: list[BaseException] = []
 
         def attempt(n: int) -> None:
             self.counters.add(kind, requests)
@@ -227,8 +289,12 @@ class S3Storage(StorageProvider):
             except FileNotFoundError:
                 raise
             except OSError as exc:  # s3fs wraps botocore's error; classify and report the original
+                tries.append(exc.__cause__ or exc)
                 if exc.__cause__ is not None:
                     raise exc.__cause__ from None
+                raise
+            except Exception as exc:
+                tries.append(exc)
                 raise
 
         try:
@@ -237,7 +303,11 @@ class S3Storage(StorageProvider):
             raise
         except Exception as exc:
             bucket, key = split_s3_url(location)
-            raise self._translate(exc, "transfer", {"Bucket": bucket, "Key": key}) from exc
+            params = {"Bucket": bucket, "Key": key}
+            error = self._translate(exc, "transfer", params)
+            if kind == "PUT" and is_transient(exc) and not all(surely_not_applied(e) for e in tries):
+                raise self._outcome_unknown(error, "upload", params) from exc
+            raise error from exc
 
     def download(self, path: str, local_path: str) -> None:
         self._transfer("GET", path, lambda: self.fs.get_file(path, local_path))
