@@ -8,6 +8,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -177,3 +178,27 @@ def lake_case(request: pytest.FixtureRequest, tmp_path) -> LakeCase:
     config.write_text(f"baseDirectory: s3://{bucket}/lake\ncompaction:\n  max_small_files: 3\n"
                       f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
     return LakeCase("s3", str(config), f"s3://{bucket}/lake")
+
+
+@dataclass
+class FaultyS3:
+    """The loopback S3 server behind a fault-injecting proxy (``proxy``: set faults, read counts)."""
+
+    proxy: Any
+    upstream_url: str
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.proxy.url
+
+    def settings(self, max_attempts: int = 6) -> S3Settings:
+        return S3Settings(endpoint_url=self.endpoint_url, region="us-east-1", max_attempts=max_attempts)
+
+
+@pytest.fixture
+def faulty_s3(s3: S3Server) -> Iterator[FaultyS3]:
+    """A fault-injecting proxy in front of the (emptied) loopback S3, faults off until a test sets them."""
+    from aperio_assets.bench.faultproxy import FaultProxy
+
+    with FaultProxy(s3.endpoint_url, seed=12) as proxy:
+        yield FaultyS3(proxy, s3.endpoint_url)

@@ -58,8 +58,8 @@ _DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.bool_(): "BOOL
 
 _STATE_TABLES: dict[tuple[str, str, str], StateTable] = {}
 _STATE_TABLES_LOCK = threading.Lock()
-# Per state directory: the reader's version and its current rows (resolved again only on a change).
-_SNAPSHOTS: dict[str, tuple[object, pa.Table]] = {}
+# Per state reader: its version and its current rows (resolved again only on a change).
+_SNAPSHOTS: dict[int, tuple[object, pa.Table | None]] = {}
 # Per views directory: the views table's version and its decoded definitions.
 _DEFINITIONS: dict[str, tuple[object, list[ViewDefinition]]] = {}
 
@@ -114,10 +114,10 @@ class _Builder:
         """A state directory's current rows (§5 rule, tombstones hidden), from this process's reader."""
         table = self._table(directory, spec)
         version = table.version
-        memo = _SNAPSHOTS.get(directory)
+        memo = _SNAPSHOTS.get(id(table))  # readers are kept for the process's life: ids are stable
         if memo is None or memo[0] != version:
             rows = table.to_arrow()
-            memo = _SNAPSHOTS[directory] = (version, rows.drop_columns([DELETED]) if rows.num_rows else None)
+            memo = _SNAPSHOTS[id(table)] = (version, rows.drop_columns([DELETED]) if rows.num_rows else None)
         return memo[1]
 
     def _local_snapshot(self, schema: SchemaConfig, spec: TableSpec) -> pa.Table | None:

@@ -37,10 +37,11 @@ def compact_state(context: dg.OpExecutionContext, aperio: AperioResource) -> dg.
     results = compact_lake(aperio.lake())
     files_before = sum(r["files_read"] for r in results)
     files_after = sum(r["files_after"] for r in results)
+    total = lambda key: sum(r[key] for r in results)  # noqa: E731
     return dg.Output(len(results), metadata={"state files before": files_before, "state files after": files_after,
-                                             "superseded files deleted": sum(r["files_deleted"] for r in results),
-                                             "superseded files kept (grace period)": sum(r["files_kept"] for r in results),
-                                             "tombstones dropped": sum(r["tombstones_dropped"] for r in results)})
+                                             "superseded files deleted": total("files_deleted"),
+                                             "superseded files kept (grace period)": total("files_kept"),
+                                             "tombstones dropped": total("tombstones_dropped")})
 
 
 @dg.op

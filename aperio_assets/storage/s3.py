@@ -40,7 +40,13 @@ def surely_not_applied(exc: BaseException) -> bool:
         return False
     from botocore.exceptions import EndpointConnectionError
 
-    return isinstance(exc, ClientConnectorError | EndpointConnectionError | ConnectionRefusedError)
+    if isinstance(exc, EndpointConnectionError):
+        # aiobotocore raises this for a failed connect AND for a reset after the request was sent
+        # (ClientOSError 104): only the wrapped error tells which.
+        exc = exc.kwargs.get("error") or exc
+        if isinstance(exc, EndpointConnectionError):
+            return False
+    return isinstance(exc, ClientConnectorError | ConnectionRefusedError)
 
 
 def split_s3_url(location: str) -> tuple[str, str]:
@@ -225,30 +231,34 @@ class S3Storage(StorageProvider):
         except WriteOutcomeUnknown as unknown:
             # Every try failed after sending: ask the bucket (if it answers) whose object it is.
             try:
-                stored = self._put_id(bucket, key)
+                exists, stored = self._put_id(bucket, key)
             except StorageError:
                 raise unknown from None
-            if stored is None:  # not stored now; a delayed try could still land: unknown
+            if not exists:  # not stored now; a delayed try could still land: unknown
                 raise
             return stored == put_id
         except Exception as exc:
             if http_status(exc) != 412:
                 raise
             try:
-                return self._put_id(bucket, key) == put_id
+                exists, stored = self._put_id(bucket, key)
             except StorageError as verify:
                 raise WriteOutcomeUnknown(f"create of {path} met 412 and the object could not be read back "
                                           f"({verify}); it may or may not be this writer's") from exc
+            if not exists:  # there at the 412, gone now (deleted after a compaction, say): whose was it?
+                raise WriteOutcomeUnknown(f"create of {path} met 412 but the object was gone when read back; "
+                                          "the write may or may not have been applied") from exc
+            return stored == put_id
 
-    def _put_id(self, bucket: str, key: str) -> str | None:
-        """The create-if-absent id stored with an object (None if absent or untagged)."""
+    def _put_id(self, bucket: str, key: str) -> tuple[bool, str | None]:
+        """Whether the object exists, and the create-if-absent id stored with it (None if untagged)."""
         try:
             head = self._request("HEAD", "head_object", passthrough=(404,), Bucket=bucket, Key=key)
         except Exception as exc:
             if http_status(exc) == 404:
-                return None
+                return False, None
             raise
-        return head.get("Metadata", {}).get(PUT_ID_METADATA)
+        return True, head.get("Metadata", {}).get(PUT_ID_METADATA)
 
     def delete(self, path: str) -> None:
         bucket, key = split_s3_url(path)
