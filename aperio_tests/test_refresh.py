@@ -61,15 +61,15 @@ def test_every_format_and_the_generated_model(lake_case: LakeCase) -> None:
     assert (result.count("files", "converted"), result.count("batches", "processed")) == (10, 9)
     tables = lake.storage.aperio_path("sales", "tables")
     j = lake.storage.join
-    customers = read_output(lake, j(tables, "customers", "customers.parquet"))
+    customers = read_output(lake, j(tables, "customers", "customers.csv.parquet"))
     assert customers.rows() == [(1, "Ann", None), (2, "Bob", None), (3, "Lee, Jr", 7)]
-    assert read_output(lake, j(tables, "regions", "regions.parquet")).rows() == [("N", "North"), ("S", "South")]
-    assert read_output(lake, j(tables, "products", "products.parquet")).rows() == [("a", 1.5), ("b", None)]
-    assert read_output(lake, j(tables, "events", "events.parquet"))["e"].to_list() == [1, 2, 3]
-    assert read_output(lake, j(tables, "staff", "staff.parquet")).rows() == [("x", 30), ("y", 40)]
+    assert read_output(lake, j(tables, "regions", "regions.tsv.parquet")).rows() == [("N", "North"), ("S", "South")]
+    assert read_output(lake, j(tables, "products", "products.json.parquet")).rows() == [("a", 1.5), ("b", None)]
+    assert read_output(lake, j(tables, "events", "events.jsonl.parquet"))["e"].to_list() == [1, 2, 3]
+    assert read_output(lake, j(tables, "staff", "staff.xlsx.parquet")).rows() == [("x", 30), ("y", 40)]
     feb = j(tables, "orders", "year=2024", "month=02")
-    assert read_output(lake, j(feb, "part-0.parquet"))["amount"].to_list() == [0, 10, 20]
-    assert read_output(lake, j(feb, "part-1.parquet"))["amount"].to_list() == [90]
+    assert read_output(lake, j(feb, "part-0.csv.parquet"))["amount"].to_list() == [0, 10, 20]
+    assert read_output(lake, j(feb, "part-1.jsonl.parquet"))["amount"].to_list() == [90]
     assert not lake.storage.exists(j(tables, "rates", "rates.parquet"))  # Parquet is read in place
 
     tracker = open_tracker(lake, "sales")
@@ -134,8 +134,8 @@ def test_incremental(lake_case: LakeCase) -> None:
     assert sorted(f.source.rsplit("/", 1)[-1] for f in removed.files if f.status == "removed") == [
         "events.jsonl", "part-0.csv"]
     tables = lake.storage.aperio_path("sales", "tables")
-    assert not lake.storage.exists(lake.storage.join(tables, "events", "events.parquet"))
-    assert not lake.storage.exists(lake.storage.join(tables, "orders", "year=2024", "month=03", "part-0.parquet"))
+    assert not lake.storage.exists(lake.storage.join(tables, "events", "events.jsonl.parquet"))
+    assert not lake.storage.exists(lake.storage.join(tables, "orders", "year=2024", "month=03", "part-0.csv.parquet"))
     assert open_tracker(lake, "sales").get_processed_key_values("events") == []
     assert {"month": "03", "year": "2024"} not in open_tracker(lake, "sales").get_processed_key_values("orders")
     assert not any(p.endswith("events.jsonl") for p in open_lineage(lake, "sales").records())
@@ -176,7 +176,7 @@ def test_hostile_file_names(lake_case: LakeCase) -> None:
         ['quo"te', "semi;colon --", "with space", "ünïcødé", 'x"; DROP SCHEMA y; --', "orders",
          "same_csv", "same_json"])
     target = lake.storage.join(lake.storage.aperio_path("sales", "tables"), 'x"; DROP SCHEMA y; --',
-                               'x"; DROP SCHEMA y; --.parquet')
+                               'x"; DROP SCHEMA y; --.csv.parquet')
     assert read_output(lake, target)["a"].to_list() == [1]
 
 
@@ -221,7 +221,7 @@ def test_same_stem_in_one_partition_gets_two_outputs(lake_case: LakeCase) -> Non
     (result,) = refresh(lake)
     assert result.count("files", "converted") == 4  # the three above and the fixture's orders.csv
     folder = lake.storage.aperio_path("sales", "tables/events/day=1")
-    assert sorted(f.name for f in lake.storage.list(folder)) == ["a.csv.parquet", "a.jsonl.parquet", "b.parquet"]
+    assert sorted(f.name for f in lake.storage.list(folder)) == ["a.csv.parquet", "a.jsonl.parquet", "b.csv.parquet"]
     (status,) = open_tracker(lake, "sales").status_rows("events")
     assert status["row_count"] == 3
 
@@ -237,3 +237,21 @@ def test_a_refresh_writes_state_once_and_lists_little(lake_case: LakeCase) -> No
     for table in ("conversions", "partition_status"):
         assert len(lake.storage.list(lake.storage.aperio_path("sales", table))) == 1
     assert lake.storage.counters.snapshot()["LIST"] <= 10
+
+
+def test_a_failed_file_stays_failed_until_it_converts(lake_case: LakeCase) -> None:
+    """An unchanged bad file is tried again on every refresh and keeps failing it (exit 1), rather than
+    being skipped and forgotten; once it is fixed it converts."""
+    from aperio_assets.cli.app import main as cli_main
+
+    lake = lake_case.lake()
+    put(lake, "sales/bad.json", b"{not json")
+    for _ in range(2):
+        (result,) = refresh(lake)
+        assert [f.source.rsplit("/", 1)[-1] for f in result.failed_files] == ["bad.json"]
+        assert cli_main(["--config", lake_case.config_path, "refresh"]) == 1
+    put(lake, "sales/bad.json", b'[{"a": 1}]')
+    (fixed,) = refresh(lake)
+    assert fixed.failed_files == [] and fixed.count("files", "converted") == 1
+    (status,) = open_tracker(lake, "sales").status_rows("bad")
+    assert status["error_status"] is False and status["row_count"] == 1

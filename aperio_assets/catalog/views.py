@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aperio_assets import layout
+from aperio_assets.config import is_s3_url
+from aperio_assets.conversion.naming import escape_glob, literal_pattern
 from aperio_assets.errors import UsageError
 from aperio_assets.lake import Lake
 from aperio_assets.sqlutil import quote_literal
@@ -45,7 +47,8 @@ def views_table(lake: Lake) -> StateTable:
 
 
 def table_scan_sql(sources: list[str]) -> str:
-    """The SELECT a generated view runs: Hive partitioning on, columns united by name."""
+    """The SELECT a generated view runs: Hive partitioning on, columns united by name. ``sources`` are
+    DuckDB file patterns (see :func:`generated_definitions`)."""
     files = quote_literal(sources[0]) if len(sources) == 1 else "[" + ", ".join(map(quote_literal, sources)) + "]"
     return f"SELECT * FROM read_parquet({files}, hive_partitioning = true, union_by_name = true)"
 
@@ -60,10 +63,15 @@ def generated_definitions(lake: Lake) -> list[ViewDefinition]:
         except FileNotFoundError:
             continue
         for table in model.get("tables", []):
-            sources = list(table.get("parquetInPlace") or [])
-            if table.get("files", 0) > len(sources):  # some files were converted into tables/
+            # Each pattern matches exactly this table's files: raw Parquet read in place is named
+            # literally, and the converted files' folder has its glob characters escaped (its last
+            # part, the table's folder, never holds any), so `star*` never reads `starx`'s files.
+            in_place = [literal_pattern(p, s3=is_s3_url(p)) for p in table.get("parquetInPlace") or []]
+            sources = [p for p in in_place if p is not None]
+            if table.get("files", 0) > len(in_place):  # some files were converted into tables/
                 depth = len(table.get("partitionColumns") or [])
-                sources.insert(0, lake.storage.join(table["location"], *(["*"] * depth), "*.parquet"))
+                location = escape_glob(table["location"], s3=is_s3_url(table["location"]))
+                sources.insert(0, lake.storage.join(location, *(["*"] * depth), "*.parquet"))
             if not sources or table.get("failedFiles", 0) >= table.get("files", 0):
                 continue  # nothing readable to show
             columns = tuple((c["name"], c["type"]) for c in table.get("columns", []))

@@ -1,11 +1,15 @@
 """Refreshing a schema (SPEC §6): convert new or changed raw files, forget removed ones, (re)process
 the batches they belong to, and regenerate the schema's model.
 
-A raw file is reconverted only when its size, modification time or etag changed. A batch is
-(re)marked when it is not processed yet, when one of its raw files was converted after its mark, or
-when what its mark would say (target, rows, errors) changed, e.g. because a file was removed.
-Converted files have one fixed name per raw file, so two workers refreshing one schema at once
-write the same files and end consistent, with no duplicated rows.
+A raw file is reconverted only when its size, modification time or etag changed, or when its
+recorded target is not the one :mod:`aperio_assets.conversion.naming` gives it (a lake converted
+under the old naming moves over once, and the old files are deleted once nothing refers to them).
+A batch is (re)marked when it is not processed yet, when one of its raw files was converted after its
+mark, or when what its mark would say (target, rows, errors) changed, e.g. because a file was
+removed. Converted files have one fixed, injective name per raw file, so two workers refreshing one
+schema at once write the same files and end consistent, with no duplicated rows, and two raw files
+never share a target. A file whose target cannot be stored (an S3 key over 1,024 bytes) or whose
+upload is rejected fails alone; the others are converted.
 
 The refresh is three steps, each reading the state the step before wrote, so they can run in one
 call (the CLI) or as three Dagster assets: ``convert_files`` (lineage rows), ``process_batches``
@@ -16,10 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +31,17 @@ from typing import Any
 
 from aperio_assets import layout
 from aperio_assets.catalog.views import ViewStore
-from aperio_assets.config import SchemaConfig
+from aperio_assets.config import SchemaConfig, is_s3_url
 from aperio_assets.conversion.discovery import Discovery, RawFile, RawTable, discover_tables
 from aperio_assets.conversion.formats import ConversionError, Converted, convert_file, inspect_parquet
+from aperio_assets.conversion.naming import (
+    GLOB_CHARACTERS,
+    literal_pattern,
+    storage_name,
+    target_parts,
+    unstorable_reason,
+)
+from aperio_assets.errors import StorageError, StorageUnavailable
 from aperio_assets.lake import Lake
 from aperio_assets.state.access import open_state
 from aperio_assets.state.lineage import Row
@@ -94,11 +106,6 @@ def _mtime_ms(mtime: float) -> int:
     return round(mtime * 1000)
 
 
-def _folder_and_stem(raw: RawFile) -> tuple[str, str]:
-    folder, _, name = raw.relative.rpartition("/")
-    return folder, name.rsplit(".", 1)[0]
-
-
 def unchanged(raw: RawFile, row: Row | None) -> bool:
     """Size, modification time and etag as recorded when the file was last converted."""
     return row is not None and row["source_size"] == raw.info.size \
@@ -127,7 +134,6 @@ class SchemaRefresh:
         self.result = RefreshResult(schema.name)
         self._discovery: Discovery | None = None
         self.model: dict[str, Any] | None = None  # set by write_model
-        self._stems: dict[str, Counter] = {}
 
     @property
     def discovery(self) -> Discovery:
@@ -142,57 +148,78 @@ class SchemaRefresh:
     def target_path(self, table: RawTable, raw: RawFile) -> str:
         if raw.format == "parquet":
             return raw.path  # Parquet is read where it is: never copied
-        name = raw.relative.rsplit("/", 1)[-1]
-        folder, stem = _folder_and_stem(raw)
-        # a.csv beside a.json in one folder: both keep their suffix, so their outputs differ
-        clash = self._stem_counts(table)[(folder, stem)] > 1
-        return self.storage.join(self.tables_root, table.name, raw.partition_dir,
-                                 f"{name if clash else stem}.parquet")
-
-    def _stem_counts(self, table: RawTable) -> Counter:
-        if table.name not in self._stems:
-            self._stems[table.name] = Counter(_folder_and_stem(f) for f in table.files if f.format != "parquet")
-        return self._stems[table.name]
+        return self.storage.join(self.tables_root, *target_parts(table.name, raw.relative, raw.partition))
 
     def target_pattern(self, table: RawTable, batch_files: list[RawFile]) -> str:
         if all(f.format == "parquet" for f in batch_files) and len(batch_files) == 1:
             return batch_files[0].path
-        return self.storage.join(self.tables_root, table.name, batch_files[0].partition_dir, "*.parquet")
+        first = batch_files[0]
+        folder = target_parts(table.name, first.relative, first.partition)[:-1]  # the batch's folder
+        return self.storage.join(self.tables_root, *folder, "*.parquet")
 
     def _owned(self, path: str | None) -> bool:
         """Only converted files under this schema's tables/ are ever deleted (never a raw file)."""
         return bool(path) and path.startswith(self.tables_root.rstrip("/") + "/")
 
     # -- step 1: conversion ----------------------------------------------------------------------
+    def _unreadable_reason(self, raw: RawFile, target: str) -> str | None:
+        """Why this file cannot be converted whatever its contents (None if it can be)."""
+        if raw.format == "parquet":
+            if literal_pattern(raw.path, s3=is_s3_url(raw.path)) is None:
+                return ("its path cannot be read in place by DuckDB (a '?' in an S3 key or a backslash in a "
+                        "local path); rename the file")
+            return None
+        return unstorable_reason(target, s3=is_s3_url(target))
+
     def _convert(self, table: RawTable, raw: RawFile, workdir: Path) -> tuple[Row, Converted | None]:
         target = self.target_path(table, raw)
         row: Row = {"source_path": raw.path, "target_path": target, "source_modified": _mtime_ms(raw.info.mtime),
                     "converted_at": now_ms(), "conversion_type": f"{raw.format}->parquet",
                     "row_count": None, "source_size": raw.info.size, "source_etag": raw.info.etag,
                     "table_name": table.name, "error": None, "extra": None}
+        reason = self._unreadable_reason(raw, target)
+        if reason is not None:
+            row.update(error=reason, target_path=None)
+            return row, None
         local_source = self.raw_storage.local_path(raw.path)
         downloaded = local_source is None
+        linked = None
         try:
             if downloaded:
                 local_source = str(workdir / f"source-{uuid.uuid4().hex}.{raw.format}")
                 self.raw_storage.download(raw.path, local_source)
+            elif GLOB_CHARACTERS & set(local_source):
+                # Readers expand glob characters in a path (star*.csv would read starx.csv too): read
+                # the file through a plain name instead.
+                linked = str(workdir / f"source-{uuid.uuid4().hex}.{raw.format}")
+                os.symlink(os.path.abspath(local_source), linked)
+                local_source = linked
             if raw.format == "parquet":
                 converted = inspect_parquet(Path(local_source))
                 row["conversion_type"] = "parquet (read in place)"
             else:
                 local_target = workdir / f"target-{uuid.uuid4().hex}.parquet"
                 converted = convert_file(Path(local_source), raw.format, local_target)
-                self.storage.upload(str(local_target), target)
-                local_target.unlink(missing_ok=True)
+                try:
+                    self.storage.upload(str(local_target), target)
+                finally:
+                    local_target.unlink(missing_ok=True)
         except ConversionError as exc:
             row.update(error=str(exc), target_path=None)
             return row, None
         except FileNotFoundError:
             row.update(error="the file disappeared during the refresh", target_path=None)
             return row, None
+        except StorageError as exc:
+            if isinstance(exc, StorageUnavailable):
+                raise  # the storage is down or refuses us: nothing else would convert either
+            row.update(error=f"could not store the converted file: {exc}", target_path=None)
+            return row, None
         finally:
             if downloaded and local_source:
                 Path(local_source).unlink(missing_ok=True)
+            if linked:
+                Path(linked).unlink(missing_ok=True)
         row["row_count"] = converted.row_count
         row["extra"] = json.dumps({"columns": [list(c) for c in converted.columns]}, ensure_ascii=False)
         return row, converted
@@ -212,14 +239,21 @@ class SchemaRefresh:
             del lineage[row["source_path"]]
         pending: list[Row] = []
         removed = [row["source_path"] for row in gone]
+        replaced: set[str] = set()  # targets of earlier conversions that a new target replaced
         with tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp:
             for table in discovery.tables:
                 for raw in table.files:
-                    if unchanged(raw, lineage.get(raw.path)):
+                    previous = lineage.get(raw.path)
+                    if unchanged(raw, previous) and not previous.get("error") \
+                            and previous.get("target_path") == self.target_path(table, raw):
                         self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
                         continue
+                    # New, changed, failed before (tried again until it converts), or converted under
+                    # another name (moved to its own, injective one).
                     self.progress(f"{self.schema.name}.{table.name}: {raw.relative}")
                     row, _ = self._convert(table, raw, Path(tmp))
+                    if previous is not None and previous.get("target_path") not in (None, row["target_path"]):
+                        replaced.add(previous["target_path"])
                     lineage[raw.path] = row
                     pending.append(row)
                     self.result.files.append(FileOutcome(table.name, raw.path, "failed" if row["error"] else
@@ -229,6 +263,12 @@ class SchemaRefresh:
                         pending, removed = [], []
         if pending or removed:
             sink(pending, removed)
+        # An old target goes once no lineage row refers to it (under the old naming two raw files
+        # could share one; both are moved before it is deleted).
+        referenced = {row.get("target_path") for row in lineage.values()}
+        for target in sorted(replaced - referenced):
+            if self._owned(target):
+                self.storage.delete(target)
 
     # -- step 2: partition status ----------------------------------------------------------------
     def process_batches(self, lineage: dict[str, Row], status: Sequence[Row]) -> tuple[list[Row], list[Key]]:
@@ -284,7 +324,7 @@ class SchemaRefresh:
                 cols = [(c["name"], c["type"]) for c in old_tables.get(table.name, {}).get("columns", [])]
             tables.append({
                 "name": table.name,
-                "location": self.storage.join(self.tables_root, table.name),
+                "location": self.storage.join(self.tables_root, storage_name(table.name)),
                 "sourceFormats": list(table.formats),
                 "partitionColumns": list(table.partition_columns),
                 "columns": [{"name": name, "type": dtype} for name, dtype in cols],
