@@ -258,3 +258,66 @@ def test_dg_check_defs(tmp_path: Path) -> None:
                           cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "All definitions loaded successfully" in done.stdout + done.stderr
+
+
+def test_views_resolve_checks_the_files_as_they_are_now(lake_case: LakeCase) -> None:
+    """The catalog caches bound views; the check must still see a view whose files were deleted."""
+    lake = lake_case.lake()
+    seed(lake)
+    defs, _ = lake_defs(lake_case.config_path)
+    with dg.instance_for_test() as instance:
+        first = materialize_all(defs, instance)
+        assert checks(first)["aperio/catalog_views:views_resolve"] is True
+        connect(lake).close()  # the cache is built and will be hit
+        tables = lake.storage.aperio_path("sales", layout.TABLES_DIR)
+        for info in lake.storage.list(lake.storage.join(tables, "customers"), recursive=True):
+            lake.storage.delete(info.path)
+        again = dg.materialize([*defs.assets, *defs.asset_checks], instance=instance,
+                               resources=dict(defs.resources), raise_on_error=False)
+    (evaluation,) = [e for e in again.get_asset_check_evaluations() if e.check_name == "views_resolve"]
+    assert evaluation.passed is False
+    assert list(evaluation.metadata["errors"].value) == ["sales.customers"]
+
+
+def test_a_failed_file_is_reported_on_every_run(lake_case: LakeCase) -> None:
+    lake = lake_case.lake()
+    put(lake, "sales/broken.xlsx", b"not a workbook")
+    defs, _ = lake_defs(lake_case.config_path)
+    with dg.instance_for_test() as instance:
+        for _ in range(2):
+            lineage_meta = metadata(materialize_all(defs, instance), "sales/conversion_lineage")
+            assert lineage_meta["files failed"] == 1 and "broken.xlsx" in lineage_meta["summary"]
+
+
+def test_lineage_is_recorded_as_the_step_converts(lake_case: LakeCase, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversion step that dies midway keeps the lineage of the groups it finished; the next run
+    converts only the rest, and the IO manager writes no row twice."""
+    from aperio_assets.conversion import refresh as refresh_module
+
+    lake = lake_case.lake()
+    for i in range(6):
+        put(lake, f"sales/t{i}.csv", f"a\n{i}\n".encode())  # with the fixture's orders.csv: 7 files
+    monkeypatch.setattr(refresh_module, "FLUSH_EVERY_FILES", 2)
+    original = refresh_module.SchemaRefresh._convert
+    calls = []
+
+    def dies_on_the_fifth(self, table, raw, workdir):
+        calls.append(raw.path)
+        if len(calls) == 5:
+            raise RuntimeError("worker lost")
+        return original(self, table, raw, workdir)
+
+    monkeypatch.setattr(refresh_module.SchemaRefresh, "_convert", dies_on_the_fifth)
+    defs, _ = lake_defs(lake_case.config_path)
+    with dg.instance_for_test() as instance:
+        failed = dg.materialize(list(defs.assets), instance=instance, resources=dict(defs.resources),
+                                raise_on_error=False, selection="sales/conversion_lineage")
+        assert not failed.success
+        recorded = open_lineage(lake, "sales").records()
+        assert sorted(recorded) == sorted(calls[:4])  # two groups of two, recorded before the failure
+        monkeypatch.setattr(refresh_module.SchemaRefresh, "_convert", original)
+        result = dg.materialize(list(defs.assets), instance=instance, resources=dict(defs.resources),
+                                selection="sales/conversion_lineage")
+    lineage_meta = metadata(result, "sales/conversion_lineage")
+    assert (lineage_meta["files converted"], lineage_meta["files skipped"]) == (3, 4)
+    assert lineage_meta["rows written"] == 3 and lineage_meta["dagster/row_count"] == 7

@@ -74,14 +74,27 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
                           "Parquet and records source → target, size, mtime, etag and row count.", **common)
     def conversion_lineage(context: dg.AssetExecutionContext, aperio: AperioResource) -> dg.Output[pl.DataFrame]:
         run = _refresh(context, aperio, name)
-        lineage = {r["source_path"]: r for r in aperio.state(name, CONVERSIONS.name).rows()}
-        recorded, removed = [], []
-        run.convert_files(lineage, lambda rows, gone: (recorded.extend(rows), removed.extend(gone)))
+        state = aperio.state(name, CONVERSIONS.name)
+        lineage = {r["source_path"]: r for r in state.rows()}
+        written = {"rows": 0, "deletes": 0}
+
+        def record(rows: list, gone: list) -> None:
+            # Each group of conversions is recorded as it completes (as the CLI does), so a run
+            # killed midway keeps the lineage of what it converted; the IO manager has nothing left.
+            state.apply(rows, [(p,) for p in gone])
+            written["rows"] += len(rows)
+            written["deletes"] += len(gone)
+
+        run.convert_files(lineage, record)
         result = run.result
         counts = {f"files {s}": result.count("files", s) for s in FILE_STATES}
         summary = _markdown_table(("tables", *FILE_STATES), [(result.tables, *counts.values())])
-        return dg.Output(to_frame(CONVERSIONS, recorded, [(p,) for p in removed]),
+        if result.failed_files:
+            context.log.warning(f"{len(result.failed_files)} file(s) of schema {name} failed to convert; "
+                                "they are tried again on every run")
+        return dg.Output(to_frame(CONVERSIONS, [], []),
                          metadata={**counts, "tables": result.tables, "ignored files": len(result.ignored_files),
+                                   "rows written": written["rows"], "rows deleted": written["deletes"],
                                    "summary": dg.MetadataValue.md(summary + _failures_markdown(result))})
 
     @dg.asset(key=status_key(name), io_manager_key=STATE_IO_MANAGER,
