@@ -54,3 +54,23 @@ def test_status_on_s3_lake(tmp_path: Path, s3: S3Server, s3_bucket: str) -> None
     assert (ps["files"], ps["liveRows"], ps["unreadableFiles"]) == (0, 0, ["0001.parquet"])
     for secret in TEST_CREDENTIALS.values():
         assert secret not in result.stdout + result.stderr
+
+
+def test_debug_logs_never_show_credentials(tmp_path: Path, s3: S3Server, s3_bucket: str, capfd,
+                                           monkeypatch) -> None:
+    """`--debug` shows botocore's request logs (Authorization headers included) with every
+    credential redacted, whether it has AWS's key-id shape or not."""
+    from aperio_assets.cli.app import main
+
+    for key_id in ("AKIAIOSFODNN7EXAMPLE", TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"]):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+        monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-value-123")
+        config = tmp_path / "aperio.yaml"
+        config.write_text(f"baseDirectory: s3://{s3_bucket}/data\n"
+                          f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+        assert main(["--config", str(config), "--debug", "status"]) == 0
+        err = capfd.readouterr().err
+        assert "Authorization" in err or "Credential=" in err  # the logs that used to leak are there
+        assert "<redacted>" in err
+        for secret in (key_id, TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], "session-token-value-123"):
+            assert secret not in err

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from aperio_assets.cli import bench, catalog, demo, maintenance, migrate, refresh, status
+from aperio_assets.cli.redact import RedactCredentials
 from aperio_assets.errors import AperioError
 
 COMMANDS = (status, refresh, migrate, catalog, maintenance, demo, bench)
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter())
+    handler.addFilter(RedactCredentials())  # a handler filter sees every record, whichever logger made it
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
