@@ -145,6 +145,12 @@ def test_writers_and_a_compactor_through_faults_tell_the_truth(faulty_s3, s3_buc
         assert stored <= present | either, stored - present - either
     reader.compact()
     assert reader.status.stats().bad_files == {}
+    config = tmp_path / "aperio.yaml"
+    config.write_text(f"baseDirectory: s3://{s3_bucket}/lake\n"
+                      f"storage:\n  s3:\n    endpoint_url: {faulty_s3.upstream_url}\n"
+                      f"schemas:\n  - name: {SCHEMA}\n    directory: {SCHEMA}\n")
+    report = doctor(open_lake(config))
+    assert report.problems == [], report.to_dict()
 
 
 def _seed(storage: S3Storage, base: str) -> None:
