@@ -45,7 +45,7 @@ def test_views_and_cross_schema_join(lake_case: LakeCase, s3_access: str) -> Non
         con.execute("SELECT DISTINCT month FROM sales.orders ORDER BY 1").fetchall() == [(1,), (2,)]
     assert con.execute(f'SELECT v FROM sales."{HOSTILE.replace(chr(34), chr(34) * 2)}"').fetchall() == [(42,)]
     schemas = {r for r in con.execute("SELECT database_name, schema_name FROM duckdb_schemas()").fetchall()}
-    assert {("aperio_catalog", "sales"), ("aperio_catalog", "ref"), ("aperio", "main")} <= schemas
+    assert {("aperio_catalog", "sales"), ("aperio_catalog", "ref"), ("aperio_catalog", "aperio")} <= schemas
     # no persistent catalog file in shared mode
     assert not [f for f in lake.storage.list(lake.config.aperio_directory, recursive=True)
                 if f.name.endswith((".duckdb", ".wal"))]

@@ -9,12 +9,13 @@ view definitions into a machine-local cache file (``$APERIO_CACHE_DIR``, default
 is disposable and derived from the shared ``catalog/views`` state, never a source of truth; the
 shared state has no catalog file.
 
-The state views (``aperio.partition_status``, …) live in an in-memory catalog named ``aperio``
-beside the attached cache. They are snapshots taken at connect: the current rows (§5 rule) that this
-process's state readers hold (kept per process, so a connect costs one LIST per state directory plus
-a GET per file not seen yet), registered as Arrow tables; local-mode schemas contribute snapshots of
-their legacy files. A query on them never reads a state file, so compaction deleting files can never
-break an open connection; reconnect to see newer state.
+The state views (``aperio.partition_status``, …) are in the same cache file (schema ``aperio``),
+each a constant view over a name that every connection registers: an Arrow snapshot, taken at
+connect, of the current rows (§5 rule) that this process's state readers hold (kept per process, so
+a connect costs one LIST per state directory plus a GET per file not seen yet); local-mode schemas
+contribute snapshots of their legacy files. A query on them never reads a state file, so compaction
+deleting files can never break a query or an open connection; reconnect to see newer state. The
+connection is the cache file opened read-only (its database is named ``aperio_catalog``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from aperio_assets.catalog.s3access import enable_s3
 from aperio_assets.catalog.views import ViewDefinition
 from aperio_assets.config import SchemaConfig, is_s3_url
 from aperio_assets.lake import ConfigLike, Lake, open_lake
-from aperio_assets.sqlutil import quote_identifier, quote_literal
+from aperio_assets.sqlutil import quote_identifier
 from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
 from aperio_assets.state.lineage import COLUMNS as LINEAGE_COLUMNS
 from aperio_assets.state.lineage import JsonLineage
@@ -51,15 +52,41 @@ from aperio_assets.storage import S3Storage
 
 log = logging.getLogger(__name__)
 SYSTEM_SCHEMA = "aperio"  # an in-memory catalog: aperio.partition_status, aperio.views, …
-TABLES_CATALOG = "aperio_catalog"  # the attached cache of table views, made the default database
+TABLES_CATALOG = "aperio_catalog"  # the cache file's database: the connection's default
 CACHE_ENV = "APERIO_CACHE_DIR"
-_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN"}
 
 
 _STATE_TABLES: dict[tuple[str, str, str], StateTable] = {}
 _STATE_TABLES_LOCK = threading.Lock()
 # Per state reader: its version and its current rows (resolved again only on a change).
 _SNAPSHOTS: dict[int, tuple[object, pa.Table | None]] = {}
+# The parts the last snapshot was made of, and the snapshot (made again only on a change).
+_SNAPSHOT: dict[str, tuple[tuple[int, ...], pa.Table, object]] = {}
+SNAPSHOT_NAME = "__aperio_state"  # registered on every connection: one row, one list column per view
+STATE_VIEWS = {PARTITION_STATUS.name: PARTITION_STATUS, TABLE_COMPLETION.name: TABLE_COMPLETION,
+               CONVERSIONS.name: CONVERSIONS, "views": VIEWS}
+
+
+def _packed(view: str, parts: list[tuple[str | None, pa.Table]]) -> pa.Array:
+    """A view's rows (every schema's part, with ``schema_name``) as a one-element list of structs."""
+    schema = _snapshot_schema(view)
+    tables = []
+    for name, rows in parts:
+        if name is not None:
+            rows = rows.add_column(0, "schema_name", pa.repeat(pa.scalar(name), rows.num_rows))
+        tables.append(pa.table([rows[f.name].cast(f.type) if f.name in rows.column_names
+                                else pa.nulls(rows.num_rows, f.type) for f in schema], schema=schema))
+    rows = pa.concat_tables(tables) if tables else schema.empty_table()
+    structs = pa.StructArray.from_arrays([rows[f.name].combine_chunks() for f in schema], fields=list(schema))
+    return pa.ListArray.from_arrays(pa.array([0, len(structs)], pa.int32()), structs)
+
+
+def _snapshot_schema(view: str) -> pa.Schema:
+    spec = STATE_VIEWS[view]
+    fields = [f for f in spec.schema if f.name != DELETED]
+    if view != "views":
+        fields.insert(0, pa.field("schema_name", pa.string()))
+    return pa.schema(fields)
 # Per views directory: the views table's version and its decoded definitions.
 _DEFINITIONS: dict[str, tuple[object, list[ViewDefinition]]] = {}
 
@@ -87,13 +114,6 @@ class CatalogReport:
 
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _empty_select(spec: TableSpec, with_schema: bool) -> str:
-    columns = [f"CAST(NULL AS VARCHAR) AS {quote_identifier('schema_name')}"] if with_schema else []
-    columns += [f"CAST(NULL AS {_DUCKDB_TYPES.get(f.type, 'VARCHAR')}) AS {quote_identifier(f.name)}"
-                for f in spec.schema if f.name != DELETED]
-    return f"SELECT {', '.join(columns)} WHERE false"
 
 
 class _Builder:
@@ -135,7 +155,7 @@ class _Builder:
             rows = DuckDBPartitionStatusStore(path).all_rows(spec.name)
         return pa.Table.from_pylist(rows, schema=arrow_schema)
 
-    def state_snapshots(self) -> dict[str, list[tuple[str | None, pa.Table]]]:
+    def _parts(self) -> dict[str, list[tuple[str | None, pa.Table]]]:
         """Per ``aperio.*`` view: (schema, current rows) of every state table that has rows."""
         snapshots: dict[str, list[tuple[str | None, pa.Table]]] = {}
         for spec in (PARTITION_STATUS, TABLE_COMPLETION, CONVERSIONS):
@@ -151,20 +171,18 @@ class _Builder:
         snapshots["views"] = [(None, views)] if views is not None else []
         return snapshots
 
-    def state_views(self, con: duckdb.DuckDBPyConnection) -> None:
-        """The ``aperio`` catalog: one view per state table over the snapshots, registered on ``con``."""
-        specs = {PARTITION_STATUS.name: PARTITION_STATUS, TABLE_COMPLETION.name: TABLE_COMPLETION,
-                 CONVERSIONS.name: CONVERSIONS, "views": VIEWS}
-        con.execute(f"ATTACH ':memory:' AS {SYSTEM_SCHEMA}")
-        for view, parts in self.state_snapshots().items():
-            selects = []
-            for number, (schema, rows) in enumerate(parts):
-                name = f"__aperio_state_{view}_{number}"
-                con.register(name, rows)
-                prefix = f"{quote_literal(schema)} AS schema_name, " if schema is not None else ""
-                selects.append(f"SELECT {prefix}* FROM {quote_identifier(name)}")
-            body = " UNION ALL BY NAME ".join(selects) or _empty_select(specs[view], with_schema=view != "views")
-            con.execute(f"CREATE OR REPLACE VIEW {SYSTEM_SCHEMA}.main.{quote_identifier(view)} AS {body}")
+    def register_state(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Register this connect's snapshot of every state table, as the one table the views read:
+        one row whose column per view holds that view's rows as a list of structs (one registration
+        costs a connect a fraction of a millisecond; one per view cost four times that)."""
+        parts = self._parts()
+        key = tuple(id(rows) for view_parts in parts.values() for _, rows in view_parts)
+        memo = _SNAPSHOT.get(self.lake.config.source)
+        if memo is None or memo[0] != key:
+            columns = [_packed(view, parts[view]) for view in STATE_VIEWS]
+            # (the parts are kept with it: while they live, no other object can reuse their ids)
+            memo = _SNAPSHOT[self.lake.config.source] = (key, pa.table(columns, names=list(STATE_VIEWS)), parts)
+        con.register(SNAPSHOT_NAME, memo[1])
 
     def definitions(self) -> list[ViewDefinition]:
         """The view definitions, decoded again only when the views table changed."""
@@ -187,29 +205,19 @@ class _Builder:
         sidecar = cache.with_suffix(".json")
         try:
             broken = json.loads(sidecar.read_text())
-            self.con = self._open(cache)
+            self.con = _open(cache)
             self.report.cache = "hit"
         except (OSError, ValueError, duckdb.Error):
             broken = self._build(cache, sidecar, names, definitions, s3_access)
-            self.con = self._open(cache)
+            self.con = _open(cache)
             self.report.cache = "built"
-        # Footers and HTTP metadata are fetched once per connection, not once per query.
-        self.con.execute("SET parquet_metadata_cache = true")
+        self.register_state(self.con)
         if self.s3_storage is not None:
             self.report.s3_access = enable_s3(self.con, self.s3_storage, method=s3_access)
             self.con.execute("SET enable_http_metadata_cache = true")
-        self.state_views(self.con)
         self.report.broken.update(broken)
         self.report.views = sum(1 for v in definitions if f"{v.schema_name}.{v.view_name}" not in broken)
         return self.con
-
-    @staticmethod
-    def _open(cache: Path) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB with the cache file attached read-only and made the default."""
-        con = duckdb.connect(":memory:")
-        con.execute(f"ATTACH {quote_literal(str(cache))} AS {TABLES_CATALOG} (READ_ONLY)")
-        con.execute(f"USE {TABLES_CATALOG}")
-        return con
 
     def _build(self, cache: Path, sidecar: Path, names: list[str], definitions: list[ViewDefinition],
                s3_access: str) -> dict[str, str]:
@@ -222,7 +230,13 @@ class _Builder:
                 enable_s3(scratch, self.s3_storage, method=s3_access)
             for name in names:
                 scratch.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(name)}")
-            self.state_views(scratch)  # user views may read the state: they bind against it here
+            # The state views: constant, over the names each connection registers its snapshot under
+            # (registered here too, so that user views reading the state bind).
+            self.register_state(scratch)
+            scratch.execute(f"CREATE SCHEMA {SYSTEM_SCHEMA}")
+            for view in STATE_VIEWS:
+                scratch.execute(f"CREATE VIEW {SYSTEM_SCHEMA}.{quote_identifier(view)} AS SELECT "
+                                f"unnest({quote_identifier(view)}, recursive := true) FROM {SNAPSHOT_NAME}")
             # Generated views first (user views may read them), in parallel: each binds its files.
             failed = self._register_all(scratch, [v for v in definitions if v.origin == "generated"], parallel=True)
             rest = [v for v in definitions if v.origin != "generated"]
@@ -259,6 +273,12 @@ class _Builder:
         else:
             errors = [self._register(con, v) for v in views]
         return [(v, e) for v, e in zip(views, errors, strict=True) if e is not None]
+
+
+def _open(cache: Path) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(str(cache), read_only=True)
+    con.execute("SET parquet_metadata_cache = true")  # footers read once per connection, not per query
+    return con
 
 
 def cache_directory() -> Path:
