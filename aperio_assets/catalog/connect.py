@@ -214,6 +214,9 @@ class _Builder:
         self.register_state(self.con)
         if self.s3_storage is not None:
             self.report.s3_access = enable_s3(self.con, self.s3_storage, method=s3_access)
+            # On S3 a footer or a HEAD is a request: fetch them once per connection, not per query.
+            # (On local disk the OS caches them, and the SET would cost every connect a statement.)
+            self.con.execute("SET parquet_metadata_cache = true")
             self.con.execute("SET enable_http_metadata_cache = true")
         self.report.broken.update(broken)
         self.report.views = sum(1 for v in definitions if f"{v.schema_name}.{v.view_name}" not in broken)
@@ -276,9 +279,7 @@ class _Builder:
 
 
 def _open(cache: Path) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(str(cache), read_only=True)
-    con.execute("SET parquet_metadata_cache = true")  # footers read once per connection, not per query
-    return con
+    return duckdb.connect(str(cache), read_only=True)
 
 
 def cache_directory() -> Path:
