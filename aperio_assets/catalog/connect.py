@@ -59,9 +59,9 @@ CACHE_ENV = "APERIO_CACHE_DIR"
 _STATE_TABLES: dict[tuple[str, str, str], StateTable] = {}
 _STATE_TABLES_LOCK = threading.Lock()
 # Per state reader: its version and its current rows (resolved again only on a change).
-_SNAPSHOTS: dict[int, tuple[object, pa.Table | None]] = {}
+_READER_ROWS: dict[int, tuple[object, pa.Table | None]] = {}
 # The parts the last snapshot was made of, and the snapshot (made again only on a change).
-_SNAPSHOT: dict[str, tuple[tuple[int, ...], pa.Table, object]] = {}
+_PACKED_STATE: dict[str, tuple[tuple[int, ...], pa.Table, object]] = {}
 SNAPSHOT_NAME = "__aperio_state"  # registered on every connection: one row, one list column per view
 STATE_VIEWS = {PARTITION_STATUS.name: PARTITION_STATUS, TABLE_COMPLETION.name: TABLE_COMPLETION,
                CONVERSIONS.name: CONVERSIONS, "views": VIEWS}
@@ -134,10 +134,10 @@ class _Builder:
         """A state directory's current rows (§5 rule, tombstones hidden), from this process's reader."""
         table = self._table(directory, spec)
         version = table.version
-        memo = _SNAPSHOTS.get(id(table))  # readers are kept for the process's life: ids are stable
+        memo = _READER_ROWS.get(id(table))  # readers are kept for the process's life: ids are stable
         if memo is None or memo[0] != version:
             rows = table.to_arrow()
-            memo = _SNAPSHOTS[id(table)] = (version, rows.drop_columns([DELETED]) if rows.num_rows else None)
+            memo = _READER_ROWS[id(table)] = (version, rows.drop_columns([DELETED]) if rows.num_rows else None)
         return memo[1]
 
     def _local_snapshot(self, schema: SchemaConfig, spec: TableSpec) -> pa.Table | None:
@@ -177,11 +177,11 @@ class _Builder:
         costs a connect a fraction of a millisecond; one per view cost four times that)."""
         parts = self._parts()
         key = tuple(id(rows) for view_parts in parts.values() for _, rows in view_parts)
-        memo = _SNAPSHOT.get(self.lake.config.source)
+        memo = _PACKED_STATE.get(self.lake.config.source)
         if memo is None or memo[0] != key:
             columns = [_packed(view, parts[view]) for view in STATE_VIEWS]
             # (the parts are kept with it: while they live, no other object can reuse their ids)
-            memo = _SNAPSHOT[self.lake.config.source] = (key, pa.table(columns, names=list(STATE_VIEWS)), parts)
+            memo = _PACKED_STATE[self.lake.config.source] = (key, pa.table(columns, names=list(STATE_VIEWS)), parts)
         con.register(SNAPSHOT_NAME, memo[1])
 
     def definitions(self) -> list[ViewDefinition]:
