@@ -1,4 +1,4 @@
-"""The `aperio` command end to end, as a subprocess."""
+"""The `aperio` command end to end, as a subprocess (and in-process where logging is tested)."""
 
 from __future__ import annotations
 
@@ -59,18 +59,59 @@ def test_status_on_s3_lake(tmp_path: Path, s3: S3Server, s3_bucket: str) -> None
 def test_debug_logs_never_show_credentials(tmp_path: Path, s3: S3Server, s3_bucket: str, capfd,
                                            monkeypatch) -> None:
     """`--debug` shows botocore's request logs (Authorization headers included) with every
-    credential redacted, whether it has AWS's key-id shape or not."""
+    credential redacted, whether it has AWS's key-id shape or not, even after a run without
+    `--debug` in the same process (which quietens botocore)."""
     from aperio_assets.cli.app import main
 
+    config = tmp_path / "aperio.yaml"
+    config.write_text(f"baseDirectory: s3://{s3_bucket}/data\n"
+                      f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
     for key_id in ("AKIAIOSFODNN7EXAMPLE", TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"]):
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
         monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-value-123")
-        config = tmp_path / "aperio.yaml"
-        config.write_text(f"baseDirectory: s3://{s3_bucket}/data\n"
-                          f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+        assert main(["--config", str(config), "status", "--json"]) == 0
+        capfd.readouterr()
         assert main(["--config", str(config), "--debug", "status"]) == 0
         err = capfd.readouterr().err
-        assert "Authorization" in err or "Credential=" in err  # the logs that used to leak are there
+        # the botocore request logs that used to leak are there
+        assert "Authorization" in err and "X-Amz-Security-Token" in err and "Sending http request" in err
         assert "<redacted>" in err
         for secret in (key_id, TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], "session-token-value-123"):
             assert secret not in err
+
+
+def test_redact_every_header_shape(monkeypatch) -> None:
+    """Header values are redacted whole, in every shape a library logs them, without eating the
+    rest of a line."""
+    from aperio_assets.cli.redact import redact
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    lines = {
+        # botocore's AWSPreparedRequest repr (SigV4)
+        "headers={'Authorization': b'AWS4-HMAC-SHA256 Credential=mykeyid/20260101/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host, Signature=abc123', 'X-Amz-Security-Token': b'tok+en/=', 'Host': 'h'}":
+            "headers={'Authorization': b<redacted>, 'X-Amz-Security-Token': b<redacted>, 'Host': 'h'}",
+        # SigV2 and http.client's wire dump (escaped CRLF)
+        "send: b'GET / HTTP/1.1\\r\\nAuthorization: AWS mykeyid:c2lnbmF0dXJl\\r\\nHost: h\\r\\n'":
+            "send: b'GET / HTTP/1.1\\r\\nAuthorization: <redacted>\\r\\nHost: h\\r\\n'",
+        # a canonical request, and a presigned URL
+        "x-amz-security-token:tok+en/=": "x-amz-security-token:<redacted>",
+        "GET /k?X-Amz-Credential=mykeyid%2F20260101&X-Amz-Security-Token=tok&X-Amz-Expires=60":
+            "GET /k?X-Amz-Credential=<redacted>&X-Amz-Security-Token=<redacted>&X-Amz-Expires=60",
+        "{'key': 'AKIAIOSFODNN7EXAMPLE', 'secret': 'hush'}": "{'key': '<redacted>', 'secret': '<redacted>'}",
+    }
+    for line, expected in lines.items():
+        assert redact(line) == expected
+
+
+def test_debug_shows_tracebacks_without_credentials(tmp_path: Path, capfd, monkeypatch) -> None:
+    from aperio_assets.cli.app import main
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aperio-secret-in-a-path")
+    config = tmp_path / "aperio-secret-in-a-path" / "aperio.yaml"
+    assert main(["--config", str(config), "status"]) == 2
+    assert "Traceback" not in capfd.readouterr().err
+    assert main(["--config", str(config), "--debug", "status"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback (most recent call last)" in err and "ConfigError" in err
+    assert "aperio-secret-in-a-path" not in err.split("aperio: error:")[1]  # the traceback part

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from aperio_assets import layout
-from aperio_assets.catalog.connect import connect
+from aperio_assets.catalog.connect import connect, open_catalog
 from aperio_assets.catalog.views import ViewStore
 from aperio_assets.definitions import build_defs
 from aperio_assets.defs.assets import STATE_IO_MANAGER
@@ -74,7 +74,8 @@ def test_definitions_are_generated_from_the_config(tmp_path: Path) -> None:
         dg.AssetKey([s, "generated_model"]) for s in ("sales", "ref")}
     check_keys = {f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys}
     assert check_keys == {"aperio/catalog_views:views_resolve", "aperio/catalog_views:state_health"} | {
-        f"{s}/{a}:state_health" for s in ("sales", "ref") for a in ("conversion_lineage", "partition_status")}
+        f"{s}/{a}:state_health" for s in ("sales", "ref") for a in ("conversion_lineage", "partition_status")} | {
+        f"{s}/conversion_lineage:conversions_succeed" for s in ("sales", "ref")}
     job = defs.resolve_job_def("aperio_refresh_job")
     assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == keys
     assert isinstance(defs.resources[STATE_IO_MANAGER], SharedParquetIOManager)
@@ -114,7 +115,7 @@ def test_materialize_refreshes_the_lake(lake_case: LakeCase, mode: str) -> None:
         assert model_meta["model written"] is True and model_meta["tables"] == 8
         views_meta = metadata(first, "aperio/catalog_views")
         assert views_meta["views written"] == 8 and views_meta["dagster/row_count"] == 8
-        assert all(checks(first).values()) and len(checks(first)) == 4
+        assert all(checks(first).values()) and len(checks(first)) == 5
 
         # the state is what the library reads, in the schema's mode
         tracker = open_tracker(lake, "sales")
@@ -279,14 +280,53 @@ def test_views_resolve_checks_the_files_as_they_are_now(lake_case: LakeCase) -> 
     assert list(evaluation.metadata["errors"].value) == ["sales.customers"]
 
 
-def test_a_failed_file_is_reported_on_every_run(lake_case: LakeCase) -> None:
+def test_views_resolve_tries_cached_failures_again(lake_case: LakeCase) -> None:
+    """A view that did not bind when the catalog cache was built is remembered as broken by the
+    cache; the check tries it again and says why it is broken now."""
     lake = lake_case.lake()
-    put(lake, "sales/broken.xlsx", b"not a workbook")
+    seed(lake)
+    defs, _ = lake_defs(lake_case.config_path)
+    folder = lake.storage.join(lake.storage.aperio_path("sales", layout.TABLES_DIR), "customers")
+    with dg.instance_for_test() as instance:
+        materialize_all(defs, instance)
+        saved = {info.path: lake.storage.read_bytes(info.path) for info in lake.storage.list(folder, recursive=True)}
+        for path in saved:
+            lake.storage.delete(path)
+        ViewStore(lake).add("sales", "extra", "SELECT 1 AS x")  # new definitions: a new cache is built
+        _, report = open_catalog(lake)
+        assert report.cache == "built" and "No files found" in report.broken["sales.customers"]
+        for path, data in saved.items():
+            lake.storage.write_bytes(path, data)
+        again = dg.materialize([*defs.assets, *defs.asset_checks], instance=instance,
+                               resources=dict(defs.resources), raise_on_error=False)
+    (evaluation,) = [e for e in again.get_asset_check_evaluations() if e.check_name == "views_resolve"]
+    errors = evaluation.metadata["errors"].value
+    assert evaluation.passed is False and list(errors) == ["sales.customers"]
+    assert "binds now" in errors["sales.customers"] and evaluation.metadata["catalog cache"].value == "hit"
+
+
+def test_a_failed_file_is_reported_on_every_run(lake_case: LakeCase) -> None:
+    """An unchanged bad file is tried again, and shown failed, on every run (metadata, the batch, a
+    warning check) until it converts."""
+    lake = lake_case.lake()
+    put(lake, "sales/broken.json", b"{not json")
     defs, _ = lake_defs(lake_case.config_path)
     with dg.instance_for_test() as instance:
         for _ in range(2):
-            lineage_meta = metadata(materialize_all(defs, instance), "sales/conversion_lineage")
-            assert lineage_meta["files failed"] == 1 and "broken.xlsx" in lineage_meta["summary"]
+            result = materialize_all(defs, instance)
+            lineage_meta = metadata(result, "sales/conversion_lineage")
+            assert lineage_meta["files failed"] == 1 and "broken.json" in lineage_meta["summary"]
+            assert metadata(result, "sales/partition_status")["batches failed"] == 1
+            (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "conversions_succeed"]
+            assert check.passed is False and check.severity == dg.AssetCheckSeverity.WARN
+            (failure,) = check.metadata["failures"].value
+            assert failure["file"].endswith("sales/broken.json") and failure["table"] == "broken"
+        put(lake, "sales/broken.json", b'[{"a": 1}]')
+        fixed = materialize_all(defs, instance)
+    lineage_meta = metadata(fixed, "sales/conversion_lineage")
+    assert (lineage_meta["files converted"], lineage_meta["files failed"]) == (1, 0)
+    assert checks(fixed)["sales/conversion_lineage:conversions_succeed"] is True
+    assert metadata(fixed, "sales/partition_status")["batches processed"] == 1
 
 
 def test_lineage_is_recorded_as_the_step_converts(lake_case: LakeCase, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -294,6 +334,8 @@ def test_lineage_is_recorded_as_the_step_converts(lake_case: LakeCase, monkeypat
     converts only the rest, and the IO manager writes no row twice."""
     from aperio_assets.conversion import refresh as refresh_module
 
+    config = Path(lake_case.config_path)
+    config.write_text(config.read_text().replace("max_small_files: 3", "max_small_files: 100"))  # count files
     lake = lake_case.lake()
     for i in range(6):
         put(lake, f"sales/t{i}.csv", f"a\n{i}\n".encode())  # with the fixture's orders.csv: 7 files
@@ -321,3 +363,5 @@ def test_lineage_is_recorded_as_the_step_converts(lake_case: LakeCase, monkeypat
     lineage_meta = metadata(result, "sales/conversion_lineage")
     assert (lineage_meta["files converted"], lineage_meta["files skipped"]) == (3, 4)
     assert lineage_meta["rows written"] == 3 and lineage_meta["dagster/row_count"] == 7
+    # (shared mode) the first run wrote two groups; this one two more (2 + 1), the IO manager none
+    assert (lineage_meta["state files before"], lineage_meta["state files after"]) == (2, 4)

@@ -255,3 +255,31 @@ def test_a_failed_file_stays_failed_until_it_converts(lake_case: LakeCase) -> No
     assert fixed.failed_files == [] and fixed.count("files", "converted") == 1
     (status,) = open_tracker(lake, "sales").status_rows("bad")
     assert status["error_status"] is False and status["row_count"] == 1
+
+
+def test_a_transient_failure_of_an_unchanged_file_is_retried(lake_case: LakeCase,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that failed for a reason outside itself (its upload was rejected) converts on the next
+    refresh although its size, mtime and etag did not change."""
+    from aperio_assets.errors import StorageError
+
+    lake = lake_case.lake()
+    path = put(lake, "sales/late.csv", b"a\n1\n2\n")
+    upload = lake.storage.upload
+
+    def rejected(local: str, target: str) -> None:
+        if "late.csv" in target:
+            raise StorageError("AccessDenied: the bucket policy refused the upload")
+        upload(local, target)
+
+    monkeypatch.setattr(lake.storage, "upload", rejected)
+    (first,) = refresh(lake)
+    assert [(f.source.rsplit("/", 1)[-1], "AccessDenied" in f.error) for f in first.failed_files] == [
+        ("late.csv", True)]
+    monkeypatch.setattr(lake.storage, "upload", upload)  # the policy is fixed; the file is not touched
+    (second,) = refresh(lake)
+    assert second.failed_files == []
+    assert [f.source.rsplit("/", 1)[-1] for f in second.files if f.status == "converted"] == ["late.csv"]
+    (status,) = open_tracker(lake, "sales").status_rows("late")
+    assert status["error_status"] is False and status["row_count"] == 2
+    assert open_lineage(lake, "sales").records()[path]["error"] is None

@@ -64,14 +64,15 @@ def generated_definitions(lake: Lake) -> list[ViewDefinition]:
             continue
         for table in model.get("tables", []):
             # Each pattern matches exactly this table's files: raw Parquet read in place is named
-            # literally, and the converted files' folder has its glob characters escaped (its last
-            # part, the table's folder, never holds any), so `star*` never reads `starx`'s files.
+            # literally (a path DuckDB cannot name was failed by the refresh, so it is left out), and
+            # the fixed part of the converted files' pattern, their table's folder, has its glob
+            # characters escaped (the aperio directory may hold some; the table's own folder never
+            # does), so `star*` never reads `starx`'s files.
             in_place = [literal_pattern(p, s3=is_s3_url(p)) for p in table.get("parquetInPlace") or []]
             sources = [p for p in in_place if p is not None]
             if table.get("files", 0) > len(in_place):  # some files were converted into tables/
                 depth = len(table.get("partitionColumns") or [])
-                location = escape_glob(table["location"], s3=is_s3_url(table["location"]))
-                sources.insert(0, lake.storage.join(location, *(["*"] * depth), "*.parquet"))
+                sources.insert(0, lake.storage.join(escape_glob(table["location"]), *(["*"] * depth), "*.parquet"))
             if not sources or table.get("failedFiles", 0) >= table.get("files", 0):
                 continue  # nothing readable to show
             columns = tuple((c["name"], c["type"]) for c in table.get("columns", []))

@@ -8,16 +8,29 @@ import sys
 from collections.abc import Sequence
 
 from aperio_assets.cli import bench, catalog, demo, maintenance, migrate, refresh, status
-from aperio_assets.cli.redact import RedactCredentials
+from aperio_assets.cli.redact import install_redaction
 from aperio_assets.errors import AperioError
 
 COMMANDS = (status, refresh, migrate, catalog, maintenance, demo, bench)
 log = logging.getLogger("aperio")
 
 
+NOISY_LOGGERS = ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3")
+
+
 class _OneLineFormatter(logging.Formatter):
+    """``aperio: LEVEL: message``; with ``--debug`` followed by the traceback, if the record has one
+    (already redacted by :class:`RedactCredentials`)."""
+
+    def __init__(self, debug: bool = False) -> None:
+        super().__init__()
+        self.debug = debug
+
     def format(self, record: logging.LogRecord) -> str:
-        return f"aperio: {record.levelname.lower()}: {record.getMessage()}"
+        line = f"aperio: {record.levelname.lower()}: {record.getMessage()}"
+        if self.debug and record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        return f"{line}\n{record.exc_text}" if self.debug and record.exc_text else line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,14 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLineFormatter())
-    handler.addFilter(RedactCredentials())  # a handler filter sees every record, whichever logger made it
+    handler.setFormatter(_OneLineFormatter(debug))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
-    if not debug:
-        for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Set both ways: a run in the same process (tests, embedding) may have quietened them before.
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.NOTSET if debug else logging.ERROR)
+    install_redaction()  # a handler filter sees every record that handler emits, whichever logger made it
 
 
 def main(argv: Sequence[str] | None = None) -> int:

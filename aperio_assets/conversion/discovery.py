@@ -9,7 +9,15 @@
   formats aperio does not read.
 - Name clashes: when two top-level files share a stem, or a file's stem equals a folder's name, each
   such file's table is ``<stem>_<extension>`` (``planes.csv`` + ``planes.json`` → ``planes_csv`` and
-  ``planes_json``); the folder keeps its name.
+  ``planes_json``); the folder keeps its name. Names are compared as DuckDB compares them, ignoring
+  ASCII case (``Planes/`` and ``planes.csv`` clash). A table whose name is still taken (folders
+  ``A/`` and ``a/``; ``x.csv`` + ``x.json`` beside a folder ``x_csv/``) is not a table: its files are
+  ignored with the reason, and the first name in order (folders first) keeps it.
+- Names aperio refuses are ignored with a reason (``Discovery.reasons``), never silently: a key with a
+  ``.`` or ``..`` segment (S3 allows them; aperio never reads a path that climbs out of its folder),
+  a key with an empty folder name right below the schema folder (``schema//x.csv``: a table needs a
+  name), and a local name that is not valid UTF-8 (listed with its bytes escaped, ``bad\\xff.csv``).
+  Empty segments further down are kept: ``t/x.csv`` and ``t//x.csv`` are two files.
 """
 
 from __future__ import annotations
@@ -71,7 +79,13 @@ class RawTable:
 @dataclass
 class Discovery:
     tables: list[RawTable]
-    ignored: list[str]  # files in formats aperio does not read
+    ignored: list[str]  # files aperio does not read: other formats, and those in ``reasons``
+    reasons: dict[str, str] = field(default_factory=dict)  # path → why, for files aperio refuses to read
+
+
+def catalog_key(name: str) -> str:
+    """How DuckDB compares names: ASCII letters ignore case, nothing else does."""
+    return "".join(ch.lower() if ch.isascii() else ch for ch in name)
 
 
 def _hidden(part: str) -> bool:
@@ -91,15 +105,45 @@ def _stem(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
+def _refusal(parts: list[str]) -> str | None:
+    """Why a key with these segments (below the schema folder) is not read, if it is refused."""
+    if any(p in (".", "..") for p in parts):
+        return "its path has a '.' or '..' segment, which aperio never follows"
+    if len(parts) > 1 and parts[0] == "":
+        return "its path has an empty folder name right below the schema folder ('//'), which cannot name a table"
+    return None
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def discover_tables(storage: StorageProvider, schema_directory: str) -> Discovery:
     root = schema_directory.rstrip("/")
     top_files: list[RawFile] = []
     folders: dict[str, RawTable] = {}
     ignored: list[str] = []
+    reasons: dict[str, str] = {}
     for info in storage.list(root, recursive=True):
-        relative = info.path[len(root):].lstrip("/")
+        if not info.path.startswith(root + "/"):
+            continue
+        relative = info.path[len(root) + 1:]  # only the separator: an S3 key may hold empty segments
         parts = relative.split("/")
+        refusal = _refusal(parts)
+        if refusal is not None:
+            ignored.append(info.path)
+            reasons[info.path] = refusal
+            continue
         if any(_hidden(p) for p in parts):
+            continue
+        if not _utf8(info.path):  # a local name in another encoding: nothing downstream could store it
+            shown = info.path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            ignored.append(shown)
+            reasons[shown] = "its name is not valid UTF-8"
             continue
         fmt = format_of(parts[-1])
         if fmt is None:
@@ -112,13 +156,26 @@ def discover_tables(storage: StorageProvider, schema_directory: str) -> Discover
         table = folders.setdefault(parts[0], RawTable(parts[0], folder=True))
         table.files.append(RawFile(info, "/".join(parts[1:]), fmt, partition))
 
-    stems = Counter(_stem(f.relative) for f in top_files)
-    tables = list(folders.values())
-    for f in top_files:
+    stems = Counter(catalog_key(_stem(f.relative)) for f in top_files)
+    folder_keys = {catalog_key(name) for name in folders}
+    candidates = sorted(folders.values(), key=lambda t: t.name)
+    for f in sorted(top_files, key=lambda f: f.relative):
         stem = _stem(f.relative)
-        clash = stems[stem] > 1 or stem in folders
-        tables.append(RawTable(f"{stem}_{_suffix(f.relative)}" if clash else stem, [f]))
+        clash = stems[catalog_key(stem)] > 1 or catalog_key(stem) in folder_keys
+        candidates.append(RawTable(f"{stem}_{_suffix(f.relative)}" if clash else stem, [f]))
+    tables: list[RawTable] = []
+    owners: dict[str, RawTable] = {}
+    for table in candidates:  # folders first: a folder keeps its name
+        owner = owners.setdefault(catalog_key(table.name), table)
+        if owner is table:
+            tables.append(table)
+            continue
+        what = f"the folder {owner.name!r}" if owner.folder else f"the file {owner.files[0].relative!r}"
+        for f in table.files:
+            ignored.append(f.path)
+            reasons[f.path] = (f"its table name {table.name!r} is already the name of the table from {what} "
+                               "(DuckDB names ignore ASCII case)")
     tables.sort(key=lambda t: t.name)
     for table in tables:
         table.files.sort(key=lambda f: f.relative)
-    return Discovery(tables, sorted(ignored))
+    return Discovery(tables, sorted(ignored), reasons)

@@ -2,15 +2,20 @@
 
 No storage code here: the caller downloads the raw file, calls :func:`convert_file`, and uploads the result.
 Parquet raw files are passed through untouched; :func:`inspect_parquet` reads their footer for lineage.
+
+A path is always one file: Polars expands glob characters in a source path (``star*.csv`` would also read
+``starx.csv``), so a source whose path holds any is read through a plain-named link in a temporary folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
+import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import fastexcel
@@ -41,6 +46,7 @@ RAW_FORMATS: dict[str, str] = {
 }
 
 CSV_NULL_VALUES = ["NA", "N/A", "NULL", ""]
+GLOB_CHARACTERS = frozenset("*?[]{}")
 INFER_SCHEMA_LENGTH = 10_000
 UTF8_BOM = b"\xef\xbb\xbf"
 _MAX_MESSAGE = 300
@@ -97,10 +103,16 @@ def convert_file(source: pathlib.Path, fmt: str, target: pathlib.Path, *, sheet:
     # hidden unique name and rename into place only once the whole file is written.
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        try:
-            writer(source, tmp, sheet)
-        except _PARSE_ERRORS as exc:
-            raise ConversionError(f"cannot read {fmt} file {source.name!r}: {_reason(exc)}") from None
+        with _plain_path(source) as readable:
+            try:
+                writer(readable, tmp, sheet)
+            except _PARSE_ERRORS as exc:
+                raise ConversionError(f"cannot read {fmt} file {source.name!r}: {_reason(exc)}") from None
+            except ConversionError as exc:
+                if readable is source:
+                    raise
+                # the reader named the link: name the file
+                raise ConversionError(str(exc).replace(repr(readable.name), repr(source.name))) from None
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -127,6 +139,7 @@ def _write_csv(source: pathlib.Path, tmp: pathlib.Path, fmt: str, separator: str
     def sink(**schema_options: object) -> None:
         pl.scan_csv(
             source,
+            glob=False,
             separator=separator,
             has_header=True,
             null_values=CSV_NULL_VALUES,
@@ -167,13 +180,13 @@ def _write_jsonl(source: pathlib.Path, tmp: pathlib.Path, _sheet: object) -> Non
             with source.open("rb") as src, unbommed.open("wb") as dst:
                 src.seek(3)
                 shutil.copyfileobj(src, dst, 1024 * 1024)
-        readable = unbommed if has_bom else source
-        try:
-            pl.scan_ndjson(readable, infer_schema_length=INFER_SCHEMA_LENGTH).sink_parquet(tmp, compression="zstd")
-        except (PolarsError, PanicException):
-            # A later line whose value does not fit the inferred type: retry once inferring over the whole file
-            # (still streamed, just a second pass). Malformed JSON fails again and propagates.
-            pl.scan_ndjson(readable, infer_schema_length=None).sink_parquet(tmp, compression="zstd")
+        with _plain_path(unbommed if has_bom else source) as readable:  # (the copy is beside the target)
+            try:
+                pl.scan_ndjson(readable, infer_schema_length=INFER_SCHEMA_LENGTH).sink_parquet(tmp, compression="zstd")
+            except (PolarsError, PanicException):
+                # A later line whose value does not fit the inferred type: retry once inferring over the whole
+                # file (still streamed, just a second pass). Malformed JSON fails again and propagates.
+                pl.scan_ndjson(readable, infer_schema_length=None).sink_parquet(tmp, compression="zstd")
     finally:
         unbommed.unlink(missing_ok=True)
 
@@ -237,6 +250,22 @@ _WRITERS: dict[str, Callable[[pathlib.Path, pathlib.Path, str | int | None], Non
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _plain_path(source: pathlib.Path) -> Iterator[pathlib.Path]:
+    """``source``, or a link to it whose path holds no glob character (readers would expand one)."""
+    absolute = source.absolute()
+    if not GLOB_CHARACTERS & set(str(absolute)):
+        yield source
+        return
+    with tempfile.TemporaryDirectory(prefix="aperio-source-") as folder:
+        link = pathlib.Path(folder) / ("source" + "".join(source.suffixes[-1:]))
+        if GLOB_CHARACTERS & set(str(link)):  # the temporary folder itself: Polars cannot be told
+            raise ConversionError(f"cannot read {source.name!r}: the temporary folder {folder!r} holds glob characters")
+        os.symlink(absolute, link)
+        yield link
+
 
 _JSON_KINDS = {b"{": "an object", b'"': "a string", b"t": "a boolean", b"f": "a boolean", b"n": "null"}
 _JSON_KINDS.update(dict.fromkeys([b"-", *(str(d).encode() for d in range(10))], "a number"))

@@ -8,8 +8,11 @@ A batch is (re)marked when it is not processed yet, when one of its raw files wa
 mark, or when what its mark would say (target, rows, errors) changed, e.g. because a file was
 removed. Converted files have one fixed, injective name per raw file, so two workers refreshing one
 schema at once write the same files and end consistent, with no duplicated rows, and two raw files
-never share a target. A file whose target cannot be stored (an S3 key over 1,024 bytes) or whose
-upload is rejected fails alone; the others are converted.
+never share a target (should two still map to one, the second fails with the reason instead of
+overwriting the first). A file whose target cannot be stored (an S3 key over 1,024 bytes, a local
+name over 255 bytes), whose Parquet DuckDB cannot read in place, or whose upload is rejected fails
+alone, recorded in lineage with the reason; the others are converted. Only storage that cannot be
+reached at all (``StorageUnavailable``) stops the refresh.
 
 The refresh is three steps, each reading the state the step before wrote, so they can run in one
 call (the CLI) or as three Dagster assets: ``convert_files`` (lineage rows), ``process_batches``
@@ -18,9 +21,9 @@ call (the CLI) or as three Dagster assets: ``convert_files`` (lineage rows), ``p
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
-import os
 import tempfile
 import time
 import uuid
@@ -35,10 +38,10 @@ from aperio_assets.config import SchemaConfig, is_s3_url
 from aperio_assets.conversion.discovery import Discovery, RawFile, RawTable, discover_tables
 from aperio_assets.conversion.formats import ConversionError, Converted, convert_file, inspect_parquet
 from aperio_assets.conversion.naming import (
-    GLOB_CHARACTERS,
-    literal_pattern,
+    escape_glob,
     storage_name,
     target_parts,
+    unreadable_path_reason,
     unstorable_reason,
 )
 from aperio_assets.errors import StorageError, StorageUnavailable
@@ -84,6 +87,7 @@ class RefreshResult:
     batches: list[BatchOutcome] = field(default_factory=list)
     tables: int = 0
     ignored_files: list[str] = field(default_factory=list)
+    ignored_reasons: dict[str, str] = field(default_factory=dict)  # path → why, for names aperio refuses
     model_written: bool = False
 
     def count(self, items: str, status: str) -> int:
@@ -99,7 +103,8 @@ class RefreshResult:
                 "batches": {s: self.count("batches", s)
                             for s in ("processed", "skipped", "failed", "removed", "pending")},
                 "failures": [{"table": o.table, "source": o.source, "error": o.error} for o in self.failed_files],
-                "ignoredFiles": self.ignored_files, "modelWritten": self.model_written}
+                "ignoredFiles": self.ignored_files, "ignoredReasons": self.ignored_reasons,
+                "modelWritten": self.model_written}
 
 
 def _mtime_ms(mtime: float) -> int:
@@ -133,6 +138,7 @@ class SchemaRefresh:
         self.tables_root = self.storage.aperio_path(schema.name, layout.TABLES_DIR)
         self.result = RefreshResult(schema.name)
         self._discovery: Discovery | None = None
+        self._owners: dict[str, str] | None = None  # target → the raw file it belongs to
         self.model: dict[str, Any] | None = None  # set by write_model
 
     @property
@@ -142,33 +148,56 @@ class SchemaRefresh:
             self._discovery = discover_tables(self.raw_storage, self.schema.directory)
             self.result.tables = len(self._discovery.tables)
             self.result.ignored_files = self._discovery.ignored
+            self.result.ignored_reasons = self._discovery.reasons
+            for path, reason in self._discovery.reasons.items():
+                log.warning("%s: ignored %s: %s", self.schema.name, path, reason)
         return self._discovery
 
     # -- locations -------------------------------------------------------------------------------
-    def target_path(self, table: RawTable, raw: RawFile) -> str:
+    def named_target(self, table: RawTable, raw: RawFile) -> str:
+        """The target :mod:`~aperio_assets.conversion.naming` gives this file (the raw path itself
+        for Parquet, which is read where it is: never copied)."""
         if raw.format == "parquet":
-            return raw.path  # Parquet is read where it is: never copied
+            return raw.path
         return self.storage.join(self.tables_root, *target_parts(table.name, raw.relative, raw.partition))
 
+    def _target_owners(self) -> dict[str, str]:
+        """Named target → the first raw file (in discovery order) that it is the name of."""
+        if self._owners is None:
+            self._owners = {}
+            for table in self.discovery.tables:
+                for raw in table.files:
+                    self._owners.setdefault(self.named_target(table, raw), raw.path)
+        return self._owners
+
+    def target_path(self, table: RawTable, raw: RawFile) -> str | None:
+        """Where this file's converted Parquet goes; None if that name belongs to another raw file
+        (the conversion then fails with the reason: never an overwrite)."""
+        target = self.named_target(table, raw)
+        return target if self._target_owners().get(target, raw.path) == raw.path else None
+
     def target_pattern(self, table: RawTable, batch_files: list[RawFile]) -> str:
+        """The batch's files as one DuckDB pattern (its fixed part's glob characters escaped)."""
         if all(f.format == "parquet" for f in batch_files) and len(batch_files) == 1:
-            return batch_files[0].path
+            return escape_glob(batch_files[0].path)
         first = batch_files[0]
         folder = target_parts(table.name, first.relative, first.partition)[:-1]  # the batch's folder
-        return self.storage.join(self.tables_root, *folder, "*.parquet")
+        return self.storage.join(escape_glob(self.storage.join(self.tables_root, *folder)), "*.parquet")
 
     def _owned(self, path: str | None) -> bool:
         """Only converted files under this schema's tables/ are ever deleted (never a raw file)."""
         return bool(path) and path.startswith(self.tables_root.rstrip("/") + "/")
 
     # -- step 1: conversion ----------------------------------------------------------------------
-    def _unreadable_reason(self, raw: RawFile, target: str) -> str | None:
+    def _unconvertible_reason(self, table: RawTable, raw: RawFile, target: str | None) -> str | None:
         """Why this file cannot be converted whatever its contents (None if it can be)."""
+        if target is None:
+            owner = self._target_owners()[self.named_target(table, raw)]
+            return (f"its converted name {self.named_target(table, raw)} is already the target of {owner}; "
+                    "rename one of the two files")
         if raw.format == "parquet":
-            if literal_pattern(raw.path, s3=is_s3_url(raw.path)) is None:
-                return ("its path cannot be read in place by DuckDB (a '?' in an S3 key or a backslash in a "
-                        "local path); rename the file")
-            return None
+            reason = unreadable_path_reason(raw.path, s3=is_s3_url(raw.path))
+            return f"it cannot be read in place: {reason}; rename the file" if reason else None
         return unstorable_reason(target, s3=is_s3_url(target))
 
     def _convert(self, table: RawTable, raw: RawFile, workdir: Path) -> tuple[Row, Converted | None]:
@@ -177,23 +206,18 @@ class SchemaRefresh:
                     "converted_at": now_ms(), "conversion_type": f"{raw.format}->parquet",
                     "row_count": None, "source_size": raw.info.size, "source_etag": raw.info.etag,
                     "table_name": table.name, "error": None, "extra": None}
-        reason = self._unreadable_reason(raw, target)
+        reason = self._unconvertible_reason(table, raw, target)
         if reason is not None:
             row.update(error=reason, target_path=None)
             return row, None
+        assert target is not None
         local_source = self.raw_storage.local_path(raw.path)
         downloaded = local_source is None
-        linked = None
         try:
             if downloaded:
                 local_source = str(workdir / f"source-{uuid.uuid4().hex}.{raw.format}")
                 self.raw_storage.download(raw.path, local_source)
-            elif GLOB_CHARACTERS & set(local_source):
-                # Readers expand glob characters in a path (star*.csv would read starx.csv too): read
-                # the file through a plain name instead.
-                linked = str(workdir / f"source-{uuid.uuid4().hex}.{raw.format}")
-                os.symlink(os.path.abspath(local_source), linked)
-                local_source = linked
+            # (a local raw path may hold glob characters: convert_file never expands them)
             if raw.format == "parquet":
                 converted = inspect_parquet(Path(local_source))
                 row["conversion_type"] = "parquet (read in place)"
@@ -201,7 +225,7 @@ class SchemaRefresh:
                 local_target = workdir / f"target-{uuid.uuid4().hex}.parquet"
                 converted = convert_file(Path(local_source), raw.format, local_target)
                 try:
-                    self.storage.upload(str(local_target), target)
+                    self._store(str(local_target), target)
                 finally:
                     local_target.unlink(missing_ok=True)
         except ConversionError as exc:
@@ -218,11 +242,21 @@ class SchemaRefresh:
         finally:
             if downloaded and local_source:
                 Path(local_source).unlink(missing_ok=True)
-            if linked:
-                Path(linked).unlink(missing_ok=True)
         row["row_count"] = converted.row_count
         row["extra"] = json.dumps({"columns": [list(c) for c in converted.columns]}, ensure_ascii=False)
         return row, converted
+
+    def _store(self, local_file: str, target: str) -> None:
+        """Upload one converted file. A local name the filesystem refuses (too long, a file where a
+        folder must be, not a valid name) fails this file alone, as a StorageError; a full or
+        read-only disk is everyone's problem and stops the refresh."""
+        try:
+            self.storage.upload(local_file, target)
+        except OSError as exc:
+            if exc.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EINVAL,
+                             errno.EILSEQ):
+                raise StorageError(f"cannot write {target}: {exc.strerror}") from exc
+            raise
 
     def convert_files(self, lineage: dict[str, Row], sink: LineageSink) -> None:
         """Convert every new or changed raw file, forget removed ones (deleting their outputs), and

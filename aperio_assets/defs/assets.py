@@ -76,6 +76,7 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
         run = _refresh(context, aperio, name)
         state = aperio.state(name, CONVERSIONS.name)
         lineage = {r["source_path"]: r for r in state.rows()}
+        files_before = state.file_count()  # before the groups below are written
         written = {"rows": 0, "deletes": 0}
 
         def record(rows: list, gone: list) -> None:
@@ -92,10 +93,13 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
         if result.failed_files:
             context.log.warning(f"{len(result.failed_files)} file(s) of schema {name} failed to convert; "
                                 "they are tried again on every run")
+        recorded = {"rows written": written["rows"], "rows deleted": written["deletes"]}
+        if files_before is not None:
+            recorded["state files before"] = files_before
+        # Nothing is left for the IO manager to write: it adds the table's row count and file count.
         return dg.Output(to_frame(CONVERSIONS, [], []),
                          metadata={**counts, "tables": result.tables, "ignored files": len(result.ignored_files),
-                                   "rows written": written["rows"], "rows deleted": written["deletes"],
-                                   "summary": dg.MetadataValue.md(summary + _failures_markdown(result))})
+                                   **recorded, "summary": dg.MetadataValue.md(summary + _failures_markdown(result))})
 
     @dg.asset(key=status_key(name), io_manager_key=STATE_IO_MANAGER,
               ins={"lineage": dg.AssetIn(lineage_key(name))},

@@ -1,15 +1,17 @@
 """Asset checks (SPEC §9): state health of every state table (no unreadable files, small files
-under the limit) and every view of the catalog resolves.
+under the limit), every view of the catalog resolves, and every raw file converts.
 
 (No ``from __future__ import annotations`` here: Dagster reads the annotations at runtime.)
 """
 
+import uuid
 from collections.abc import Sequence
 
 import dagster as dg
 import duckdb
 
-from aperio_assets.catalog.connect import TABLES_CATALOG
+from aperio_assets.catalog.connect import TABLES_CATALOG, cache_directory
+from aperio_assets.catalog.views import ViewDefinition, ViewStore
 from aperio_assets.config import SchemaConfig
 from aperio_assets.defs.assets import CATALOG_VIEWS, lineage_key, status_key
 from aperio_assets.defs.resources import AperioResource
@@ -50,33 +52,88 @@ def state_health_check(asset: dg.AssetKey, schema: str | None, tables: Sequence[
     return state_health
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _resolve_now(con: duckdb.DuckDBPyConnection, schema: str, view: str) -> str | None:
+    """Why a view of the connection does not resolve now (None if it does). Binding it lists its
+    files and reads their footers (generated views read with ``union_by_name``: every file's), and
+    ``LIMIT 0`` keeps a user view's joins from running."""
+    try:
+        con.execute(f"SELECT * FROM {quote_identifier(schema)}.{quote_identifier(view)} LIMIT 0").fetchall()
+        return None
+    except duckdb.Error as exc:
+        return _first_line(exc)
+
+
+def _bind_now(con: duckdb.DuckDBPyConnection, definition: ViewDefinition) -> str | None:
+    """Why a definition that is not in the connection does not bind now (None if it does)."""
+    name = f"__aperio_views_resolve_{uuid.uuid4().hex}"
+    try:
+        con.execute(f"CREATE TEMP VIEW {quote_identifier(name)} AS {definition.sql}")
+        con.execute(f"DROP VIEW temp.main.{quote_identifier(name)}")
+        return None
+    except duckdb.Error as exc:
+        return _first_line(exc)
+
+
 @dg.asset_check(asset=CATALOG_VIEWS, name="views_resolve",
                 description="Every view definition binds, and every view reads its files now.")
 def views_resolve(aperio: AperioResource) -> dg.AssetCheckResult:
+    lake = aperio.lake()
     con, report = aperio.catalog()
+    broken: dict[str, str] = {}
     try:
-        # The catalog caches bound views; a health check must look at the files as they are now, so
-        # each view is queried (its files listed and their footers read), not just remembered.
-        broken = dict(report.broken)
+        # The catalog caches bound views (and the list of those that did not bind), so a health
+        # check looks at the files as they are now: every view of the connection is resolved again,
+        # and every cached failure is tried again for its reason now.
         names = con.execute("SELECT schema_name, view_name FROM duckdb_views() "
                             f"WHERE database_name = '{TABLES_CATALOG}' AND NOT internal ORDER BY ALL").fetchall()
         for schema, view in names:
-            try:
-                con.execute(f"SELECT count(*) FROM {quote_identifier(schema)}.{quote_identifier(view)}").fetchall()
-            except duckdb.Error as exc:
-                broken[f"{schema}.{view}"] = str(exc).strip().splitlines()[0]
+            reason = _resolve_now(con, schema, view)
+            if reason is not None:
+                broken[f"{schema}.{view}"] = reason
+        schemas = {s.name for s in lake.schemas()}
+        definitions = {f"{v.schema_name}.{v.view_name}": v for v in ViewStore(lake).list()}
+        for key, cached in report.broken.items():
+            definition = definitions.get(key)
+            if definition is None or definition.schema_name not in schemas:
+                broken[key] = cached  # no longer defined, or its schema is not configured: said now
+                continue
+            reason = _bind_now(con, definition)
+            broken[key] = reason if reason is not None else (
+                f"missing from the catalog: it did not bind when the catalog cache was built ({cached}), "
+                f"but binds now; delete the catalog cache ({cache_directory()}) to pick it up")
     finally:
         con.close()
     return dg.AssetCheckResult(
         passed=not broken,
         metadata={"views": len(names) + len(report.broken), "broken views": len(broken),
-                  "errors": dg.MetadataValue.json(broken), "s3 access": report.s3_access or "local"})
+                  "errors": dg.MetadataValue.json(dict(sorted(broken.items()))),
+                  "s3 access": report.s3_access or "local", "catalog cache": report.cache})
+
+
+def conversions_check(schema: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=lineage_key(schema), name="conversions_succeed",
+                    description=f"Every raw file of schema {schema} converts: no conversion lineage row "
+                                "holds an error (a failed file is tried again on every run until it converts).")
+    def conversions_succeed(aperio: AperioResource) -> dg.AssetCheckResult:
+        failed = sorted((r for r in aperio.state(schema, CONVERSIONS.name).rows() if r.get("error")),
+                        key=lambda r: r["source_path"])
+        shown = [{"table": r.get("table_name"), "file": r["source_path"], "error": str(r["error"])[:500]}
+                 for r in failed[:100]]
+        return dg.AssetCheckResult(passed=not failed, severity=dg.AssetCheckSeverity.WARN,
+                                   metadata={"failed files": len(failed), "failures": dg.MetadataValue.json(shown)})
+
+    return conversions_succeed
 
 
 def lake_checks(schemas: Sequence[SchemaConfig]) -> list[dg.AssetChecksDefinition]:
     checks = [state_health_check(CATALOG_VIEWS, None, [VIEWS.name]), views_resolve]
     for schema in schemas:
         checks.append(state_health_check(lineage_key(schema.name), schema.name, [CONVERSIONS.name]))
+        checks.append(conversions_check(schema.name))
         checks.append(state_health_check(status_key(schema.name), schema.name,
                                          [PARTITION_STATUS.name, TABLE_COMPLETION.name]))
     return checks

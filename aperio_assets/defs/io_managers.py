@@ -53,14 +53,14 @@ class SharedParquetIOManager(dg.ConfigurableIOManager):
         files_before = state.file_count()
         state.apply(upserts, deletes)
         files_after = state.file_count()
-        metadata: dict[str, Any] = {"dagster/row_count": len(state.rows()), "state mode": state.mode}
-        # An asset that recorded its rows as it went (conversion lineage) reports them itself.
-        reported = context.output_metadata or {}
-        if "rows written" not in reported:
-            metadata.update({"rows written": len(upserts), "rows deleted": len(deletes)})
+        metadata: dict[str, Any] = {"dagster/row_count": len(state.rows()), "state mode": state.mode,
+                                    "rows written": len(upserts), "rows deleted": len(deletes)}
         if files_before is not None and files_after is not None:
             metadata.update({"state files before": files_before, "state files after": files_after})
-        context.add_output_metadata(metadata)
+        # An asset that recorded its rows as it went (conversion lineage) reports what it wrote, and
+        # how many state files there were before it started, itself.
+        reported = context.output_metadata or {}
+        context.add_output_metadata({k: v for k, v in metadata.items() if k not in reported})
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         upstream = context.upstream_output
