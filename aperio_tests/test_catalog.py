@@ -173,6 +173,25 @@ def test_views_are_bound_once_per_definitions_version(lake_case: LakeCase) -> No
     assert third.cache == "built" and third.broken == {}
 
 
+def test_a_view_remembered_broken_is_bound_again_once_it_binds(lake_case: LakeCase) -> None:
+    """The cache remembers views that did not bind; a connect finds one that binds now (its files
+    are back) and binds every view again, while one still broken leaves the cache as it is."""
+    lake = build(lake_case)
+    folder = lake.storage.join(lake.storage.aperio_path("sales", "tables"), "orders")
+    saved = {i.path: lake.storage.read_bytes(i.path) for i in lake.storage.list(folder, recursive=True)}
+    for path in saved:
+        lake.storage.delete(path)
+    first = open_catalog(lake)[1]
+    assert first.cache == "built" and list(first.broken) == ["sales.orders"]
+    assert open_catalog(lake)[1].cache == "hit"  # still broken: nothing to bind again
+    for path, data in saved.items():
+        lake.storage.write_bytes(path, data)
+    again = open_catalog(lake)[1]
+    assert again.cache == "rebuilt" and again.broken == {}
+    assert connect(lake).execute("SELECT count(*) FROM sales.orders").fetchone()[0] > 0
+    assert open_catalog(lake)[1].cache == "hit"
+
+
 def test_an_open_connection_survives_compaction(lake_case: LakeCase) -> None:
     """The state views are snapshots: compaction deleting every file they were read from (no grace
     period at all, an unreadable file present so no glob could serve) never breaks a query."""

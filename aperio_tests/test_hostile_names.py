@@ -448,3 +448,69 @@ def test_a_local_name_that_is_not_utf8_is_ignored_with_the_reason(tmp_path) -> N
     assert not result.failed_files
     assert result.ignored_reasons == {str(tmp_path / "lake" / "sales" / "bad\\xff.csv"): "its name is not valid UTF-8"}
     assert _rows(connect(lake), "ok") == [(1,)]
+
+
+def test_files_with_different_partition_keys_all_show(lake_case: LakeCase) -> None:
+    """A table whose files sit at different Hive depths (or under different keys) shows every file's
+    rows, NULL where a file has no value for a partition column (DuckDB's Hive reader alone refuses
+    such a mix), raw Parquet read in place included."""
+    lake = lake_case.lake()
+    put(lake, "sales/mix/year=2020/month=01/a.csv", b"v\n1\n")
+    put(lake, "sales/mix/year=2021/b.csv", b"v\n2\n")
+    put(lake, "sales/mix/c.csv", b"v\n3\n")
+    put(lake, "sales/mix/region=eu/d.csv", b"v\n4\n")
+    put(lake, "sales/mix/year=2022/e.parquet", parquet_bytes(pl.DataFrame({"v": [5]})))
+    put(lake, "sales/mix/f.parquet", parquet_bytes(pl.DataFrame({"v": [6]})))
+    (result,) = refresh(lake)
+    assert not result.failed_files
+    rows = connect(lake).execute("SELECT v, year, month, region FROM sales.mix ORDER BY v").fetchall()
+    assert rows == [(1, 2020, "01", None), (2, 2021, None, None), (3, None, None, None), (4, None, None, "eu"),
+                    (5, 2022, None, None), (6, None, None, None)]
+
+
+def test_partition_like_folders_above_the_tables_add_no_column(lake_case: LakeCase, tmp_path) -> None:
+    """A lake kept under a `k=v` folder (`/data/env=prod/`), or a table folder named `a=b`, adds no
+    column to any view: only the table's own partition folders are columns."""
+    from aperio_assets.lake import open_lake
+
+    base = lake_case.base.rsplit("/", 1)[0] + "/env=prod/lake"
+    config = tmp_path / "kv.yaml"
+    text = Path(lake_case.config_path).read_text()
+    config.write_text(text.replace(f"baseDirectory: {lake_case.base}", f"baseDirectory: '{base}'")
+                      .replace("baseDirectory: lake", f"baseDirectory: '{base}'"))
+    if lake_case.kind == "local":
+        os.makedirs(base)
+    lake = open_lake(config)
+    put(lake, "sales/t/k=1/a.csv", b"v\n1\n")
+    put(lake, "sales/u.csv", b"v\n2\n")
+    put(lake, "sales/p.parquet", parquet_bytes(pl.DataFrame({"v": [3]})))
+    put(lake, "sales/a=b/x.csv", b"v\n4\n")
+    put(lake, "sales/a=b/y.parquet", parquet_bytes(pl.DataFrame({"v": [5]})))
+    (result,) = refresh(lake)
+    assert not result.failed_files
+    con = connect(lake)
+
+    def columns(view: str) -> list[str]:
+        return [d[0] for d in con.execute(f'SELECT * FROM sales."{view}"').description]
+
+    assert columns("t") == ["v", "k"] and columns("u") == ["v"] and columns("p") == ["v"]
+    assert columns("a=b") == ["v"]
+    assert con.execute('SELECT v FROM sales."a=b" ORDER BY v').fetchall() == [(4,), (5,)]
+
+
+def test_a_converted_file_deleted_by_hand_is_converted_again(lake_case: LakeCase) -> None:
+    """The refresh does not trust lineage alone: a converted file that is gone (deleted by hand, lost
+    in a restore) is converted again from its unchanged raw file, and the view shows its rows."""
+    lake = lake_case.lake()
+    put(lake, "sales/keep/a.csv", b"v\n1\n")
+    put(lake, "sales/keep/b.csv", b"v\n2\n")
+    refresh(lake)
+    target = open_lineage(lake, "sales").records()[lake.lake_storage.join(lake.config.base_directory,
+                                                                          "sales/keep/a.csv")]["target_path"]
+    lake.storage.delete(target)
+    (again,) = refresh(lake)
+    assert [f.source.rsplit("/", 1)[-1] for f in again.files if f.status == "converted"] == ["a.csv"]
+    assert lake.storage.exists(target)
+    assert _rows(connect(lake), "keep") == [(1,), (2,)]
+    (third,) = refresh(lake)
+    assert third.count("files", "converted") == 0

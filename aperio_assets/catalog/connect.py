@@ -109,11 +109,28 @@ class CatalogReport:
     broken: dict[str, str] = field(default_factory=dict)  # "schema.view" → why it did not register
     s3_access: str | None = None
     seconds: float = 0.0
-    cache: str = ""  # "hit" (attached a prepared catalog) or "built" (views were bound this time)
+    # "hit" (attached a prepared catalog), "built" (views were bound this time) or "rebuilt" (a view
+    # the prepared catalog had found broken binds now, so all were bound again)
+    cache: str = ""
 
 
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def bind_error(con: duckdb.DuckDBPyConnection, definition: ViewDefinition) -> str | None:
+    """Why ``definition`` does not bind in ``con`` now (None if it does): bound as a temporary view,
+    then dropped, so a read-only catalog can be asked too."""
+    name = quote_identifier(f"__aperio_bind_{uuid.uuid4().hex}")
+    cursor = con.cursor()
+    try:
+        cursor.execute(f"CREATE TEMP VIEW {name} AS {definition.sql}")
+        cursor.execute(f"DROP VIEW temp.main.{name}")
+        return None
+    except duckdb.Error as exc:
+        return _first_line(exc)
+    finally:
+        cursor.close()
 
 
 class _Builder:
@@ -205,12 +222,25 @@ class _Builder:
         sidecar = cache.with_suffix(".json")
         try:
             broken = json.loads(sidecar.read_text())
-            self.con = _open(cache)
+            self._attach(cache, s3_access)
             self.report.cache = "hit"
         except (OSError, ValueError, duckdb.Error):
             broken = self._build(cache, sidecar, names, definitions, s3_access)
-            self.con = _open(cache)
+            self._attach(cache, s3_access)
             self.report.cache = "built"
+        if self.report.cache == "hit" and broken and self._any_binds_now(broken, definitions):
+            # The cache remembers views that did not bind when it was built (their files were
+            # missing); one that binds now would stay missing until the definitions change: rebuild.
+            self.con.close()
+            broken = self._build(cache, sidecar, names, definitions, s3_access)
+            self._attach(cache, s3_access)
+            self.report.cache = "rebuilt"
+        self.report.broken.update(broken)
+        self.report.views = sum(1 for v in definitions if f"{v.schema_name}.{v.view_name}" not in broken)
+        return self.con
+
+    def _attach(self, cache: Path, s3_access: str) -> None:
+        self.con = _open(cache)
         self.register_state(self.con)
         if self.s3_storage is not None:
             self.report.s3_access = enable_s3(self.con, self.s3_storage, method=s3_access)
@@ -218,9 +248,11 @@ class _Builder:
             # (On local disk the OS caches them, and the SET would cost every connect a statement.)
             self.con.execute("SET parquet_metadata_cache = true")
             self.con.execute("SET enable_http_metadata_cache = true")
-        self.report.broken.update(broken)
-        self.report.views = sum(1 for v in definitions if f"{v.schema_name}.{v.view_name}" not in broken)
-        return self.con
+
+    def _any_binds_now(self, broken: dict[str, str], definitions: list[ViewDefinition]) -> bool:
+        assert self.con is not None
+        by_key = {f"{v.schema_name}.{v.view_name}": v for v in definitions}
+        return any(bind_error(self.con, by_key[key]) is None for key in broken if key in by_key)
 
     def _build(self, cache: Path, sidecar: Path, names: list[str], definitions: list[ViewDefinition],
                s3_access: str) -> dict[str, str]:

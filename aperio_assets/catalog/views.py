@@ -7,15 +7,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aperio_assets import layout
 from aperio_assets.config import is_s3_url
-from aperio_assets.conversion.naming import escape_glob, literal_pattern
+from aperio_assets.conversion.naming import escape_glob, folder_key, hive_keys, literal_pattern, partition_pattern
 from aperio_assets.errors import UsageError
 from aperio_assets.lake import Lake
-from aperio_assets.sqlutil import quote_literal
+from aperio_assets.sqlutil import quote_identifier, quote_literal
 from aperio_assets.state.parquet_tracker import open_state_table
 from aperio_assets.state.table import StateTable
 from aperio_assets.state.tables import VIEWS
@@ -46,11 +47,49 @@ def views_table(lake: Lake) -> StateTable:
     return open_state_table(lake.storage, lake.storage.aperio_path(None, layout.VIEWS), VIEWS, lake.config.compaction)
 
 
-def table_scan_sql(sources: list[str]) -> str:
-    """The SELECT a generated view runs: Hive partitioning on, columns united by name. ``sources`` are
-    DuckDB file patterns (see :func:`generated_definitions`)."""
+def table_scan_sql(sources: list[str], exclude: Sequence[str] = ()) -> str:
+    """One scan of a generated view: Hive partitioning on, columns united by name, without the
+    ``exclude`` columns (partition keys DuckDB reads from folders above the table's own). ``sources``
+    are DuckDB file patterns (see :func:`generated_definitions`)."""
     files = quote_literal(sources[0]) if len(sources) == 1 else "[" + ", ".join(map(quote_literal, sources)) + "]"
-    return f"SELECT * FROM read_parquet({files}, hive_partitioning = true, union_by_name = true)"
+    columns = f" EXCLUDE ({', '.join(map(quote_identifier, exclude))})" if exclude else ""
+    return f"SELECT *{columns} FROM read_parquet({files}, hive_partitioning = true, union_by_name = true)"
+
+
+def _table_sql(lake: Lake, table: dict[str, Any]) -> str | None:
+    """The SELECT of one model table's view, or None if it has nothing readable to show.
+
+    Each pattern matches exactly this table's files: raw Parquet read in place is named literally (a
+    path DuckDB cannot name was failed by the refresh, so it is left out), and the fixed part of the
+    converted files' pattern, their table's folder, has its glob characters escaped (the aperio
+    directory may hold some; the table's own folder never does), so `star*` never reads `starx`'s
+    files. DuckDB's Hive reader refuses files whose folders name different partition keys, so files
+    are read in one scan per set of keys (``t/year=2020/month=01/a.csv`` beside ``t/b.csv``), united
+    by name: a file without a partition column reads NULL there."""
+    layouts = table.get("layouts")
+    if layouts is None:  # a model written before layouts were recorded: one scan, as then
+        in_place = [literal_pattern(p, s3=is_s3_url(p)) for p in table.get("parquetInPlace") or []]
+        sources = [p for p in in_place if p is not None]
+        if table.get("files", 0) > len(in_place):  # some files were converted into tables/
+            depth = len(table.get("partitionColumns") or [])
+            sources.insert(0, lake.storage.join(escape_glob(table["location"]), *(["*"] * depth), "*.parquet"))
+        if not sources or table.get("failedFiles", 0) >= table.get("files", 0):
+            return None
+        return table_scan_sql(sources)
+    scans: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}  # (keys read, own keys) → sources
+    for entry in layouts:
+        own = tuple(folder_key(k) for k in entry["keys"])
+        if entry.get("converted"):
+            pattern = lake.storage.join(escape_glob(table["location"]), *map(partition_pattern, entry["keys"]),
+                                        "*.parquet")
+            scans.setdefault((tuple(hive_keys(table["location"])) + own, own), []).append(pattern)
+        for path in entry.get("inPlace") or []:
+            literal = literal_pattern(path, s3=is_s3_url(path))
+            if literal is not None:
+                scans.setdefault((tuple(hive_keys(path.rsplit("/", 1)[0])), own), []).append(literal)
+    selects = [table_scan_sql(sources, [k for k in dict.fromkeys(read) if k not in own])
+               for (read, own), sources in sorted(scans.items())]
+    return " UNION ALL BY NAME ".join(selects) if selects else None
 
 
 def generated_definitions(lake: Lake) -> list[ViewDefinition]:
@@ -63,21 +102,11 @@ def generated_definitions(lake: Lake) -> list[ViewDefinition]:
         except FileNotFoundError:
             continue
         for table in model.get("tables", []):
-            # Each pattern matches exactly this table's files: raw Parquet read in place is named
-            # literally (a path DuckDB cannot name was failed by the refresh, so it is left out), and
-            # the fixed part of the converted files' pattern, their table's folder, has its glob
-            # characters escaped (the aperio directory may hold some; the table's own folder never
-            # does), so `star*` never reads `starx`'s files.
-            in_place = [literal_pattern(p, s3=is_s3_url(p)) for p in table.get("parquetInPlace") or []]
-            sources = [p for p in in_place if p is not None]
-            if table.get("files", 0) > len(in_place):  # some files were converted into tables/
-                depth = len(table.get("partitionColumns") or [])
-                sources.insert(0, lake.storage.join(escape_glob(table["location"]), *(["*"] * depth), "*.parquet"))
-            if not sources or table.get("failedFiles", 0) >= table.get("files", 0):
+            sql = _table_sql(lake, table)
+            if sql is None:
                 continue  # nothing readable to show
             columns = tuple((c["name"], c["type"]) for c in table.get("columns", []))
-            definitions.append(ViewDefinition(schema.name, table["name"], table_scan_sql(sources), "generated",
-                                              columns))
+            definitions.append(ViewDefinition(schema.name, table["name"], sql, "generated", columns))
     return definitions
 
 

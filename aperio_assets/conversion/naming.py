@@ -74,6 +74,22 @@ def partition_folder(key: str, value: str) -> str:
     return f"{_encode(key, _KEY_UNSAFE)}={_encode(value, _VALUE_UNSAFE)}"
 
 
+def partition_pattern(key: str) -> str:
+    """A pattern matching every converted partition folder of ``key`` (``year`` → ``year=*``)."""
+    return f"{escape_glob(_encode(key, _KEY_UNSAFE))}=*"
+
+
+def folder_key(key: str) -> str:
+    """The column name DuckDB reads from a converted partition folder of ``key``."""
+    return _encode(key, _KEY_UNSAFE)
+
+
+def hive_keys(folder: str) -> list[str]:
+    """The partition keys DuckDB's Hive reader takes from the folders of ``folder`` (every ``k=v``
+    segment, wherever it is: a lake kept under ``/data/env=prod/`` gives every file an ``env``)."""
+    return [part.split("=", 1)[0] for part in folder.split("/") if "=" in part and not part.startswith("=")]
+
+
 def target_parts(table: str, relative: str, partition: Sequence[tuple[str, str]]) -> list[str]:
     """The path segments below ``tables/`` for a raw file at ``relative`` below its table's folder
     (``partition``: every ``k=v`` folder of ``relative``, in order)."""

@@ -274,16 +274,20 @@ class SchemaRefresh:
         pending: list[Row] = []
         removed = [row["source_path"] for row in gone]
         replaced: set[str] = set()  # targets of earlier conversions that a new target replaced
+        stored: set[str] | None = None  # the converted files there are (one listing, when first needed)
         with tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp:
             for table in discovery.tables:
                 for raw in table.files:
                     previous = lineage.get(raw.path)
                     if unchanged(raw, previous) and not previous.get("error") \
                             and previous.get("target_path") == self.target_path(table, raw):
-                        self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
-                        continue
-                    # New, changed, failed before (tried again until it converts), or converted under
-                    # another name (moved to its own, injective one).
+                        if stored is None and self._owned(previous["target_path"]):
+                            stored = {i.path for i in self.storage.list(self.tables_root, recursive=True)}
+                        if not self._owned(previous["target_path"]) or previous["target_path"] in stored:
+                            self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
+                            continue
+                    # New, changed, failed before (tried again until it converts), converted under
+                    # another name (moved to its own, injective one), or its converted file is gone.
                     self.progress(f"{self.schema.name}.{table.name}: {raw.relative}")
                     row, _ = self._convert(table, raw, Path(tmp))
                     if previous is not None and previous.get("target_path") not in (None, row["target_path"]):
@@ -366,6 +370,7 @@ class SchemaRefresh:
                 "files": len(table.files),
                 "failedFiles": sum(1 for r in rows if r.get("error")),
                 "parquetInPlace": [f.path for f in table.files if f.format == "parquet"],
+                "layouts": _layouts(table, rows),
             })
         model = {"schema": self.schema.name, "directory": self.schema.directory, "tables": tables}
         self.model = model  # what the file says now (callers need not read it back)
@@ -375,6 +380,22 @@ class SchemaRefresh:
         self.storage.write_bytes(path, (json.dumps(model, indent=2, ensure_ascii=False) + "\n").encode())
         self.result.model_written = True
         return True
+
+
+def _layouts(table: RawTable, rows: list[Row]) -> list[dict[str, Any]]:
+    """The table's readable files by their partition keys (in folder order): whether any was
+    converted, and the raw Parquet files read in place. A view reads each set of keys in one scan."""
+    layouts: dict[tuple[str, ...], dict[str, Any]] = {}
+    for raw, row in zip(table.files, rows, strict=True):
+        if row.get("error"):
+            continue  # a failed file has no output to read
+        keys = tuple(k for k, _ in raw.partition)
+        entry = layouts.setdefault(keys, {"keys": list(keys), "converted": False, "inPlace": []})
+        if raw.format == "parquet":
+            entry["inPlace"].append(raw.path)
+        else:
+            entry["converted"] = True
+    return [layouts[k] for k in sorted(layouts)]
 
 
 def _outdated(previous: Row, mark: Row, lineage_rows: list[Row | None]) -> bool:

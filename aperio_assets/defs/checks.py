@@ -4,14 +4,13 @@ under the limit), every view of the catalog resolves, and every raw file convert
 (No ``from __future__ import annotations`` here: Dagster reads the annotations at runtime.)
 """
 
-import uuid
 from collections.abc import Sequence
 
 import dagster as dg
 import duckdb
 
-from aperio_assets.catalog.connect import TABLES_CATALOG, cache_directory
-from aperio_assets.catalog.views import ViewDefinition, ViewStore
+from aperio_assets.catalog.connect import TABLES_CATALOG, bind_error
+from aperio_assets.catalog.views import ViewStore
 from aperio_assets.config import SchemaConfig
 from aperio_assets.defs.assets import CATALOG_VIEWS, lineage_key, status_key
 from aperio_assets.defs.resources import AperioResource
@@ -52,10 +51,6 @@ def state_health_check(asset: dg.AssetKey, schema: str | None, tables: Sequence[
     return state_health
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def _resolve_now(con: duckdb.DuckDBPyConnection, schema: str, view: str) -> str | None:
     """Why a view of the connection does not resolve now (None if it does). Binding it lists its
     files and reads their footers (generated views read with ``union_by_name``: every file's), and
@@ -64,18 +59,7 @@ def _resolve_now(con: duckdb.DuckDBPyConnection, schema: str, view: str) -> str 
         con.execute(f"SELECT * FROM {quote_identifier(schema)}.{quote_identifier(view)} LIMIT 0").fetchall()
         return None
     except duckdb.Error as exc:
-        return _first_line(exc)
-
-
-def _bind_now(con: duckdb.DuckDBPyConnection, definition: ViewDefinition) -> str | None:
-    """Why a definition that is not in the connection does not bind now (None if it does)."""
-    name = f"__aperio_views_resolve_{uuid.uuid4().hex}"
-    try:
-        con.execute(f"CREATE TEMP VIEW {quote_identifier(name)} AS {definition.sql}")
-        con.execute(f"DROP VIEW temp.main.{quote_identifier(name)}")
-        return None
-    except duckdb.Error as exc:
-        return _first_line(exc)
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 @dg.asset_check(asset=CATALOG_VIEWS, name="views_resolve",
@@ -101,10 +85,11 @@ def views_resolve(aperio: AperioResource) -> dg.AssetCheckResult:
             if definition is None or definition.schema_name not in schemas:
                 broken[key] = cached  # no longer defined, or its schema is not configured: said now
                 continue
-            reason = _bind_now(con, definition)
+            reason = bind_error(con, definition)
+            # (a cached failure that binds now makes the catalog rebuild itself; one that binds a
+            # moment later, after this connection was opened, is still missing from it)
             broken[key] = reason if reason is not None else (
-                f"missing from the catalog: it did not bind when the catalog cache was built ({cached}), "
-                f"but binds now; delete the catalog cache ({cache_directory()}) to pick it up")
+                f"missing from this connection's catalog ({cached}), but binds now: the next connection has it")
     finally:
         con.close()
     return dg.AssetCheckResult(
