@@ -34,6 +34,32 @@ def _assert_written_only_under_aperio(lake, before: set[str], raw: set[str]) -> 
     outside = sorted(p for p in _files(lake) - before - raw if not p.startswith(aperio))
     assert outside == []
 
+def _s3_lake(s3, s3_bucket: str, tmp_path, raw: dict[str, bytes]):
+    """A lake at ``s3://bucket/lake`` holding ``raw`` (keys below ``lake/``, written as they are)."""
+    from aperio_assets.lake import open_lake
+    from aperio_assets.storage import S3Storage
+
+    storage = S3Storage(s3.settings())
+    for key, data in raw.items():
+        storage.write_bytes(f"s3://{s3_bucket}/lake/{key}", data)
+    config = tmp_path / "aperio.yaml"
+    config.write_text(f"baseDirectory: s3://{s3_bucket}/lake\nstorage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+    return open_lake(config)
+
+
+def _moved_lake(lake_case: LakeCase, tmp_path, base: str):
+    """The test lake's configuration with its base directory moved to ``base`` (created if local)."""
+    from aperio_assets.lake import open_lake
+
+    config = tmp_path / "moved.yaml"
+    text = Path(lake_case.config_path).read_text()
+    config.write_text(text.replace(f"baseDirectory: {lake_case.base}", f"baseDirectory: '{base}'")
+                      .replace("baseDirectory: lake", f"baseDirectory: '{base}'"))
+    if lake_case.kind == "local":
+        os.makedirs(base)
+    return open_lake(config)
+
+
 
 def test_plain_subfolders_never_share_a_target(lake_case: LakeCase) -> None:
     """nest/x/a.csv and nest/y/a.csv, logs/2024-01/app.csv and logs/2024-02/app.csv: every file's rows
@@ -63,15 +89,7 @@ def test_plain_subfolders_never_share_a_target(lake_case: LakeCase) -> None:
 
 def test_empty_key_segments_are_kept_apart(s3, s3_bucket: str, tmp_path) -> None:
     """S3 keys may hold empty segments: t3/x.csv and t3//x.csv are two files with two targets."""
-    from aperio_assets.lake import open_lake
-    from aperio_assets.storage import S3Storage
-
-    storage = S3Storage(s3.settings())
-    storage.write_bytes(f"s3://{s3_bucket}/lake/sales/t3/x.csv", b"v\n1\n")
-    storage.write_bytes(f"s3://{s3_bucket}/lake/sales/t3//x.csv", b"v\n2\n")
-    config = tmp_path / "aperio.yaml"
-    config.write_text(f"baseDirectory: s3://{s3_bucket}/lake\nstorage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
-    lake = open_lake(config)
+    lake = _s3_lake(s3, s3_bucket, tmp_path, {"sales/t3/x.csv": b"v\n1\n", "sales/t3//x.csv": b"v\n2\n"})
     (result,) = refresh(lake)
     assert not result.failed_files and result.count("files", "converted") == 2
     assert _rows(connect(lake), "t3") == [(1,), (2,)]
@@ -228,15 +246,7 @@ def test_a_lake_converted_under_the_old_naming_moves_over(lake_case: LakeCase) -
 def test_an_empty_segment_below_the_schema_is_refused_not_merged(s3, s3_bucket: str, tmp_path) -> None:
     """sales/x.csv and sales//x.csv: the second has no table name (its folder is ''): it is ignored
     with the reason; before, both became table x_csv, converted onto one target (one file's rows lost)."""
-    from aperio_assets.lake import open_lake
-    from aperio_assets.storage import S3Storage
-
-    storage = S3Storage(s3.settings())
-    storage.write_bytes(f"s3://{s3_bucket}/lake/sales/x.csv", b"v\n1\n")
-    storage.write_bytes(f"s3://{s3_bucket}/lake/sales//x.csv", b"v\n2\n")
-    config = tmp_path / "aperio.yaml"
-    config.write_text(f"baseDirectory: s3://{s3_bucket}/lake\nstorage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
-    lake = open_lake(config)
+    lake = _s3_lake(s3, s3_bucket, tmp_path, {"sales/x.csv": b"v\n1\n", "sales//x.csv": b"v\n2\n"})
     (result,) = refresh(lake)
     assert not result.failed_files and result.count("files", "converted") == 1
     assert list(result.ignored_reasons) == [f"s3://{s3_bucket}/lake/sales//x.csv"]
@@ -369,16 +379,7 @@ def test_a_local_name_the_filesystem_refuses_fails_that_file_alone(tmp_path) -> 
 def test_glob_characters_in_the_lake_directory_match_only_it(lake_case: LakeCase, tmp_path, folder: str) -> None:
     """The aperio directory is part of every view's pattern: its glob characters are escaped, so a view
     never reads a sibling directory the unescaped pattern would match (here `lake`, with a decoy)."""
-    from aperio_assets.lake import open_lake
-
-    base = lake_case.base.rsplit("/", 1)[0] + "/" + folder
-    config = tmp_path / "glob.yaml"
-    text = Path(lake_case.config_path).read_text()
-    config.write_text(text.replace(f"baseDirectory: {lake_case.base}", f"baseDirectory: '{base}'")
-                      .replace("baseDirectory: lake", f"baseDirectory: '{base}'"))
-    if lake_case.kind == "local":
-        os.makedirs(base)
-    lake = open_lake(config)
+    lake = _moved_lake(lake_case, tmp_path, lake_case.base.rsplit("/", 1)[0] + "/" + folder)
     decoy = parquet_bytes(pl.DataFrame({"v": [99]}))
     sibling = lake_case.base.rsplit("/", 1)[0] + "/lake"
     for path in ("sales/tables/t/k=1/decoy.parquet", "sales/tables/u/decoy.parquet"):
@@ -471,16 +472,7 @@ def test_files_with_different_partition_keys_all_show(lake_case: LakeCase) -> No
 def test_partition_like_folders_above_the_tables_add_no_column(lake_case: LakeCase, tmp_path) -> None:
     """A lake kept under a `k=v` folder (`/data/env=prod/`), or a table folder named `a=b`, adds no
     column to any view: only the table's own partition folders are columns."""
-    from aperio_assets.lake import open_lake
-
-    base = lake_case.base.rsplit("/", 1)[0] + "/env=prod/lake"
-    config = tmp_path / "kv.yaml"
-    text = Path(lake_case.config_path).read_text()
-    config.write_text(text.replace(f"baseDirectory: {lake_case.base}", f"baseDirectory: '{base}'")
-                      .replace("baseDirectory: lake", f"baseDirectory: '{base}'"))
-    if lake_case.kind == "local":
-        os.makedirs(base)
-    lake = open_lake(config)
+    lake = _moved_lake(lake_case, tmp_path, lake_case.base.rsplit("/", 1)[0] + "/env=prod/lake")
     put(lake, "sales/t/k=1/a.csv", b"v\n1\n")
     put(lake, "sales/u.csv", b"v\n2\n")
     put(lake, "sales/p.parquet", parquet_bytes(pl.DataFrame({"v": [3]})))
