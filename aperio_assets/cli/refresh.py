@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -15,7 +16,16 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     parser = commands.add_parser("refresh", parents=[parent],
                                  help="convert new or changed raw files and process changed partitions")
     parser.add_argument("--schema", metavar="S", help="only this schema (default: all)")
+    parser.add_argument("--workers", metavar="N", type=_positive, default=os.cpu_count() or 1,
+                        help="convert in N processes (default: the number of cores, %(default)s here)")
     parser.set_defaults(handler=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task("refreshing…", total=None)
-            results = refresh(lake, args.schema, lambda message: bar.update(task, description=message))
+            results = refresh(lake, args.schema, lambda message: bar.update(task, description=message),
+                              workers=args.workers)
     else:
-        results = refresh(lake, args.schema)
+        results = refresh(lake, args.schema, workers=args.workers)
     failures = [(r.schema, f) for r in results for f in r.failed_files]
     if args.json:
         print_json([r.summary() for r in results])

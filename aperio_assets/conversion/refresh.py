@@ -27,7 +27,7 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,11 @@ class SchemaRefresh:
                 log.warning("%s: ignored %s: %s", self.schema.name, path, reason)
         return self._discovery
 
+    def use_discovery(self, discovery: Discovery) -> None:
+        """Work from a listing made elsewhere (a worker gets its parent's) instead of listing again."""
+        self._discovery = discovery
+        self.result.tables = len(discovery.tables)
+
     # -- locations -------------------------------------------------------------------------------
     def named_target(self, table: RawTable, raw: RawFile) -> str:
         """The target :mod:`~aperio_assets.conversion.naming` gives this file (the raw path itself
@@ -229,7 +234,12 @@ class SchemaRefresh:
                 finally:
                     local_target.unlink(missing_ok=True)
         except ConversionError as exc:
-            row.update(error=str(exc), target_path=None)
+            # A downloaded copy has a made-up name: the message names the raw file (and stays the
+            # same from one refresh to the next, so the batch's mark does not change for nothing).
+            message = str(exc)
+            if downloaded and local_source:
+                message = message.replace(Path(local_source).name, raw.path.rsplit("/", 1)[-1])
+            row.update(error=message, target_path=None)
             return row, None
         except FileNotFoundError:
             row.update(error="the file disappeared during the refresh", target_path=None)
@@ -262,56 +272,85 @@ class SchemaRefresh:
         """Convert every new or changed raw file, forget removed ones (deleting their outputs), and
         hand the lineage changes to ``sink`` in groups. ``lineage`` (source path → row, the current
         lineage) is updated in place."""
+        gone, todo = self.plan(lineage)
+        removed = self.forget(gone, lineage)
+        replaced = self.convert(todo, lineage, sink, removed)
+        self.delete_replaced(replaced, lineage)
+
+    def plan(self, lineage: dict[str, Row]) -> tuple[list[Row], list[tuple[RawTable, RawFile]]]:
+        """The lineage rows of raw files that are gone, and the files to convert: new, changed,
+        failed before (tried again until they convert), converted under another name (moved to
+        their own, injective one), or whose converted file is gone. The rest are recorded skipped."""
         discovery = self.discovery
         present = {f.path for t in discovery.tables for f in t.files}
         root = self.schema.directory.rstrip("/") + "/"
         gone = [row for path, row in lineage.items() if path.startswith(root) and path not in present]
+        todo: list[tuple[RawTable, RawFile]] = []
+        stored: set[str] | None = None  # the converted files there are (one listing, when first needed)
+        for table in discovery.tables:
+            for raw in table.files:
+                previous = lineage.get(raw.path)
+                if unchanged(raw, previous) and not previous.get("error") \
+                        and previous.get("target_path") == self.target_path(table, raw):
+                    if stored is None and self._owned(previous["target_path"]):
+                        stored = {i.path for i in self.storage.list(self.tables_root, recursive=True)}
+                    if not self._owned(previous["target_path"]) or previous["target_path"] in stored:
+                        self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
+                        continue
+                todo.append((table, raw))
+        return gone, todo
+
+    def forget(self, gone: list[Row], lineage: dict[str, Row]) -> list[str]:
+        """Delete the outputs of raw files that are gone and drop them from ``lineage``; returns
+        their source paths (the lineage rows to delete)."""
         for row in gone:
             if self._owned(row.get("target_path")):
                 self.storage.delete(row["target_path"])
             self.result.files.append(FileOutcome(row.get("table_name") or "?", row["source_path"], "removed"))
             del lineage[row["source_path"]]
+        return [row["source_path"] for row in gone]
+
+    def convert(self, todo: Sequence[tuple[RawTable, RawFile]], lineage: dict[str, Row], sink: LineageSink,
+                removed: Sequence[str] = ()) -> set[str]:
+        """Convert ``todo``, recording each file's lineage row in ``lineage`` and handing rows (and
+        ``removed``) to ``sink`` in groups; returns the earlier targets that new ones replaced."""
         pending: list[Row] = []
-        removed = [row["source_path"] for row in gone]
-        replaced: set[str] = set()  # targets of earlier conversions that a new target replaced
-        stored: set[str] | None = None  # the converted files there are (one listing, when first needed)
+        gone = list(removed)
+        replaced: set[str] = set()
         with tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp:
-            for table in discovery.tables:
-                for raw in table.files:
-                    previous = lineage.get(raw.path)
-                    if unchanged(raw, previous) and not previous.get("error") \
-                            and previous.get("target_path") == self.target_path(table, raw):
-                        if stored is None and self._owned(previous["target_path"]):
-                            stored = {i.path for i in self.storage.list(self.tables_root, recursive=True)}
-                        if not self._owned(previous["target_path"]) or previous["target_path"] in stored:
-                            self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
-                            continue
-                    # New, changed, failed before (tried again until it converts), converted under
-                    # another name (moved to its own, injective one), or its converted file is gone.
-                    self.progress(f"{self.schema.name}.{table.name}: {raw.relative}")
-                    row, _ = self._convert(table, raw, Path(tmp))
-                    if previous is not None and previous.get("target_path") not in (None, row["target_path"]):
-                        replaced.add(previous["target_path"])
-                    lineage[raw.path] = row
-                    pending.append(row)
-                    self.result.files.append(FileOutcome(table.name, raw.path, "failed" if row["error"] else
-                                                         "converted", row["row_count"], row["error"]))
-                    if len(pending) >= FLUSH_EVERY_FILES:
-                        sink(pending, removed)
-                        pending, removed = [], []
-        if pending or removed:
-            sink(pending, removed)
-        # An old target goes once no lineage row refers to it (under the old naming two raw files
-        # could share one; both are moved before it is deleted).
+            for table, raw in todo:
+                previous = lineage.get(raw.path)
+                self.progress(f"{self.schema.name}.{table.name}: {raw.relative}")
+                row, _ = self._convert(table, raw, Path(tmp))
+                if previous is not None and previous.get("target_path") not in (None, row["target_path"]):
+                    replaced.add(previous["target_path"])
+                lineage[raw.path] = row
+                pending.append(row)
+                self.result.files.append(FileOutcome(table.name, raw.path, "failed" if row["error"] else
+                                                     "converted", row["row_count"], row["error"]))
+                if len(pending) >= FLUSH_EVERY_FILES:
+                    sink(pending, gone)
+                    pending, gone = [], []
+        if pending or gone:
+            sink(pending, gone)
+        return replaced
+
+    def delete_replaced(self, replaced: set[str], lineage: dict[str, Row]) -> None:
+        """An old target goes once no lineage row refers to it (under the old naming two raw files
+        could share one; both are moved before it is deleted)."""
         referenced = {row.get("target_path") for row in lineage.values()}
         for target in sorted(replaced - referenced):
             if self._owned(target):
                 self.storage.delete(target)
 
     # -- step 2: partition status ----------------------------------------------------------------
-    def process_batches(self, lineage: dict[str, Row], status: Sequence[Row]) -> tuple[list[Row], list[Key]]:
+    def process_batches(self, lineage: dict[str, Row], status: Sequence[Row], *,
+                        only: Collection[Key] | None = None,
+                        exclude: Collection[Key] = ()) -> tuple[list[Row], list[Key]]:
         """The status rows to write (one per batch that changed) and the ``(alternate, key)`` pairs
-        to delete (batches aperio marked whose files are all gone). Writes nothing."""
+        to delete (batches aperio marked whose files are all gone). Writes nothing. ``only``: look
+        at these ``(table, batch)`` keys alone, and delete nothing; ``exclude``: leave these out
+        (another worker marked them)."""
         current = {(r["alternate_name"], r["incremental_key_values"]): r for r in status}
         stamp = now_ms()
         marks: list[Row] = []
@@ -319,6 +358,8 @@ class SchemaRefresh:
         for table in self.discovery.tables:
             for batch, files in table.batches().items():
                 live.add((table.name, batch))
+                if (only is not None and (table.name, batch) not in only) or (table.name, batch) in exclude:
+                    continue
                 rows = [lineage.get(f.path) for f in files]
                 if not all(unchanged(f, r) for f, r in zip(files, rows, strict=True)):
                     # changed since its conversion (or not converted yet): the next refresh takes it
@@ -337,8 +378,9 @@ class SchemaRefresh:
                 marks.append(mark)
                 self.result.batches.append(BatchOutcome(table.name, batch, "failed" if errors else "processed",
                                                         mark["row_count"], errors or None))
-        deletes = [key for key, row in current.items()
-                   if key not in live and row.get("phase") == REFRESH_PHASE and row.get("source_table") == key[0]]
+        deletes = [] if only is not None else [
+            key for key, row in current.items()
+            if key not in live and row.get("phase") == REFRESH_PHASE and row.get("source_table") == key[0]]
         self.result.batches.extend(BatchOutcome(alternate, batch, "removed") for alternate, batch in deletes)
         return marks, deletes
 
@@ -406,22 +448,42 @@ def _outdated(previous: Row, mark: Row, lineage_rows: list[Row | None]) -> bool:
     return any((r or {}).get("converted_at", 0) > (previous.get("processed_at") or 0) for r in lineage_rows)
 
 
-def refresh_schema(lake: Lake, schema: SchemaConfig, progress: Progress | None = None) -> RefreshResult:
-    """The three steps in one call, each writing its state before the next reads it."""
+def refresh_schema(lake: Lake, schema: SchemaConfig, progress: Progress | None = None,
+                   workers: int = 1) -> RefreshResult:
+    """The three steps in one call, each writing its state before the next reads it. With
+    ``workers`` > 1 (shared mode), the files to convert are shared out to that many processes, each
+    recording its own lineage and marking the batches it converted whole
+    (:mod:`~aperio_assets.conversion.parallel`)."""
     run = SchemaRefresh(lake, schema, progress)
     conversions = open_state(lake, schema.name, layout.CONVERSIONS)
     lineage = {r["source_path"]: r for r in conversions.rows()}
-    run.convert_files(lineage, lambda rows, removed: conversions.apply(rows, [(p,) for p in removed]))
+
+    def sink(rows: list[Row], removed: list[str]) -> None:
+        conversions.apply(rows, [(p,) for p in removed])
+
+    marked: set[Key] = set()
+    if workers > 1 and schema.state_storage == "shared":
+        from aperio_assets.conversion.parallel import convert_in_workers
+
+        gone, todo = run.plan(lineage)
+        removed = run.forget(gone, lineage)
+        if removed:
+            sink([], removed)
+        replaced, marked = convert_in_workers(run, todo, lineage, sink, workers)
+        run.delete_replaced(replaced, lineage)
+    else:
+        run.convert_files(lineage, sink)
     status = open_state(lake, schema.name, layout.PARTITION_STATUS)
-    marks, deletes = run.process_batches(lineage, status.rows())
+    marks, deletes = run.process_batches(lineage, status.rows(), exclude=marked)
     status.apply(marks, deletes)
     run.write_model(lineage)
     return run.result
 
 
-def refresh(lake: Lake, schema: str | None = None, progress: Progress | None = None) -> list[RefreshResult]:
+def refresh(lake: Lake, schema: str | None = None, progress: Progress | None = None,
+            workers: int = 1) -> list[RefreshResult]:
     """Refresh every schema (or one), then the view definitions: the library call behind
     `aperio refresh`; the Dagster assets run the same steps one by one."""
-    results = [refresh_schema(lake, s, progress) for s in lake.select_schemas(schema)]
+    results = [refresh_schema(lake, s, progress, workers) for s in lake.select_schemas(schema)]
     ViewStore(lake).rebuild()
     return results

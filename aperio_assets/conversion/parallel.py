@@ -1,0 +1,113 @@
+"""A schema's conversions shared out to worker processes (``aperio refresh --workers N``).
+
+The parent lists the schema once and decides what to convert (:meth:`SchemaRefresh.plan`); each
+worker gets its share of those files, with the listing, converts them, records their lineage in its
+own state files (the state protocol lets any number of writers add rows at once, none waiting for
+another) and marks the batches whose every file was in its share. The parent then marks the rest,
+deletes what is gone and writes the model, as a one-process refresh does: the state is the same.
+
+Shares keep a batch's files together where they can (its mark is then written by the worker that
+converted it) and are balanced by bytes, largest batch first; a batch larger than a fair share is
+split by file. Workers are spawned, not forked: the parent may hold threads (DuckDB, the S3 event
+loop) that a fork would copy mid-flight. A worker costs a process start (about a second, imports
+included), so a refresh with fewer than ``MIN_FILES_PER_WORKER`` files per worker uses fewer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from aperio_assets import layout
+from aperio_assets.config import AperioConfig, SchemaConfig
+from aperio_assets.conversion.discovery import Discovery, RawFile, RawTable
+from aperio_assets.conversion.refresh import BatchOutcome, FileOutcome, Key, LineageSink, SchemaRefresh
+from aperio_assets.lake import Lake
+from aperio_assets.state.access import open_state
+from aperio_assets.state.lineage import Row
+
+MIN_FILES_PER_WORKER = 8
+FILE_COST_BYTES = 256 * 1024  # what a file costs beyond its bytes (requests, a Parquet write), for balancing
+
+
+@dataclass
+class ShareResult:
+    rows: dict[str, Row]  # source path → the lineage row the worker recorded
+    files: list[FileOutcome]
+    batches: list[BatchOutcome]
+    replaced: set[str]
+    marked: set[Key]
+
+
+def shares(todo: Sequence[tuple[RawTable, RawFile]], workers: int) -> list[list[str]]:
+    """``todo``'s source paths in at most ``workers`` shares (see the module's docstring)."""
+    count = min(workers, len(todo) // MIN_FILES_PER_WORKER)
+    if count <= 1:
+        return [[raw.path for _, raw in todo]] if todo else []
+    by_batch: dict[Key, list[RawFile]] = defaultdict(list)
+    for table, raw in todo:
+        by_batch[(table.name, raw.batch)].append(raw)
+
+    def cost(files: Sequence[RawFile]) -> int:
+        return sum(f.info.size + FILE_COST_BYTES for f in files)
+
+    fair = cost([raw for _, raw in todo]) / count
+    units: list[list[RawFile]] = []
+    for files in by_batch.values():
+        units.extend([[f] for f in files] if cost(files) > fair and len(files) > 1 else [files])
+    units.sort(key=cost, reverse=True)
+    loads = [0] * count
+    out: list[list[str]] = [[] for _ in range(count)]
+    for unit in units:  # largest first, each to the least loaded share
+        least = loads.index(min(loads))
+        out[least].extend(f.path for f in unit)
+        loads[least] += cost(unit)
+    return [share for share in out if share]
+
+
+def convert_in_workers(run: SchemaRefresh, todo: Sequence[tuple[RawTable, RawFile]], lineage: dict[str, Row],
+                       sink: LineageSink, workers: int) -> tuple[set[str], set[Key]]:
+    """Convert ``todo`` in worker processes; ``lineage`` and ``run.result`` are updated as if the
+    parent had converted them. Returns the replaced targets and the batches the workers marked."""
+    parts = shares(todo, workers)
+    if len(parts) <= 1:
+        return run.convert(todo, lineage, sink), set()
+    discovery = run.discovery
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(parts), mp_context=context) as pool:
+        futures = [pool.submit(convert_share, run.lake.config, run.schema, discovery, part,
+                               {p: lineage[p] for p in part if p in lineage}) for part in parts]
+        results = [f.result() for f in futures]  # a worker's error is raised here, after all finished
+    replaced: set[str] = set()
+    marked: set[Key] = set()
+    for result in results:
+        lineage.update(result.rows)
+        run.result.files.extend(result.files)
+        run.result.batches.extend(result.batches)
+        replaced |= result.replaced
+        marked |= result.marked
+    return replaced, marked
+
+
+def convert_share(config: AperioConfig, schema: SchemaConfig, discovery: Discovery, share: list[str],
+                  previous: dict[str, Row]) -> ShareResult:
+    """One worker: convert the files of ``share``, record their lineage, and mark the batches
+    whose every file is in it."""
+    lake = Lake(config)
+    run = SchemaRefresh(lake, schema)
+    run.use_discovery(discovery)
+    wanted = set(share)
+    todo = [(table, raw) for table in discovery.tables for raw in table.files if raw.path in wanted]
+    lineage = dict(previous)
+    conversions = open_state(lake, schema.name, layout.CONVERSIONS)
+    replaced = run.convert(todo, lineage, lambda rows, removed: conversions.apply(rows, [(p,) for p in removed]))
+    whole = {(table.name, batch) for table in discovery.tables for batch, files in table.batches().items()
+             if all(f.path in wanted for f in files)}
+    status = open_state(lake, schema.name, layout.PARTITION_STATUS)
+    marks, _ = run.process_batches(lineage, status.rows(), only=whole)
+    if marks:
+        status.apply(marks, [])
+    return ShareResult({p: lineage[p] for p in wanted}, run.result.files, run.result.batches, replaced, whole)
