@@ -26,13 +26,14 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
-# The main job, through the Dagster CLI on the instance in $(DAGSTER_HOME): migrate the demo's legacy
-# state, then aperio_refresh_job (convert raw files, lineage, partition status, models, views and
-# the state checks); then show the state and query the catalog.
+# The main job, as Dagster runs on the instance in $(DAGSTER_HOME): migrate the demo's legacy state
+# (Dagster CLI), then the refresh: every batch registered as a partition and converted and marked
+# in batch runs, two at a time, then aperio_catalog_job (models, views, state checks); then show the
+# state and query the catalog.
 DAGSTER_JOB := PYTHONWARNINGS=ignore $(BIN)/dagster job execute -m aperio_assets.definitions -c run-config.yaml
 run: $(VENV)/.installed $(DEMO_DIR)/aperio.yaml $(DAGSTER_HOME)/dagster.yaml
 	$(DAGSTER_JOB) -j migrate_legacy_state_job
-	$(DAGSTER_JOB) -j aperio_refresh_job
+	PYTHONWARNINGS=ignore $(BIN)/python -m aperio_assets.defs.launch --workers 2
 	$(BIN)/aperio --config $(APERIO_CONFIG) status
 	$(BIN)/aperio --config $(APERIO_CONFIG) sql "SELECT a.name AS airline, count(*) AS flights, \
 	  round(avg(f.dep_delay), 1) AS avg_dep_delay FROM flights.flights f JOIN reference.airlines a USING (carrier) \

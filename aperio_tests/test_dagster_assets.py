@@ -1,6 +1,7 @@
-"""The state assets, their checks, the IO manager and ``aperio_refresh_job``, tested the Dagster way:
-``validate_loadable``, ``materialize`` with ``instance_for_test`` in both modes and on the loopback
-S3, and the Dagster CLI in a subprocess."""
+"""The state assets (lineage and status partitioned by batch), their checks, the IO manager and the
+refresh as Dagster runs, tested the Dagster way: ``validate_loadable``, runs executed on
+``instance_for_test`` in both modes and on the loopback S3, partition status read from the
+instance, and the launcher and ``dg`` in subprocesses."""
 
 # (No ``from __future__ import annotations``: Dagster reads the test assets' annotations at runtime.)
 import os
@@ -19,7 +20,10 @@ from aperio_assets.catalog.views import ViewStore
 from aperio_assets.definitions import build_defs
 from aperio_assets.defs.assets import STATE_IO_MANAGER
 from aperio_assets.defs.io_managers import SharedParquetIOManager, state_table_metadata
+from aperio_assets.defs.launch import refresh_with_runs
+from aperio_assets.defs.partitions import batches_partitions
 from aperio_assets.defs.resources import AperioResource
+from aperio_assets.defs.sensors import CATALOG_JOB
 from aperio_assets.state import open_lineage, open_tracker
 from aperio_assets.state.access import open_state
 from aperio_tests.conftest import LakeCase
@@ -34,23 +38,44 @@ def lake_defs(config_path: str) -> tuple[dg.Definitions, AperioResource]:
     return build_defs(config_path, aperio), aperio
 
 
-def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """Every asset and check of the definitions, as ``aperio_refresh_job`` runs them."""
-    assets = list(defs.assets or [])
-    result = dg.materialize([*assets, *(defs.asset_checks or [])], instance=instance,
-                            resources=dict(defs.resources or {}))
-    assert result.success
-    return result
+Results = list[dg.ExecuteInProcessResult]
 
 
-def metadata(result: dg.ExecuteInProcessResult, key: str) -> dict[str, Any]:
-    (event,) = [e for e in result.get_asset_materialization_events()
-                if e.materialization.asset_key.to_user_string() == key]
-    return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+def refresh_all(config_path: str, instance: dg.DagsterInstance, *, expect_success: bool = True) -> Results:
+    """The lake's refresh as runs: the changed batches' runs, then ``aperio_catalog_job``."""
+    launched = refresh_with_runs(config_path, workers=1, instance=instance)
+    if expect_success:
+        assert launched.failed == [], launched.runs
+    return launched.results
 
 
-def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
-    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed for e in result.get_asset_check_evaluations()}
+def batch_runs(results: Results) -> list[dg.ExecuteInProcessResult]:
+    return [r for r in results if r.job_def.name != CATALOG_JOB]
+
+
+def metadata(results: Results, key: str) -> dict[str, Any]:
+    """The metadata of ``key``'s materialization in these runs (a partitioned asset's run reports
+    the same metadata for each of its partitions)."""
+    events = [e for r in results for e in r.get_asset_materialization_events()
+              if e.materialization.asset_key.to_user_string() == key]
+    assert events, f"{key} was not materialized"
+    return {k: getattr(v, "value", v) for k, v in events[-1].materialization.metadata.items()}
+
+
+def checks(results: Results) -> dict[str, bool]:
+    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
+            for r in results for e in r.get_asset_check_evaluations()}
+
+
+def catalog_run(defs: dg.Definitions, instance: dg.DagsterInstance) -> Results:
+    return [defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance, raise_on_error=False)]
+
+
+def partition_states(instance: dg.DagsterInstance, schema: str) -> dict[str, str]:
+    partitions = batches_partitions(schema)
+    keys = instance.get_dynamic_partitions(partitions.name)
+    status = instance.get_status_by_partition(dg.AssetKey([schema, "partition_status"]), keys, partitions)
+    return {k: v.value for k, v in (status or {}).items()}
 
 
 def set_mode(config_path: str, mode: str) -> None:
@@ -74,10 +99,20 @@ def test_definitions_are_generated_from_the_config(tmp_path: Path) -> None:
         dg.AssetKey([s, "generated_model"]) for s in ("sales", "ref")}
     check_keys = {f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys}
     assert check_keys == {"aperio/catalog_views:views_resolve", "aperio/catalog_views:state_health"} | {
-        f"{s}/{a}:state_health" for s in ("sales", "ref") for a in ("conversion_lineage", "partition_status")} | {
-        f"{s}/conversion_lineage:conversions_succeed" for s in ("sales", "ref")}
-    job = defs.resolve_job_def("aperio_refresh_job")
-    assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == keys
+        f"{s}/generated_model:{c}" for s in ("sales", "ref")
+        for c in ("lineage_state_health", "status_state_health", "conversions_succeed")}
+    # lineage and status are partitioned by the schema's batches; the model and the views are not
+    for schema in ("sales", "ref"):
+        for asset in ("conversion_lineage", "partition_status"):
+            assert graph.get(dg.AssetKey([schema, asset])).partitions_def == batches_partitions(schema)
+        assert graph.get(dg.AssetKey([schema, "generated_model"])).partitions_def is None
+        job = defs.resolve_job_def(f"{schema}_batches_job")
+        assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
+            f"{schema}/conversion_lineage", f"{schema}/partition_status"}
+    catalog = defs.resolve_job_def(CATALOG_JOB)
+    assert {k.to_user_string() for k in catalog.asset_layer.selected_asset_keys} == {
+        "sales/generated_model", "ref/generated_model", "aperio/catalog_views"}
+    assert {s.name for s in defs.sensors} == {"legacy_state_sensor", "lake_change_sensor", "aperio_automation_sensor"}
     assert isinstance(defs.resources[STATE_IO_MANAGER], SharedParquetIOManager)
 
 
@@ -87,7 +122,7 @@ def test_without_a_config_file_the_location_loads_maintenance_only(tmp_path: Pat
         dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"aperio/catalog_views"}
-    assert {j.name for j in defs.jobs} >= {"aperio_refresh_job", "migrate_legacy_state_job", "compact_state_job"}
+    assert {j.name for j in defs.jobs} >= {CATALOG_JOB, "migrate_legacy_state_job", "compact_state_job"}
 
 
 @pytest.mark.parametrize("mode", ["shared", "local"])
@@ -95,9 +130,9 @@ def test_materialize_refreshes_the_lake(lake_case: LakeCase, mode: str) -> None:
     set_mode(lake_case.config_path, mode)
     lake = lake_case.lake()
     seed(lake)
-    defs, _ = lake_defs(lake_case.config_path)
     with dg.instance_for_test() as instance:
-        first = materialize_all(defs, instance)
+        first = refresh_all(lake_case.config_path, instance)
+        assert len(batch_runs(first)) == 1  # the schema's 9 batches are one range: one run
         lineage_meta = metadata(first, "sales/conversion_lineage")
         # 9 raw files of the seed plus the fixture's orders.csv; none fails
         assert (lineage_meta["files converted"], lineage_meta["files failed"], lineage_meta["files skipped"]) == (
@@ -130,23 +165,27 @@ def test_materialize_refreshes_the_lake(lake_case: LakeCase, mode: str) -> None:
             assert Path(lake.local_state_path("sales", layout.LEGACY_CONVERSIONS)).exists()
             assert not lake.storage.exists(lake.storage.aperio_path("sales", layout.PARTITION_STATUS))
 
-        # nothing changed: nothing is converted, marked or written
-        again = materialize_all(defs, instance)
-        assert metadata(again, "sales/conversion_lineage")["files converted"] == 0
-        assert metadata(again, "sales/partition_status")["batches processed"] == 0
-        assert metadata(again, "sales/partition_status")["rows written"] == 0
+        assert set(partition_states(instance, "sales").values()) == {"MATERIALIZED"}
+
+        # nothing changed: no batch runs, nothing written
+        again = refresh_all(lake_case.config_path, instance)
+        assert batch_runs(again) == []
         assert metadata(again, "sales/generated_model")["model written"] is False
 
-        # one changed partition, one removed table
+        # one changed partition, one removed table: one run of one batch; the model forgets the other
         put(lake, "sales/orders/year=2024/month=01/part-0.csv", b"id,amount\n1,11\n2,22\n3,33\n")
         lake.lake_storage.delete(lake.lake_storage.join(lake.config.base_directory, "sales/events.jsonl"))
-        third = materialize_all(defs, instance)
+        third = refresh_all(lake_case.config_path, instance)
+        (run,) = batch_runs(third)
+        assert run.dagster_run.tags.get("dagster/partition") == "orders/year=2024/month=01"
         lineage_meta = metadata(third, "sales/conversion_lineage")
-        assert (lineage_meta["files converted"], lineage_meta["files removed"]) == (1, 1)
-        assert (lineage_meta["rows written"], lineage_meta["rows deleted"]) == (1, 1)
+        assert (lineage_meta["files converted"], lineage_meta["rows written"]) == (1, 1)
         status_meta = metadata(third, "sales/partition_status")
-        assert (status_meta["batches processed"], status_meta["batches removed"]) == (1, 1)
+        assert (status_meta["batches processed"], status_meta["rows written"]) == (1, 1)
+        model_meta = metadata(third, "sales/generated_model")
+        assert (model_meta["files removed"], model_meta["batches removed"]) == (1, 1)
         assert metadata(third, "aperio/catalog_views")["views removed"] == 1
+        assert "events" not in instance.get_dynamic_partitions(batches_partitions("sales").name)
     tracker = open_tracker(lake, "sales")
     assert tracker.get_processed_key_values("events") == []
     assert {r["incremental_key_values"]: r["row_count"] for r in tracker.status_rows("orders")}[
@@ -158,21 +197,21 @@ def test_a_failed_file_is_reported_and_the_checks_see_bad_state(lake_case: LakeC
     put(lake, "sales/broken.xlsx", b"not a workbook")
     defs, _ = lake_defs(lake_case.config_path)
     with dg.instance_for_test() as instance:
-        result = materialize_all(defs, instance)
+        result = refresh_all(lake_case.config_path, instance, expect_success=False)
         lineage_meta = metadata(result, "sales/conversion_lineage")
         assert lineage_meta["files failed"] == 1 and "broken.xlsx" in lineage_meta["summary"]
-        assert metadata(result, "sales/partition_status")["batches failed"] == 1
+        # the batch with the bad file is a failed partition; the other is materialized
+        assert partition_states(instance, "sales") == {"broken": "FAILED", "orders": "MATERIALIZED"}
         # a foreign file in a state table, and a view that no longer binds
         status_dir = lake.storage.aperio_path("sales", layout.PARTITION_STATUS)
         lake.storage.write_bytes(lake.storage.join(status_dir, "00000000000000001_x_000001.parquet"), b"junk")
         ViewStore(lake).add("sales", "nowhere", "SELECT * FROM sales.no_such_table")
-        checked = dg.materialize([*defs.assets, *defs.asset_checks], instance=instance,
-                                 resources=dict(defs.resources), raise_on_error=False)
+        checked = catalog_run(defs, instance)
     results = checks(checked)
-    assert results["sales/partition_status:state_health"] is False
+    assert results["sales/generated_model:status_state_health"] is False
     assert results["aperio/catalog_views:views_resolve"] is False
-    assert results["sales/conversion_lineage:state_health"] is True
-    (evaluation,) = [e for e in checked.get_asset_check_evaluations() if e.check_name == "views_resolve"]
+    assert results["sales/generated_model:lineage_state_health"] is True
+    (evaluation,) = [e for r in checked for e in r.get_asset_check_evaluations() if e.check_name == "views_resolve"]
     assert "sales.nowhere" in evaluation.metadata["errors"].value
 
 
@@ -232,8 +271,8 @@ def test_io_manager_rejects_unknown_columns(tmp_path: Path) -> None:
     assert "no column(s) colour" in str(failure.step_failure_data.error)
 
 
-def test_dagster_cli_runs_the_refresh_job(tmp_path: Path) -> None:
-    """`dagster job execute -m aperio_assets.definitions -j aperio_refresh_job` in a fresh DAGSTER_HOME."""
+def test_the_launcher_refreshes_as_runs_in_a_fresh_home(tmp_path: Path) -> None:
+    """`python -m aperio_assets.defs.launch` (what `make run` runs) in a fresh DAGSTER_HOME."""
     (tmp_path / "lake" / "sales").mkdir(parents=True)
     (tmp_path / "lake" / "sales" / "orders.csv").write_text("id,amount\n1,10\n2,20\n")
     (tmp_path / "lake" / "sales" / "regions.json").write_text('[{"code": "N"}]')
@@ -241,7 +280,7 @@ def test_dagster_cli_runs_the_refresh_job(tmp_path: Path) -> None:
     home = dagster_home(tmp_path, "dagster_home")
     done = start_refresh(home, tmp_path / "aperio.yaml")
     output = finish(done)
-    assert "RUN_SUCCESS" in output
+    assert "RUN_SUCCESS" in output and "2 batch(es) registered" in output
     tracker = open_tracker(str(tmp_path / "aperio.yaml"), "sales")
     assert {r["alternate_name"]: r["row_count"] for r in tracker.status_rows("orders")} == {"orders": 2}
     with connect(str(tmp_path / "aperio.yaml")) as con:
@@ -267,15 +306,14 @@ def test_views_resolve_checks_the_files_as_they_are_now(lake_case: LakeCase) -> 
     seed(lake)
     defs, _ = lake_defs(lake_case.config_path)
     with dg.instance_for_test() as instance:
-        first = materialize_all(defs, instance)
+        first = refresh_all(lake_case.config_path, instance)
         assert checks(first)["aperio/catalog_views:views_resolve"] is True
         connect(lake).close()  # the cache is built and will be hit
         tables = lake.storage.aperio_path("sales", layout.TABLES_DIR)
         for info in lake.storage.list(lake.storage.join(tables, "customers"), recursive=True):
             lake.storage.write_bytes(info.path, b"not parquet")  # (a deleted one would be converted again)
-        again = dg.materialize([*defs.assets, *defs.asset_checks], instance=instance,
-                               resources=dict(defs.resources), raise_on_error=False)
-    (evaluation,) = [e for e in again.get_asset_check_evaluations() if e.check_name == "views_resolve"]
+        again = catalog_run(defs, instance)
+    (evaluation,) = [e for r in again for e in r.get_asset_check_evaluations() if e.check_name == "views_resolve"]
     assert evaluation.passed is False
     assert list(evaluation.metadata["errors"].value) == ["sales.customers"]
 
@@ -288,7 +326,7 @@ def test_views_resolve_tries_cached_failures_again(lake_case: LakeCase) -> None:
     defs, _ = lake_defs(lake_case.config_path)
     folder = lake.storage.join(lake.storage.aperio_path("sales", layout.TABLES_DIR), "customers")
     with dg.instance_for_test() as instance:
-        materialize_all(defs, instance)
+        refresh_all(lake_case.config_path, instance)
         saved = {info.path: lake.storage.read_bytes(info.path) for info in lake.storage.list(folder, recursive=True)}
         for path in saved:
             lake.storage.delete(path)
@@ -297,35 +335,40 @@ def test_views_resolve_tries_cached_failures_again(lake_case: LakeCase) -> None:
         assert report.cache == "built" and "No files found" in report.broken["sales.customers"]
         for path, data in saved.items():
             lake.storage.write_bytes(path, data)
-        again = dg.materialize([*defs.assets, *defs.asset_checks], instance=instance,
-                               resources=dict(defs.resources), raise_on_error=False)
-    (evaluation,) = [e for e in again.get_asset_check_evaluations() if e.check_name == "views_resolve"]
+        again = catalog_run(defs, instance)
+    (evaluation,) = [e for r in again for e in r.get_asset_check_evaluations() if e.check_name == "views_resolve"]
     # the files are back: the cached failure binds, so the catalog was bound again and the view is there
     assert evaluation.passed is True and evaluation.metadata["errors"].value == {}
     assert evaluation.metadata["catalog cache"].value == "rebuilt"
 
 
-def test_a_failed_file_is_reported_on_every_run(lake_case: LakeCase) -> None:
-    """An unchanged bad file is tried again, and shown failed, on every run (metadata, the batch, a
-    warning check) until it converts."""
+def test_a_failed_file_is_reported_on_every_run_and_retried_alone(lake_case: LakeCase) -> None:
+    """An unchanged bad file is tried again, and shown failed, on every full refresh (its partition
+    failed, a warning check) until it converts; fixed, its batch is run alone."""
     lake = lake_case.lake()
     put(lake, "sales/broken.json", b"{not json")
-    defs, _ = lake_defs(lake_case.config_path)
     with dg.instance_for_test() as instance:
-        for _ in range(2):
-            result = materialize_all(defs, instance)
+        for attempt in range(2):
+            result = refresh_all(lake_case.config_path, instance, expect_success=False)
             lineage_meta = metadata(result, "sales/conversion_lineage")
             assert lineage_meta["files failed"] == 1 and "broken.json" in lineage_meta["summary"]
-            assert metadata(result, "sales/partition_status")["batches failed"] == 1
-            (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "conversions_succeed"]
+            assert partition_states(instance, "sales") == {"broken": "FAILED", "orders": "MATERIALIZED"}
+            if attempt == 1:  # only the failed batch is run again
+                (run,) = batch_runs(result)
+                assert run.dagster_run.tags.get("dagster/partition") == "broken"
+            (check,) = [e for r in result for e in r.get_asset_check_evaluations()
+                        if e.check_name == "conversions_succeed"]
             assert check.passed is False and check.severity == dg.AssetCheckSeverity.WARN
             (failure,) = check.metadata["failures"].value
             assert failure["file"].endswith("sales/broken.json") and failure["table"] == "broken"
         put(lake, "sales/broken.json", b'[{"a": 1}]')
-        fixed = materialize_all(defs, instance)
+        fixed = refresh_all(lake_case.config_path, instance)
+        assert partition_states(instance, "sales") == {"broken": "MATERIALIZED", "orders": "MATERIALIZED"}
+    (run,) = batch_runs(fixed)
+    assert run.dagster_run.tags.get("dagster/partition") == "broken"
     lineage_meta = metadata(fixed, "sales/conversion_lineage")
     assert (lineage_meta["files converted"], lineage_meta["files failed"]) == (1, 0)
-    assert checks(fixed)["sales/conversion_lineage:conversions_succeed"] is True
+    assert checks(fixed)["sales/generated_model:conversions_succeed"] is True
     assert metadata(fixed, "sales/partition_status")["batches processed"] == 1
 
 
@@ -351,16 +394,20 @@ def test_lineage_is_recorded_as_the_step_converts(lake_case: LakeCase, monkeypat
 
     monkeypatch.setattr(refresh_module.SchemaRefresh, "_convert", dies_on_the_fifth)
     defs, _ = lake_defs(lake_case.config_path)
+    job = defs.resolve_job_def("sales_batches_job")
+    keys = ["orders", *(f"t{i}" for i in range(6))]
+    tags = {"dagster/asset_partition_range_start": "orders", "dagster/asset_partition_range_end": "t5"}
     with dg.instance_for_test() as instance:
-        failed = dg.materialize(list(defs.assets), instance=instance, resources=dict(defs.resources),
-                                raise_on_error=False, selection="sales/conversion_lineage")
+        instance.add_dynamic_partitions(batches_partitions("sales").name, keys)
+        failed = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False,
+                                        asset_selection=[dg.AssetKey(["sales", "conversion_lineage"])])
         assert not failed.success
         recorded = open_lineage(lake, "sales").records()
         assert sorted(recorded) == sorted(calls[:4])  # two groups of two, recorded before the failure
         monkeypatch.setattr(refresh_module.SchemaRefresh, "_convert", original)
-        result = dg.materialize(list(defs.assets), instance=instance, resources=dict(defs.resources),
-                                selection="sales/conversion_lineage")
-    lineage_meta = metadata(result, "sales/conversion_lineage")
+        result = job.execute_in_process(instance=instance, tags=tags,
+                                        asset_selection=[dg.AssetKey(["sales", "conversion_lineage"])])
+    lineage_meta = metadata([result], "sales/conversion_lineage")
     assert (lineage_meta["files converted"], lineage_meta["files skipped"]) == (3, 4)
     assert lineage_meta["rows written"] == 3 and lineage_meta["dagster/row_count"] == 7
     # (shared mode) the first run wrote two groups; this one two more (2 + 1), the IO manager none

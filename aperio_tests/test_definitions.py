@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import dagster as dg
@@ -14,14 +15,17 @@ def test_definitions_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     (tmp_path / "lake" / "sales").mkdir(parents=True)
     (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
     monkeypatch.setenv("APERIO_CONFIG", str(tmp_path / "aperio.yaml"))
-    from aperio_assets.definitions import defs
+    import aperio_assets.definitions as module
 
+    # loaded again under this test's configuration (an earlier import may have seen another)
+    defs = importlib.reload(module).defs
     with dg.instance_for_test():  # a fresh instance: an earlier test's may be gone
         dg.Definitions.validate_loadable(defs)
     assert "aperio" in defs.resources
-    assert {j.name for j in defs.jobs} == {"aperio_refresh_job", "migrate_legacy_state_job", "compact_state_job",
-                                           "rebuild_views_job"}
-    assert [s.name for s in defs.sensors] == ["legacy_state_sensor"]
+    assert {j.name for j in defs.jobs} == {"sales_batches_job", "aperio_catalog_job", "migrate_legacy_state_job",
+                                           "compact_state_job", "rebuild_views_job"}
+    assert {s.name for s in defs.sensors} == {"legacy_state_sensor", "lake_change_sensor",
+                                              "aperio_automation_sensor"}
     assert {s.name for s in defs.schedules} == {"compact_state_schedule", "rebuild_views_schedule"}
 
 

@@ -25,6 +25,18 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
                              "plotted into PNG")
     parser.add_argument("--marks", type=int, default=100, metavar="N",
                         help="marks per writer for --throughput (default: 100)")
+    parser.add_argument("--scale-out", metavar="PNG",
+                        help="instead: seconds of a full first refresh with 1, 2, 4, 8 workers, on local disk and "
+                             "on the loopback S3 with an injected per-request latency, plotted into PNG")
+    parser.add_argument("--batches", type=int, default=1000, metavar="N",
+                        help="batches (one small CSV each) in the --scale-out lake (default: 1000)")
+    parser.add_argument("--worker-counts", default="1,2,4,8", metavar="LIST",
+                        help="worker counts for --scale-out, including 1 (default: 1,2,4,8)")
+    parser.add_argument("--modes", default="cli,dagster", metavar="LIST",
+                        help="--scale-out modes: cli (refresh(lake, workers=N)) and/or dagster (refresh_with_runs) "
+                             "(default: cli,dagster)")
+    parser.add_argument("--s3-latency", type=float, default=20.0, metavar="MS",
+                        help="--scale-out: delay added to every S3 request, in ms (default: 20)")
     parser.set_defaults(handler=run)
 
 
@@ -49,11 +61,71 @@ def run_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace, option: str, text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        args.parser.error(f"{option} must name at least one value")
+    return items
+
+
+def run_scale_out(args: argparse.Namespace) -> int:
+    from aperio_assets.bench.scaleout import MODES, STORAGES, measure_scale_out, plot
+
+    try:
+        counts = sorted({int(w) for w in _list(args, "--worker-counts", args.worker_counts)})
+    except ValueError:
+        args.parser.error("--worker-counts must be a comma-separated list of numbers, e.g. 1,2,4,8")
+    if counts[0] < 1 or 1 not in counts:
+        args.parser.error("--worker-counts must be positive and include 1 (the speed-up's reference)")
+    modes = list(dict.fromkeys(_list(args, "--modes", args.modes)))
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        args.parser.error(f"--modes: unknown mode(s) {', '.join(unknown)} (one of {', '.join(MODES)})")
+    if args.batches < 1:
+        args.parser.error("--batches must be at least 1")
+    if args.s3_latency < 0:
+        args.parser.error("--s3-latency must not be negative")
+    storages = list(dict.fromkeys(args.storage)) if args.storage else list(STORAGES)
+    measure = dict(batches=args.batches, worker_counts=counts, storages=storages, modes=modes,
+                   s3_latency_ms=args.s3_latency)
+    if args.json or not sys.stderr.isatty():
+        rows = measure_scale_out(**measure)
+    else:
+        with console.status("measuring scale-out…") as status:
+            rows = measure_scale_out(**measure, progress=lambda message: status.update(f"scale-out: {message}"))
+    plot(rows, args.scale_out, f"aperio: full first refresh over workers ({platform.node()}, {os.cpu_count()} "
+                               f"cores, {args.batches:,} batches, S3 latency {args.s3_latency:g} ms)")
+    measured_wrong = any(r.same_state is False for r in rows)
+    if args.json:
+        print_json([r.to_dict() for r in rows])
+        return 1 if measured_wrong else 0
+    table = Table(title=f"full first refresh over workers ({args.batches:,} batches, S3 latency "
+                        f"{args.s3_latency:g} ms; plot: {args.scale_out})")
+    for column in ("storage", "mode", "workers", "seconds", "speed-up", "files", "batches", "same state",
+                   "S3 requests", "note"):
+        table.add_column(column, justify="left" if column in ("storage", "mode", "note") else "right")
+
+    def shown(value: object, fmt: str = "{}") -> str:
+        return "—" if value is None else fmt.format(value)
+
+    for r in rows:
+        same = shown(r.same_state) if r.same_state is not False else "[bold red]False[/]"
+        table.add_row(r.storage, r.mode, shown(r.workers), shown(r.seconds, "{:.2f}"), shown(r.speedup, "{:.2f}x"),
+                      shown(r.files, "{:,}"), shown(r.batches, "{:,}"), same, shown(r.requests, "{:,}"),
+                      r.note or "")
+    console.print(table)
+    if measured_wrong:
+        print("aperio: bench: a run did not leave the 1-worker state (see same state / note)", file=sys.stderr)
+    return 1 if measured_wrong else 0
+
+
 def run(args: argparse.Namespace) -> int:
     from aperio_assets.bench.suite import STORAGES, run_bench
 
     if args.throughput:
         return run_throughput(args)
+    if args.scale_out:
+        return run_scale_out(args)
     if args.repetitions is not None and args.repetitions < 1:
         args.parser.error("--repetitions must be at least 1")
     storages = tuple(args.storage) if args.storage else STORAGES

@@ -354,10 +354,8 @@ class SchemaRefresh:
         current = {(r["alternate_name"], r["incremental_key_values"]): r for r in status}
         stamp = now_ms()
         marks: list[Row] = []
-        live: set[Key] = set()
         for table in self.discovery.tables:
             for batch, files in table.batches().items():
-                live.add((table.name, batch))
                 if (only is not None and (table.name, batch) not in only) or (table.name, batch) in exclude:
                     continue
                 rows = [lineage.get(f.path) for f in files]
@@ -378,11 +376,18 @@ class SchemaRefresh:
                 marks.append(mark)
                 self.result.batches.append(BatchOutcome(table.name, batch, "failed" if errors else "processed",
                                                         mark["row_count"], errors or None))
-        deletes = [] if only is not None else [
-            key for key, row in current.items()
-            if key not in live and row.get("phase") == REFRESH_PHASE and row.get("source_table") == key[0]]
-        self.result.batches.extend(BatchOutcome(alternate, batch, "removed") for alternate, batch in deletes)
+        deletes = [] if only is not None else self.vanished_batches(status)
         return marks, deletes
+
+    def vanished_batches(self, status: Sequence[Row]) -> list[Key]:
+        """The ``(alternate, key)`` of batches this refresh marked whose files are all gone (status
+        rows of other pipelines are theirs to manage); recorded as removed."""
+        live = {(table.name, batch) for table in self.discovery.tables for batch in table.batches()}
+        deletes = [(r["alternate_name"], r["incremental_key_values"]) for r in status
+                   if (r["alternate_name"], r["incremental_key_values"]) not in live
+                   and r.get("phase") == REFRESH_PHASE and r.get("source_table") == r["alternate_name"]]
+        self.result.batches.extend(BatchOutcome(alternate, batch, "removed") for alternate, batch in deletes)
+        return deletes
 
     # -- step 3: generated model -----------------------------------------------------------------
     def write_model(self, lineage: dict[str, Row]) -> bool:

@@ -12,15 +12,16 @@ import duckdb
 from aperio_assets.catalog.connect import TABLES_CATALOG, bind_error
 from aperio_assets.catalog.views import ViewStore
 from aperio_assets.config import SchemaConfig
-from aperio_assets.defs.assets import CATALOG_VIEWS, lineage_key, status_key
+from aperio_assets.defs.assets import CATALOG_VIEWS, model_key
 from aperio_assets.defs.resources import AperioResource
 from aperio_assets.sqlutil import quote_identifier
 from aperio_assets.state.access import SharedStateAccess
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION, VIEWS
 
 
-def state_health_check(asset: dg.AssetKey, schema: str | None, tables: Sequence[str]) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=asset, name="state_health",
+def state_health_check(asset: dg.AssetKey, schema: str | None, tables: Sequence[str],
+                       name: str = "state_health") -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset, name=name,
                     description=f"State table(s) {', '.join(tables)}: every file readable, no more small "
                                 "files than compaction.max_small_files.")
     def state_health(aperio: AperioResource) -> dg.AssetCheckResult:
@@ -100,7 +101,7 @@ def views_resolve(aperio: AperioResource) -> dg.AssetCheckResult:
 
 
 def conversions_check(schema: str) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=lineage_key(schema), name="conversions_succeed",
+    @dg.asset_check(asset=model_key(schema), name="conversions_succeed",
                     description=f"Every raw file of schema {schema} converts: no conversion lineage row "
                                 "holds an error (a failed file is tried again on every run until it converts).")
     def conversions_succeed(aperio: AperioResource) -> dg.AssetCheckResult:
@@ -115,10 +116,13 @@ def conversions_check(schema: str) -> dg.AssetChecksDefinition:
 
 
 def lake_checks(schemas: Sequence[SchemaConfig]) -> list[dg.AssetChecksDefinition]:
+    """The checks, all on unpartitioned assets (a schema's on its model, which runs once after its
+    batches), so each runs once per wave of runs, not once per batch."""
     checks = [state_health_check(CATALOG_VIEWS, None, [VIEWS.name]), views_resolve]
     for schema in schemas:
-        checks.append(state_health_check(lineage_key(schema.name), schema.name, [CONVERSIONS.name]))
+        checks.append(state_health_check(model_key(schema.name), schema.name, [CONVERSIONS.name],
+                                         name="lineage_state_health"))
         checks.append(conversions_check(schema.name))
-        checks.append(state_health_check(status_key(schema.name), schema.name,
-                                         [PARTITION_STATUS.name, TABLE_COMPLETION.name]))
+        checks.append(state_health_check(model_key(schema.name), schema.name,
+                                         [PARTITION_STATUS.name, TABLE_COMPLETION.name], name="status_state_health"))
     return checks

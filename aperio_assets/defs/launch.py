@@ -1,0 +1,122 @@
+"""A full refresh of the lake as Dagster runs, without the daemon:
+``python -m aperio_assets.defs.launch [--config PATH] [--workers N]`` (what ``make run`` does).
+
+It does what ``lake_change_sensor`` and ``aperio_automation_sensor`` do in a deployment, at once:
+registers every schema's batches as partitions (removing vanished ones), runs the batch runs (a
+range of up to ``BATCHES_PER_RUN`` batches each; a failed batch is tried again, as ``aperio refresh``
+does), ``N`` runs at a time in worker processes (each run in-process in its worker, on the same
+instance: ``$DAGSTER_HOME``), then ``aperio_catalog_job`` once: the models, the views and the checks.
+Every run is recorded in the instance, as the UI shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import multiprocessing
+import os
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from aperio_assets.config import find_config_path
+from aperio_assets.defs.partitions import batches_partitions
+from aperio_assets.defs.resources import AperioResource
+from aperio_assets.defs.sensors import CATALOG_JOB, plan_schema
+
+
+@dataclass
+class LaunchResult:
+    runs: list[tuple[str, str, bool]] = field(default_factory=list)  # (job, partition or range, success)
+    batches_added: int = 0
+    batches_removed: int = 0
+    # the runs' results, when they ran in this process (one worker): their events, for a caller to read
+    results: list[dg.ExecuteInProcessResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[tuple[str, str, bool]]:
+        return [r for r in self.runs if not r[2]]
+
+
+@functools.cache
+def _definitions(config_path: str) -> dg.Definitions:
+    from aperio_assets.definitions import build_defs
+
+    return build_defs(config_path, AperioResource(config_path=config_path))
+
+
+def _execute(config_path: str, instance_ref: dg.InstanceRef | None, job_name: str,
+             partition_key: str | None, tags: dict[str, str]) -> bool:
+    job = _definitions(config_path).resolve_job_def(job_name)
+    if instance_ref is None:
+        raise ValueError("the instance has no reference worker processes can open")
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        return job.execute_in_process(instance=instance, partition_key=partition_key, tags=tags,
+                                      raise_on_error=False).success
+
+
+def refresh_with_runs(config_path: str | None = None, workers: int = 1,
+                      instance: dg.DagsterInstance | None = None) -> LaunchResult:
+    """Refresh the lake at ``config_path`` as Dagster runs on ``instance`` (default: the one in
+    ``$DAGSTER_HOME``, else a temporary one), ``workers`` batch runs at a time."""
+    config = str(find_config_path(config_path).resolve())
+    defs = _definitions(config)
+    owned = instance is None
+    if instance is None:  # $DAGSTER_HOME's, or (none set) a temporary one that the runs share
+        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.local_temp()
+    result = LaunchResult()
+    try:
+        lake = AperioResource(config_path=config).lake()
+        requests: list[tuple[str, str | None, dict[str, str]]] = []
+        for schema in lake.schemas():
+            partitions = batches_partitions(schema.name)
+            plan = plan_schema(lake, schema, instance.get_dynamic_partitions(partitions.name), retry_failed=True)
+            if plan.changes.added:
+                instance.add_dynamic_partitions(partitions.name, plan.changes.added)
+            for key in plan.changes.removed:
+                instance.delete_dynamic_partition(partitions.name, key)
+            result.batches_added += len(plan.changes.added)
+            result.batches_removed += len(plan.changes.removed)
+            requests += [(r.job_name, r.partition_key, dict(r.tags)) for r in plan.runs if r.job_name]
+        if workers > 1 and len(requests) > 1:
+            context = multiprocessing.get_context("spawn")
+            ref = instance.get_ref()
+            with ProcessPoolExecutor(max_workers=min(workers, len(requests)), mp_context=context) as pool:
+                outcomes = list(pool.map(_execute, *zip(*[(config, ref, job, key, tags)
+                                                            for job, key, tags in requests], strict=True)))
+        else:
+            result.results = [defs.resolve_job_def(job).execute_in_process(
+                instance=instance, partition_key=key, tags=tags, raise_on_error=False) for job, key, tags in requests]
+            outcomes = [r.success for r in result.results]
+        result.runs = [(job, key or f"{tags.get('dagster/asset_partition_range_start')}..."
+                        f"{tags.get('dagster/asset_partition_range_end')}", ok)
+                       for (job, key, tags), ok in zip(requests, outcomes, strict=True)]
+        catalog = defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        result.results.append(catalog)
+        result.runs.append((CATALOG_JOB, "", catalog.success))
+    finally:
+        if owned:
+            instance.dispose()
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aperio_assets.defs.launch", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", help="aperio.yaml (default: $APERIO_CONFIG, else ./aperio.yaml)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="batch runs at a time (default: the number of cores)")
+    args = parser.parse_args(argv)
+    result = refresh_with_runs(args.config, max(1, args.workers))
+    batch_runs = [r for r in result.runs if r[0] != CATALOG_JOB]
+    print(f"aperio: {len(batch_runs)} batch run(s) ({result.batches_added} batch(es) registered, "
+          f"{result.batches_removed} removed), then {CATALOG_JOB}; {len(result.failed)} failed")
+    for job, what, _ in result.failed:
+        print(f"aperio: failed run: {job} {what}", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

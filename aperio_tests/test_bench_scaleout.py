@@ -1,0 +1,82 @@
+"""`aperio bench --scale-out`: every storage, mode and worker count is a row, with exact counts and the
+state compared with the 1-worker run's; a mismatch or a missing Dagster launcher is reported, never
+hidden (speed itself is never asserted: the figures live in docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from aperio_assets import layout
+from aperio_assets.bench import scaleout
+from aperio_assets.cli import main
+from aperio_assets.lake import open_lake
+from aperio_assets.state.access import open_state
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_scale_out_reports_every_run_with_the_same_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    png = tmp_path / "scaleout.png"
+    code = main(["bench", "--scale-out", str(png), "--batches", "20", "--worker-counts", "2,1",
+                 "--modes", "cli", "--s3-latency", "2", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0, rows
+    assert [(r["storage"], r["mode"], r["workers"]) for r in rows] == [
+        ("local", "cli", 1), ("local", "cli", 2), ("s3", "cli", 1), ("s3", "cli", 2)]
+    for r in rows:
+        assert set(r) == {"storage", "mode", "workers", "seconds", "speedup", "files", "batches", "same_state",
+                          "requests", "note"}
+        assert (r["files"], r["batches"]) == (20, 20)  # 19 partitions of `events` and one top-level table
+        assert r["same_state"] is True and r["note"] is None, r
+        assert r["seconds"] > 0 and r["speedup"] > 0
+        assert (r["requests"] is None) == (r["storage"] == "local")
+    assert [r["speedup"] for r in rows if r["workers"] == 1] == [1.0, 1.0]
+    assert all(r["requests"] >= 40 for r in rows if r["storage"] == "s3")  # at least a GET and a PUT per file
+    assert png.read_bytes()[:8] == PNG
+
+
+def test_a_mismatch_and_a_missing_launcher_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # the Dagster launcher cannot be imported (whether or not it exists yet)
+    monkeypatch.setitem(sys.modules, "aperio_assets.defs.launch", None)
+    real = scaleout._run_cli
+
+    def tampered(config_path: str, workers: int) -> tuple[int, int]:
+        counted = real(config_path, workers)
+        if workers == 2:  # one lineage row says something the 1-worker run's does not
+            access = open_state(open_lake(config_path), "bench", layout.CONVERSIONS)
+            row = dict(access.rows()[0])
+            access.apply([{**row, "row_count": 999}])
+        return counted
+
+    monkeypatch.setattr(scaleout, "_run_cli", tampered)
+    png = tmp_path / "scaleout.png"
+    code = main(["bench", "--scale-out", str(png), "--batches", "20", "--worker-counts", "1,2", "--storage", "local",
+                 "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert [(r["storage"], r["mode"], r["workers"]) for r in rows] == [
+        ("local", "cli", 1), ("local", "cli", 2), ("local", "dagster", None)]
+    one, two, dagster = rows
+    assert one["same_state"] is True
+    assert two["same_state"] is False
+    assert two["note"] == "lineage: 1 row(s) not in the 1-worker state, 1 missing"
+    assert dagster["same_state"] is None and dagster["seconds"] is None
+    assert dagster["note"].startswith("not available: ") and "aperio_assets.defs.launch" in dagster["note"]
+    assert png.read_bytes()[:8] == PNG
+
+
+def test_lake_size_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    files = scaleout.lake_files(1000)
+    assert len(files) == 1000
+    assert sum(1 for p in files if p.startswith("bench/events/day=")) == 950
+    assert len(scaleout.lake_files(20)) == 20 and len(scaleout.lake_files(1)) == 1
+    for argv, message in ((["--worker-counts", "2,4"], "include 1"), (["--modes", "cli,airflow"], "airflow"),
+                          (["--batches", "0"], "--batches")):
+        with pytest.raises(SystemExit) as usage:
+            main(["bench", "--scale-out", "x.png", *argv])
+        assert usage.value.code == 2 and message in capsys.readouterr().err

@@ -1,0 +1,173 @@
+"""The lake's batches as Dagster partitions: ``lake_change_sensor`` registers them and requests runs for
+exactly the new and changed ones, the requested runs leave the state a single full refresh leaves,
+and batch runs executed several at once (local disk and the loopback S3) mark every batch once."""
+
+# (No ``from __future__ import annotations``: Dagster reads annotations at runtime.)
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from aperio_assets.catalog import connect
+from aperio_assets.conversion.batches import batch_key
+from aperio_assets.conversion.refresh import refresh
+from aperio_assets.definitions import build_defs
+from aperio_assets.defs.launch import refresh_with_runs
+from aperio_assets.defs.partitions import BATCHES_PER_RUN_ENV, batches_partitions, ranges
+from aperio_assets.defs.resources import AperioResource
+from aperio_assets.defs.sensors import CATALOG_JOB
+from aperio_assets.lake import Lake, open_lake
+from aperio_assets.state import open_lineage, open_tracker
+from aperio_tests.conftest import LakeCase
+from aperio_tests.test_workers import _assert_same, _state, _twin
+
+SALES = batches_partitions("sales").name
+
+
+def _put(lake: Lake, relative: str, data: bytes) -> None:
+    lake.lake_storage.write_bytes(lake.lake_storage.join(lake.config.base_directory, relative), data)
+
+
+def _delete(lake: Lake, relative: str) -> None:
+    lake.lake_storage.delete(lake.lake_storage.join(lake.config.base_directory, relative))
+
+
+def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, aperio: AperioResource, cursor: str | None):
+    # (with the instance's ref, as the daemon gives it: requested partitions are checked against the
+    # instance's partitions plus the tick's own additions)
+    context = dg.build_sensor_context(instance_ref=instance.get_ref(), resources={"aperio": aperio}, cursor=cursor,
+                                      definitions=defs)
+    return defs.resolve_sensor_def("lake_change_sensor").evaluate_tick(context)
+
+
+def _apply(defs: dg.Definitions, instance: dg.DagsterInstance, tick) -> list[str]:
+    """What the daemon does with a tick: partitions added and deleted, then each run executed (and,
+    as the automation sensor would after them, the catalog job). Returns the batches run."""
+    for request in tick.dynamic_partitions_requests:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+    ran: list[str] = []
+    for request in tick.run_requests:
+        job = defs.resolve_job_def(request.job_name)
+        result = job.execute_in_process(instance=instance, partition_key=request.partition_key,
+                                        tags=dict(request.tags), raise_on_error=False)
+        if request.job_name != CATALOG_JOB:
+            ran += result.dagster_run.tags.get("dagster/partition", "").split(",") if request.partition_key else [
+                f"{request.tags['dagster/asset_partition_range_start']}...{request.tags['dagster/asset_partition_range_end']}"]
+    if tick.run_requests:
+        defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance, raise_on_error=False)
+    return ran
+
+
+def test_ranges_cover_exactly_what_is_wanted() -> None:
+    ordered = [f"k{i}" for i in range(10)]
+    assert list(ranges(ordered, {"k1", "k2", "k3", "k5", "k9"}, 2)) == [
+        ("k1", "k2"), ("k3", "k3"), ("k5", "k5"), ("k9", "k9")]
+    assert list(ranges(ordered, set(ordered), 4)) == [("k0", "k3"), ("k4", "k7"), ("k8", "k9")]
+    assert list(ranges(ordered, set(), 4)) == []
+
+
+def test_batch_keys_are_readable_and_valid_partition_keys() -> None:
+    from aperio_assets.conversion.discovery import RawFile, RawTable
+    from aperio_assets.storage import FileInfo
+
+    def key(table: str, partition: tuple = ()) -> str:
+        return batch_key(RawTable(table), RawFile(FileInfo("/x", 1, 0.0, None), "x.csv", "csv", partition))
+
+    assert key("flights", (("year", "2013"), ("month", "01"))) == "flights/year=2013/month=01"
+    assert key("planes") == "planes"
+    assert key("a...b") == "a%2E..b" and key("50%") == "50%25" and key("t", (("k", "a\nb"),)) == "t/k=a%0Ab"
+    assert key("a%2E..b") != key("a...b")
+
+
+def test_the_sensor_requests_exactly_the_changed_batches(lake_case: LakeCase, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BATCHES_PER_RUN_ENV, "3")
+    lake = lake_case.lake()
+    for month in range(1, 8):
+        _put(lake, f"sales/events/month={month:02d}/a.csv", f"v\n{month}\n".encode())
+    _put(lake, "sales/customers.csv", b"id\n1\n2\n")
+    aperio = AperioResource(config_path=lake_case.config_path)
+    defs = build_defs(lake_case.config_path, aperio)
+    twin = _twin(lake_case, tmp_path, "twin")  # the same lake, refreshed in one call each time
+    with dg.instance_for_test() as instance:
+        first = _tick(defs, instance, aperio, None)
+        added = [k for r in first.dynamic_partitions_requests for k in r.partition_keys]
+        assert added == ["customers", *(f"events/month={m:02d}" for m in range(1, 8)), "orders"]
+        # 9 new batches, at most 3 a run: three ranges
+        assert [(r.tags.get("dagster/asset_partition_range_start"), r.tags.get("dagster/asset_partition_range_end"))
+                for r in first.run_requests] == [("customers", "events/month=02"),
+                                                 ("events/month=03", "events/month=05"),
+                                                 ("events/month=06", "orders")]
+        _apply(defs, instance, first)
+        # the same lake again: the sensor skips, and a repeated evaluation asks for nothing
+        quiet = _tick(defs, instance, aperio, first.cursor)
+        assert quiet.run_requests == [] and quiet.dynamic_partitions_requests == []
+
+        # added, changed and removed between ticks
+        _put(lake, "sales/events/month=08/a.csv", b"v\n8\n")
+        _put(lake, "sales/events/month=03/a.csv", b"v\n33\n")
+        _put(lake, "sales/events/month=05/b.csv", b"v\n55\n")
+        _delete(lake, "sales/events/month=07/a.csv")
+        _delete(lake, "sales/customers.csv")
+        second = _tick(defs, instance, aperio, quiet.cursor)
+        assert [(type(r).__name__, list(r.partition_keys)) for r in second.dynamic_partitions_requests] == [
+            ("AddDynamicPartitionsRequest", ["events/month=08"]),
+            ("DeleteDynamicPartitionsRequest", ["customers", "events/month=07"])]
+        requested = sorted(r.partition_key for r in second.run_requests)
+        assert requested == ["events/month=03", "events/month=05", "events/month=08"]
+        # the same change seen again: the run keys are the same, so Dagster launches nothing twice
+        assert {r.run_key for r in _tick(defs, instance, aperio, quiet.cursor).run_requests} == {
+            r.run_key for r in second.run_requests}
+        _apply(defs, instance, second)
+        assert sorted(instance.get_dynamic_partitions(SALES)) == [
+            *(f"events/month={m:02d}" for m in (1, 2, 3, 4, 5, 6, 8)), "orders"]
+        states = instance.get_status_by_partition(dg.AssetKey(["sales", "partition_status"]),
+                                                  instance.get_dynamic_partitions(SALES), batches_partitions("sales"))
+        assert {k: v.value for k, v in states.items()} == dict.fromkeys(instance.get_dynamic_partitions(SALES),
+                                                                         "MATERIALIZED")
+    # the twin: the same files, one full refresh
+    for month in (1, 2, 3, 4, 5, 6, 8):
+        data = lake.lake_storage.read_bytes(lake.lake_storage.join(lake.config.base_directory,
+                                                                   f"sales/events/month={month:02d}/a.csv"))
+        _put(twin, f"sales/events/month={month:02d}/a.csv", data)
+    _put(twin, "sales/events/month=05/b.csv", b"v\n55\n")
+    _put(twin, "sales/orders.csv", b"id\n1\n")
+    refresh(twin)
+    _assert_same(_state(lake), _state(twin))
+    assert len(_state(lake)["tables"]["events"]) == 8
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_concurrent_batch_runs_mark_every_batch_once(lake_case: LakeCase, workers: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch runs executed ``workers`` at a time in worker processes: every batch marked once, every
+    file's lineage recorded, each table's rows once."""
+    monkeypatch.setenv(BATCHES_PER_RUN_ENV, "4")  # (inherited by the worker processes)
+    lake = lake_case.lake()
+    for day in range(24):
+        for part in ("a", "b"):
+            _put(lake, f"sales/events/day={day:02d}/{part}.csv", f"id,day\n{day}{part},{day}\n".encode())
+    with dg.instance_for_test() as instance:
+        result = refresh_with_runs(lake_case.config_path, workers=workers, instance=instance)
+        assert result.failed == [] and result.batches_added == 25
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name="sales_batches_job"))
+        assert len(runs) == 7 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)  # 25 batches, 4 a run
+        assert len({r.tags.get("dagster/partition") or r.tags["dagster/asset_partition_range_start"]
+                    for r in runs}) == 7
+        # the batch runs were executed in the worker processes, not in this one (only the catalog job was)
+        assert [r.job_def.name for r in result.results] == [CATALOG_JOB]
+    lake = open_lake(lake_case.config_path)
+    rows = open_tracker(lake, "sales").status_rows("events")
+    assert sorted(r["incremental_key_values"] for r in rows) == [json.dumps({"day": f"{d:02d}"}, separators=(",", ":"))
+                                                                 for d in range(24)]
+    assert all(r["row_count"] == 2 for r in rows)
+    assert len(open_lineage(lake, "sales").records()) == 49
+    with connect(lake) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT id) FROM sales.events").fetchone() == (48, 48)
+        assert con.execute("SELECT count(*), count(DISTINCT (alternate_name, incremental_key_values)) "
+                           "FROM aperio.partition_status").fetchone() == (25, 25)
