@@ -41,26 +41,25 @@ def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, aperio: AperioReso
     return defs.resolve_sensor_def("lake_change_sensor").evaluate_tick(context)
 
 
-def _apply(defs: dg.Definitions, instance: dg.DagsterInstance, tick) -> list[str]:
-    """What the daemon does with a tick: partitions added and deleted, then each run executed (and,
-    as the automation sensor would after them, the catalog job). Returns the batches run."""
+def _apply(defs: dg.Definitions, instance: dg.DagsterInstance, tick, automation_cursor) -> object:
+    """What the daemon does with a tick: partitions added and deleted, each run executed, then what
+    ``aperio_automation_sensor`` requests once they have finished: each schema's model and the views,
+    once. Returns the automation cursor."""
     for request in tick.dynamic_partitions_requests:
         if isinstance(request, dg.AddDynamicPartitionsRequest):
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         else:
             for key in request.partition_keys:
                 instance.delete_dynamic_partition(request.partitions_def_name, key)
-    ran: list[str] = []
     for request in tick.run_requests:
         job = defs.resolve_job_def(request.job_name)
-        result = job.execute_in_process(instance=instance, partition_key=request.partition_key,
-                                        tags=dict(request.tags), raise_on_error=False)
-        if request.job_name != CATALOG_JOB:
-            ran += result.dagster_run.tags.get("dagster/partition", "").split(",") if request.partition_key else [
-                f"{request.tags['dagster/asset_partition_range_start']}...{request.tags['dagster/asset_partition_range_end']}"]
-    if tick.run_requests:
-        defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance, raise_on_error=False)
-    return ran
+        assert job.execute_in_process(instance=instance, partition_key=request.partition_key,
+                                      tags=dict(request.tags)).success
+    automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation_cursor)
+    requested = {r.key.to_user_string(): r.true_subset.size for r in automation.results if r.true_subset.size}
+    assert requested == {"sales/generated_model": 1, "aperio/catalog_views": 1}  # once each, after every run
+    defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance)
+    return automation.cursor
 
 
 def test_ranges_cover_exactly_what_is_wanted() -> None:
@@ -95,6 +94,7 @@ def test_the_sensor_requests_exactly_the_changed_batches(lake_case: LakeCase, tm
     defs = build_defs(lake_case.config_path, aperio)
     twin = _twin(lake_case, tmp_path, "twin")  # the same lake, refreshed in one call each time
     with dg.instance_for_test() as instance:
+        automation_cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
         first = _tick(defs, instance, aperio, None)
         added = [k for r in first.dynamic_partitions_requests for k in r.partition_keys]
         assert added == ["customers", *(f"events/month={m:02d}" for m in range(1, 8)), "orders"]
@@ -103,7 +103,11 @@ def test_the_sensor_requests_exactly_the_changed_batches(lake_case: LakeCase, tm
                 for r in first.run_requests] == [("customers", "events/month=02"),
                                                  ("events/month=03", "events/month=05"),
                                                  ("events/month=06", "orders")]
-        _apply(defs, instance, first)
+        automation_cursor = _apply(defs, instance, first, automation_cursor)
+        # nothing ran since: the automation condition asks for nothing more
+        quiet_automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation_cursor)
+        assert quiet_automation.total_requested == 0
+        automation_cursor = quiet_automation.cursor
         # the same lake again: the sensor skips, and a repeated evaluation asks for nothing
         quiet = _tick(defs, instance, aperio, first.cursor)
         assert quiet.run_requests == [] and quiet.dynamic_partitions_requests == []
@@ -123,7 +127,7 @@ def test_the_sensor_requests_exactly_the_changed_batches(lake_case: LakeCase, tm
         # the same change seen again: the run keys are the same, so Dagster launches nothing twice
         assert {r.run_key for r in _tick(defs, instance, aperio, quiet.cursor).run_requests} == {
             r.run_key for r in second.run_requests}
-        _apply(defs, instance, second)
+        _apply(defs, instance, second, automation_cursor)
         assert sorted(instance.get_dynamic_partitions(SALES)) == [
             *(f"events/month={m:02d}" for m in (1, 2, 3, 4, 5, 6, 8)), "orders"]
         states = instance.get_status_by_partition(dg.AssetKey(["sales", "partition_status"]),
