@@ -94,3 +94,43 @@ def test_schedules_and_maintenance_jobs(legacy: AperioResource) -> None:
         assert [s.files for s in open_tracker(open_lake(legacy.config_path), "flights").stats()] == [1, 1]
         views = run(rebuild_views_job, instance, legacy)
         assert views.success
+
+
+def test_a_failing_migration_backs_off_and_gives_up(legacy: AperioResource, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries wait 1, 2, 4, 8 minutes after each failure; after five failures the sensor requests
+    nothing more and says why on every tick, until the legacy files change."""
+    from aperio_assets.defs import maintenance
+
+    bad = tmp_path / "demo" / "lake" / ".aperio" / "reference" / ".partition_status.duckdb"
+    bad.write_bytes(b"corrupt" * 100)
+    clock = [0.0]
+    monkeypatch.setattr(maintenance, "_now", lambda: clock[0])
+    with dg.instance_for_test() as instance:
+        # the first run migrates the other schema, and so changes the legacy state's fingerprint: the
+        # attempts below are of the state that is left, which fails every time
+        (first,) = tick(instance, legacy).run_requests
+        assert not run(migrate_legacy_state_job, instance, legacy, first).success
+        waits = []
+        for attempt in range(maintenance.MAX_MIGRATION_ATTEMPTS):
+            (request,) = tick(instance, legacy).run_requests
+            assert request.run_key.endswith(f"-attempt-{attempt}")
+            assert not run(migrate_legacy_state_job, instance, legacy, request).success
+            (record,) = instance.get_run_records(dg.RunsFilter(run_ids=[
+                instance.get_runs(limit=1)[0].run_id]))
+            clock[0] = record.end_time or record.update_timestamp.timestamp()
+            if attempt + 1 < maintenance.MAX_MIGRATION_ATTEMPTS:
+                waiting = tick(instance, legacy)  # too soon: nothing requested, the wait said
+                assert not waiting.run_requests and f"attempt {attempt + 2} of 5" in waiting.skip_message
+                wait = maintenance.RETRY_BACKOFF_SECONDS * 2 ** attempt
+                clock[0] += wait - 1
+                assert not tick(instance, legacy).run_requests
+                clock[0] += 1
+                waits.append(wait)
+        assert waits == [60, 120, 240, 480]
+        clock[0] += 10_000
+        given_up = tick(instance, legacy)
+        assert not given_up.run_requests and "all 5 migration attempts failed" in given_up.skip_message
+        bad.write_bytes(b"still corrupt, but changed" * 10)  # new legacy files: a new fingerprint, a new try
+        (fresh,) = tick(instance, legacy).run_requests
+        assert fresh.run_key.endswith("-attempt-0")

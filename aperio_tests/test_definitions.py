@@ -37,3 +37,43 @@ def test_resource_gives_the_lake(tmp_path: Path) -> None:
     assert [s.name for s in lake.schemas()] == ["sales"]
     assert resource.storage().aperio_path("sales", "partition_status") == str(
         tmp_path / "lake" / ".aperio" / "sales" / "partition_status")
+
+
+def test_without_aperio_config_the_location_and_its_runs_use_the_same_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only ./aperio.yaml, no APERIO_CONFIG: the location loads the schema's assets and its runs
+    read that same file (by its absolute path, wherever the run worker starts)."""
+    from aperio_assets.definitions import build_defs
+    from aperio_assets.defs.launch import refresh_with_runs
+
+    (tmp_path / "lake" / "sales").mkdir(parents=True)
+    (tmp_path / "lake" / "sales" / "orders.csv").write_text("id\n1\n2\n")
+    (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
+    monkeypatch.delenv("APERIO_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    defs = build_defs()
+    assert defs.resources["aperio"].config_path == str(tmp_path / "aperio.yaml")
+    monkeypatch.chdir(tmp_path / "lake")  # a run worker started elsewhere
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("sales_batches", ["orders"])
+        result = defs.resolve_job_def("sales_batches_job").execute_in_process(instance=instance,
+                                                                              partition_key="orders")
+        assert result.success
+        assert refresh_with_runs(str(tmp_path / "aperio.yaml"), instance=instance).failed == []
+    from aperio_assets.state import open_tracker
+
+    assert [r["row_count"] for r in open_tracker(str(tmp_path / "aperio.yaml"), "sales").status_rows("orders")] == [2]
+
+
+def test_without_any_configuration_runs_fail_naming_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aperio_assets.definitions import build_defs
+
+    monkeypatch.delenv("APERIO_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    defs = build_defs()
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def("compact_state_job").execute_in_process(instance=instance,
+                                                                              raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert f"{tmp_path / 'aperio.yaml'}: configuration file not found" in str(failure.step_failure_data.error)

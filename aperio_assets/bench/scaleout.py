@@ -10,7 +10,10 @@ Storages: ``local`` (this machine's disk) and ``s3``: the loopback S3 server (mo
 behind a :class:`~aperio_assets.bench.faultproxy.FaultProxy` (also its own process, so that neither
 shares the bench's interpreter lock) that delays every request by ``s3_latency_ms``, as real S3's
 10-30 ms would. The raw files are written straight into moto (generation is not slowed); the
-refresh goes through the proxy, which counts its requests.
+refresh goes through the proxy, which counts its requests. The proxy's sockets send without Nagle's
+delay (see :func:`_serve_proxy`): with it, every GET and LIST would wait ~40 ms more than asked for.
+Before the first measured run on each storage, a two-file lake is refreshed untimed, so that the
+1-worker run does not pay this process's first imports (spawned workers always pay theirs).
 
 Modes: ``cli`` is the library call behind ``aperio refresh --workers N``
 (``refresh(lake, workers=N)``, in this process); ``dagster`` is

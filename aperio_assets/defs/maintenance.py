@@ -4,6 +4,8 @@ hourly compaction, daily view rebuild. Each op calls the same library code as th
 (No ``from __future__ import annotations`` here: Dagster reads the context annotations at runtime.)
 """
 
+import time
+
 import dagster as dg
 
 from aperio_assets.catalog.views import ViewStore
@@ -75,18 +77,43 @@ rebuild_views_schedule = dg.ScheduleDefinition(name="rebuild_views_schedule", jo
                                                default_status=dg.DefaultScheduleStatus.RUNNING)
 
 
+# A failing migration is retried with backoff (1, 2, 4, 8 minutes after each failure), at most this
+# many times per legacy state; then the sensor gives up, says so on every tick, and logs an error,
+# until the legacy files change (a new fingerprint) or someone runs the job by hand.
+MAX_MIGRATION_ATTEMPTS = 5
+RETRY_BACKOFF_SECONDS = 60
+
+
+def _now() -> float:
+    return time.time()
+
+
 @dg.sensor(job=migrate_legacy_state_job, minimum_interval_seconds=60,
            default_status=dg.DefaultSensorStatus.RUNNING)
 def legacy_state_sensor(context: dg.SensorEvaluationContext, aperio: AperioResource) -> dg.SensorResult:
-    """One run per legacy state (its files' fingerprint); a failed run is retried with a new run key;
-    nothing once the legacy files are gone."""
+    """One run per legacy state (its files' fingerprint); a failed run is retried with a new run key,
+    with backoff, at most ``MAX_MIGRATION_ATTEMPTS`` times; nothing once the legacy files are gone."""
     fingerprint = legacy_fingerprint(aperio.lake())
     if fingerprint is None:
         return dg.SensorResult(skip_reason="no legacy state left to migrate")
-    runs = context.instance.get_runs(filters=dg.RunsFilter(job_name=migrate_legacy_state_job.name,
-                                                           tags={FINGERPRINT_TAG: fingerprint}))
-    failed = [r for r in runs if r.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
-    if len(failed) < len(runs):
+    records = context.instance.get_run_records(filters=dg.RunsFilter(job_name=migrate_legacy_state_job.name,
+                                                                     tags={FINGERPRINT_TAG: fingerprint}))
+    failed = [r for r in records if r.dagster_run.status in (dg.DagsterRunStatus.FAILURE,
+                                                             dg.DagsterRunStatus.CANCELED)]
+    if len(failed) < len(records):
         return dg.SensorResult(skip_reason=f"a migration of legacy state {fingerprint} is queued, running or done")
+    if len(failed) >= MAX_MIGRATION_ATTEMPTS:
+        last = max(failed, key=lambda r: r.create_timestamp)
+        message = (f"legacy state {fingerprint}: all {len(failed)} migration attempts failed (last: run "
+                   f"{last.dagster_run.run_id}); not retrying until the legacy files change or "
+                   f"{migrate_legacy_state_job.name} is run by hand")
+        context.log.error(message)
+        return dg.SensorResult(skip_reason=message)
+    if failed:
+        ended = max((r.end_time or r.update_timestamp.timestamp()) for r in failed)
+        wait = RETRY_BACKOFF_SECONDS * 2 ** (len(failed) - 1)
+        if _now() - ended < wait:
+            return dg.SensorResult(skip_reason=f"legacy state {fingerprint}: attempt {len(failed) + 1} of "
+                                               f"{MAX_MIGRATION_ATTEMPTS} in {wait - (_now() - ended):.0f} s")
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"{fingerprint}-attempt-{len(failed)}",
                                                        tags={FINGERPRINT_TAG: fingerprint})])

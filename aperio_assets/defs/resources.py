@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 import duckdb
 from pydantic import PrivateAttr
 
 from aperio_assets.catalog.connect import CatalogReport, open_catalog
-from aperio_assets.config import CONFIG_ENV
+from aperio_assets.config import CONFIG_ENV, find_config_path
 from aperio_assets.lake import Lake, open_lake
 from aperio_assets.state import ConversionLineage, IncrementalTracker, open_lineage, open_tracker
 from aperio_assets.state.access import StateAccess, open_state
@@ -47,4 +49,10 @@ class AperioResource(dg.ConfigurableResource):
 
 
 def default_aperio_resource() -> AperioResource:
-    return AperioResource(config_path=dg.EnvVar(CONFIG_ENV))
+    """The configuration found the way the CLI finds it: ``$APERIO_CONFIG`` (read by each process
+    that runs: a deployment sets it on every node), else ``./aperio.yaml`` of the process that loads
+    the code location, as an absolute path (so a run worker started elsewhere reads the same file;
+    if there is none, its runs fail naming the path looked for)."""
+    if os.environ.get(CONFIG_ENV):
+        return AperioResource(config_path=dg.EnvVar(CONFIG_ENV))
+    return AperioResource(config_path=str(find_config_path().resolve()))
