@@ -82,10 +82,12 @@ def sensor_ticks(config: str) -> dict[str, float | int]:
     from aperio_assets.defs.resources import AperioResource
 
     aperio = AperioResource(config_path=config)
-    defs = build_defs(config, aperio)
-    sensor = defs.resolve_sensor_def("lake_change_sensor")
     out: dict[str, float | int] = {}
     with dg.instance_for_test() as instance:
+        # (built with the instance current: Dagster's load context keeps a reference to it)
+        defs = build_defs(config, aperio)
+        sensor = defs.resolve_sensor_def("lake_change_sensor")
+
         def tick(cursor: str | None):
             context = dg.build_sensor_context(instance_ref=instance.get_ref(), resources={"aperio": aperio},
                                               cursor=cursor, definitions=defs)
