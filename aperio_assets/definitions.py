@@ -34,6 +34,7 @@ from aperio_assets.defs.maintenance import (
     rebuild_views_schedule,
 )
 from aperio_assets.defs.partitions import AssetJob
+from aperio_assets.defs.refresh_job import aperio_refresh_job
 from aperio_assets.defs.resources import AperioResource, default_aperio_resource
 from aperio_assets.defs.sensors import CATALOG_JOB, lake_change_sensor
 from aperio_assets.lake import open_lake
@@ -75,7 +76,7 @@ def build_defs(config_path: str | os.PathLike[str] | None = None,
     return dg.Definitions(
         assets=assets,
         asset_checks=lake_checks(schemas),
-        jobs=[*jobs, migrate_legacy_state_job, compact_state_job, rebuild_views_job],
+        jobs=[*jobs, aperio_refresh_job, migrate_legacy_state_job, compact_state_job, rebuild_views_job],
         schedules=[compact_state_schedule, rebuild_views_schedule],
         sensors=sensors,
         resources={"aperio": resource, STATE_IO_MANAGER: SharedParquetIOManager(aperio=resource)},

@@ -412,3 +412,32 @@ def test_lineage_is_recorded_as_the_step_converts(lake_case: LakeCase, monkeypat
     assert lineage_meta["rows written"] == 3 and lineage_meta["dagster/row_count"] == 7
     # (shared mode) the first run wrote two groups; this one two more (2 + 1), the IO manager none
     assert (lineage_meta["state files before"], lineage_meta["state files after"]) == (2, 4)
+
+
+def test_aperio_refresh_job_refreshes_everything_in_one_run(lake_case: LakeCase) -> None:
+    """One run, the library refresh (two worker processes): every batch registered as a partition and
+    reported materialized, the model and views reported; a failed batch fails the run after the rest."""
+    lake = lake_case.lake()
+    seed(lake)
+    put(lake, "sales/broken.json", b"{not json")
+    defs, _ = lake_defs(lake_case.config_path)
+    job = defs.resolve_job_def("aperio_refresh_job")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False,
+                                        run_config={"ops": {"refresh_lake": {"config": {"workers": 2}}}})
+        assert not result.success
+        (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert "1 batch(es) failed" in str(failure.step_failure_data.user_failure_data.description)
+        keys = instance.get_dynamic_partitions(batches_partitions("sales").name)
+        assert "broken" in keys and "orders/year=2024/month=01" in keys and len(keys) == 10
+        materialized = {(e.materialization.asset_key.to_user_string(), e.materialization.partition)
+                        for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
+        assert {p for a, p in materialized if a == "sales/partition_status"} == set(keys) - {"broken"}
+        assert ("sales/generated_model", None) in materialized and ("aperio/catalog_views", None) in materialized
+        put(lake, "sales/broken.json", b'[{"a": 1}]')
+        again = job.execute_in_process(instance=instance)
+        assert {e.materialization.partition for e in again.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
+                and e.materialization.asset_key.to_user_string() == "sales/partition_status"} == {"broken"}
+    assert len(open_lineage(lake, "sales").records()) == 11
+    with connect(lake) as con:
+        assert con.execute("SELECT count(*) FROM sales.orders").fetchone()[0] == 6

@@ -22,8 +22,8 @@ def test_definitions_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     with dg.instance_for_test():  # a fresh instance: an earlier test's may be gone
         dg.Definitions.validate_loadable(defs)
     assert "aperio" in defs.resources
-    assert {j.name for j in defs.jobs} == {"sales_batches_job", "aperio_catalog_job", "migrate_legacy_state_job",
-                                           "compact_state_job", "rebuild_views_job"}
+    assert {j.name for j in defs.jobs} == {"sales_batches_job", "aperio_catalog_job", "aperio_refresh_job",
+                                           "migrate_legacy_state_job", "compact_state_job", "rebuild_views_job"}
     assert {s.name for s in defs.sensors} == {"legacy_state_sensor", "lake_change_sensor",
                                               "aperio_automation_sensor"}
     assert {s.name for s in defs.schedules} == {"compact_state_schedule", "rebuild_views_schedule"}
