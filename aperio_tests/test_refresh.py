@@ -283,3 +283,33 @@ def test_a_transient_failure_of_an_unchanged_file_is_retried(lake_case: LakeCase
     (status,) = open_tracker(lake, "sales").status_rows("late")
     assert status["error_status"] is False and status["row_count"] == 2
     assert open_lineage(lake, "sales").records()[path]["error"] is None
+
+
+def test_parquet_read_in_place_is_inspected_from_its_footer(lake_case: LakeCase,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raw Parquet is never fetched whole for lineage: one ranged read of its end (two when the
+    footer is larger than 64 KiB); a file that is not Parquet fails with the reason."""
+    lake = lake_case.lake()
+    small = put(lake, "sales/small.parquet", parquet_bytes(pl.DataFrame({"a": range(50_000), "b": ["x"] * 50_000})))
+    wide = put(lake, "sales/wide.parquet", parquet_bytes(pl.DataFrame({f"column_{i:04d}": [i] for i in range(1500)})))
+    put(lake, "sales/fake.parquet", b"this is not parquet at all, though it is named so")
+    storage = lake.lake_storage
+    reads: list[tuple[str, int, int]] = []
+    whole: list[str] = []
+    read_range, read_bytes, download = storage.read_range, storage.read_bytes, storage.download
+    monkeypatch.setattr(storage, "read_range", lambda p, s, n: reads.append((p, s, n)) or read_range(p, s, n))
+    monkeypatch.setattr(storage, "read_bytes", lambda p: whole.append(p) or read_bytes(p))
+    monkeypatch.setattr(storage, "download", lambda p, t: whole.append(p) or download(p, t))
+    (result,) = refresh(lake)
+    records = open_lineage(lake, "sales").records()
+    assert records[small]["row_count"] == 50_000 and records[wide]["row_count"] == 1
+    assert len(json.loads(records[wide]["extra"])["columns"]) == 1500
+    (failure,) = result.failed_files
+    assert failure.source.endswith("fake.parquet") and "magic bytes" in failure.error
+    if lake_case.kind == "s3":
+        assert not [p for p in whole if p in (small, wide)]
+        by_file = {p.rsplit("/", 1)[-1]: [(s, n) for q, s, n in reads if q == p] for p, _, _ in reads}
+        assert len(by_file["small.parquet"]) == 1 and by_file["small.parquet"][0][1] <= 64 * 1024
+        assert len(by_file["wide.parquet"]) == 2  # the footer of 1,500 columns is larger than 64 KiB
+        size = storage.info(wide).size
+        assert by_file["wide.parquet"][1][1] < size and by_file["wide.parquet"][1][0] > 0

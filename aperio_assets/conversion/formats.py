@@ -132,6 +132,31 @@ def inspect_parquet(path: pathlib.Path) -> Converted:
         raise ConversionError(f"cannot read parquet file {path.name!r}: {_reason(exc)}") from None
 
 
+FOOTER_GUESS_BYTES = 64 * 1024  # one ranged read of a file's end holds most footers whole
+
+
+def inspect_parquet_remote(read_range: Callable[[int, int], bytes], size: int, name: str) -> Converted:
+    """Row count and columns of a Parquet file that is not on local disk, from its footer alone:
+    one ranged read of its last 64 KiB, and a second of exactly the footer if it is larger. The
+    file itself is never fetched. Raises :class:`ConversionError` if it is not readable Parquet."""
+    if size < 12:
+        raise ConversionError(f"cannot read parquet file {name!r}: {size} bytes is too small for Parquet")
+    tail = read_range(size - min(size, FOOTER_GUESS_BYTES), min(size, FOOTER_GUESS_BYTES))
+    if len(tail) < 8 or tail[-4:] != b"PAR1":
+        raise ConversionError(f"cannot read parquet file {name!r}: it does not end with Parquet's magic bytes")
+    needed = int.from_bytes(tail[-8:-4], "little") + 8
+    if needed > size - 4:
+        raise ConversionError(f"cannot read parquet file {name!r}: its footer length is larger than the file")
+    if needed > len(tail):
+        tail = read_range(size - needed, needed)
+    try:
+        # the magic a reader expects at the start, then the footer as the file's end: all it reads
+        meta = pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-needed:]))
+        return Converted(row_count=meta.num_rows, columns=_polars_columns(meta.schema.to_arrow_schema()))
+    except pa.ArrowException as exc:
+        raise ConversionError(f"cannot read parquet file {name!r}: {_reason(exc)}") from None
+
+
 # --- readers -------------------------------------------------------------------------------------------
 
 

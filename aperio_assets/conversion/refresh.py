@@ -36,7 +36,13 @@ from aperio_assets import layout
 from aperio_assets.catalog.views import ViewStore
 from aperio_assets.config import SchemaConfig, is_s3_url
 from aperio_assets.conversion.discovery import Discovery, RawFile, RawTable, discover_tables
-from aperio_assets.conversion.formats import ConversionError, Converted, convert_file, inspect_parquet
+from aperio_assets.conversion.formats import (
+    ConversionError,
+    Converted,
+    convert_file,
+    inspect_parquet,
+    inspect_parquet_remote,
+)
 from aperio_assets.conversion.naming import (
     escape_glob,
     storage_name,
@@ -217,16 +223,21 @@ class SchemaRefresh:
             return row, None
         assert target is not None
         local_source = self.raw_storage.local_path(raw.path)
-        downloaded = local_source is None
+        downloaded = local_source is None and raw.format != "parquet"  # remote Parquet: its footer only
         try:
-            if downloaded:
-                local_source = str(workdir / f"source-{uuid.uuid4().hex}.{raw.format}")
-                self.raw_storage.download(raw.path, local_source)
-            # (a local raw path may hold glob characters: convert_file never expands them)
-            if raw.format == "parquet":
+            if raw.format == "parquet" and local_source is None:
+                converted = inspect_parquet_remote(
+                    lambda start, length: self.raw_storage.read_range(raw.path, start, length),
+                    raw.info.size, raw.path.rsplit("/", 1)[-1])
+                row["conversion_type"] = "parquet (read in place)"
+            elif raw.format == "parquet":
                 converted = inspect_parquet(Path(local_source))
                 row["conversion_type"] = "parquet (read in place)"
             else:
+                if downloaded:
+                    local_source = str(workdir / f"source-{uuid.uuid4().hex}.{raw.format}")
+                    self.raw_storage.download(raw.path, local_source)
+                # (a local raw path may hold glob characters: convert_file never expands them)
                 local_target = workdir / f"target-{uuid.uuid4().hex}.parquet"
                 converted = convert_file(Path(local_source), raw.format, local_target)
                 try:

@@ -97,6 +97,11 @@ class StorageProvider(ABC):
     def read_bytes(self, path: str) -> bytes:
         """The whole file; raises FileNotFoundError when it does not exist."""
 
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        """``length`` bytes from offset ``start`` (fewer at the end of the file): one ranged GET on
+        S3, so a Parquet footer is read without the file. Raises FileNotFoundError."""
+        return self.read_bytes(path)[start:start + length]
+
     @abstractmethod
     def write_bytes(self, path: str, data: bytes) -> None:
         """Create or replace ``path`` atomically: readers see the old or the new bytes, never a part."""

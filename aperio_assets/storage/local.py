@@ -83,6 +83,12 @@ class LocalStorage(StorageProvider):
         with open(path, "rb") as f:
             return f.read()
 
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        self.counters.add("GET")
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read(length)
+
     def _write_temp(self, path: str, data: bytes) -> str:
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)

@@ -210,6 +210,22 @@ class S3Storage(StorageProvider):
                 raise self._translate(exc, "get_object", {"Bucket": bucket, "Key": key}) from exc
             raise
 
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        bucket, key = split_s3_url(path)
+        if length <= 0:
+            return b""
+        try:
+            return self._request("GET", "get_object", passthrough=(404, 416), Bucket=bucket, Key=key,
+                                 Range=f"bytes={start}-{start + length - 1}")["Body"]
+        except Exception as exc:
+            if http_status(exc) == 416:
+                return b""  # the range starts past the end
+            if http_status(exc) == 404 and error_code(exc) != "NoSuchBucket":
+                raise FileNotFoundError(path) from None
+            if http_status(exc) == 404:
+                raise self._translate(exc, "get_object", {"Bucket": bucket, "Key": key}) from exc
+            raise
+
     def write_bytes(self, path: str, data: bytes) -> None:
         bucket, key = split_s3_url(path)
         self._request("PUT", "put_object", Bucket=bucket, Key=key, Body=data)
