@@ -313,3 +313,36 @@ def test_parquet_read_in_place_is_inspected_from_its_footer(lake_case: LakeCase,
         assert len(by_file["wide.parquet"]) == 2  # the footer of 1,500 columns is larger than 64 KiB
         size = storage.info(wide).size
         assert by_file["wide.parquet"][1][1] < size and by_file["wide.parquet"][1][0] > 0
+
+
+def _no_op_refresh(lake: Lake) -> tuple[list[str], dict[str, int]]:
+    """Refresh ``lake`` once more; the paths it read whole, and its requests by kind."""
+    lake.storage.counters.reset()
+    gets: list[str] = []
+    read_bytes, download = lake.storage.read_bytes, lake.storage.download
+    lake.storage.read_bytes = lambda p: gets.append(p) or read_bytes(p)  # type: ignore[method-assign]
+    lake.storage.download = lambda p, t: gets.append(p) or download(p, t)  # type: ignore[method-assign]
+    try:
+        (result,) = refresh(lake)
+    finally:
+        del lake.storage.read_bytes, lake.storage.download
+    assert result.count("files", "converted") == 0 and result.count("batches", "processed") == 0
+    return gets, {k: v for k, v in lake.storage.counters.snapshot().items() if v}
+
+
+def test_a_no_op_refresh_reads_no_raw_or_converted_file(lake_case: LakeCase, tmp_path) -> None:
+    """A refresh with nothing to do reads only state: no GET of a raw or converted file, and the
+    same number of requests of each kind for a lake of 20 files as for one of 200."""
+    from aperio_tests.test_workers import _twin
+
+    counts = []
+    for total in (20, 200):
+        lake = _twin(lake_case, tmp_path, f"lake{total}")
+        for i in range(total):
+            put(lake, f"sales/events/day={i:03d}/part.csv", f"v\n{i}\n".encode())
+        refresh(lake)
+        gets, requests = _no_op_refresh(lake)
+        # only state and the model: nothing under tables/, nothing outside .aperio/
+        assert [p for p in gets if "/tables/" in p or not p.startswith(lake.config.aperio_directory)] == []
+        counts.append(requests)
+    assert counts[0] == counts[1]
