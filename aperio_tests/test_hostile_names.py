@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from aperio_assets.catalog import connect
+from aperio_assets.cli.refresh import summary
 from aperio_assets.conversion.refresh import refresh
 from aperio_assets.errors import StorageError, StorageUnavailable
 from aperio_assets.state import open_lineage
@@ -144,7 +145,7 @@ def test_a_name_too_long_to_store_fails_alone(lake_case: LakeCase) -> None:
     assert set(failed) == expected, failed
     assert all("limit" in reason for reason in failed.values())
     assert result.count("files", "converted") == (3 if lake_case.kind == "s3" else 2)
-    assert [f["error"] for f in result.summary()["failures"]] == list(failed.values())
+    assert [f["error"] for f in summary(result)["failures"]] == list(failed.values())
     (row,) = [r for r in open_lineage(lake, "sales").records().values() if r["table_name"] in expected]
     assert row["target_path"] is None and row["error"] == failed[row["table_name"]]
     con = connect(lake)
@@ -204,7 +205,7 @@ def test_odd_names_become_tables_and_nothing_leaves_aperio(lake_case: LakeCase) 
     # a '..' or '.' segment is never followed, and never silently: ignored with the reason
     assert set(result.ignored_reasons) == refused
     assert all("'..' segment" in reason for reason in result.ignored_reasons.values())
-    assert refused <= set(result.summary()["ignoredFiles"])
+    assert refused <= set(summary(result)["ignoredFiles"])
     con = connect(lake)
     for name, value in odd.items():
         assert _rows(con, name) == [(value,)], name

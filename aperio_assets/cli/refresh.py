@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from aperio_assets.cli.output import console, print_json
 from aperio_assets.lake import open_lake
+
+if TYPE_CHECKING:
+    from aperio_assets.conversion.refresh import RefreshResult
 
 
 def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -19,6 +23,20 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     parser.add_argument("--workers", metavar="N", type=_positive, default=os.cpu_count() or 1,
                         help="convert in N processes (default: the number of cores, %(default)s here)")
     parser.set_defaults(handler=run)
+
+
+FILE_STATES = ("converted", "skipped", "failed", "removed")
+BATCH_STATES = ("processed", "skipped", "failed", "removed", "pending")
+
+
+def summary(result: RefreshResult) -> dict[str, Any]:
+    """One schema's refresh as `aperio refresh --json` prints it."""
+    return {"schema": result.schema, "tables": result.tables,
+            "files": {s: result.count("files", s) for s in FILE_STATES},
+            "batches": {s: result.count("batches", s) for s in BATCH_STATES},
+            "failures": [{"table": o.table, "source": o.source, "error": o.error} for o in result.failed_files],
+            "ignoredFiles": result.ignored_files, "ignoredReasons": result.ignored_reasons,
+            "modelWritten": result.model_written}
 
 
 def _positive(text: str) -> int:
@@ -43,10 +61,10 @@ def run(args: argparse.Namespace) -> int:
         results = refresh(lake, args.schema, workers=args.workers)
     failures = [(r.schema, f) for r in results for f in r.failed_files]
     if args.json:
-        print_json([r.summary() for r in results])
+        print_json([summary(r) for r in results])
     else:
         for r in results:
-            s = r.summary()
+            s = summary(r)
             files, batches = s["files"], s["batches"]
             console.print(f"{r.schema}: {r.tables} tables; files {files['converted']} converted, "
                           f"{files['skipped']} skipped, {files['failed']} failed, {files['removed']} removed; "

@@ -103,14 +103,6 @@ class RefreshResult:
     def failed_files(self) -> list[FileOutcome]:
         return [o for o in self.files if o.status == "failed"]
 
-    def summary(self) -> dict[str, Any]:
-        return {"schema": self.schema, "tables": self.tables,
-                "files": {s: self.count("files", s) for s in ("converted", "skipped", "failed", "removed")},
-                "batches": {s: self.count("batches", s)
-                            for s in ("processed", "skipped", "failed", "removed", "pending")},
-                "failures": [{"table": o.table, "source": o.source, "error": o.error} for o in self.failed_files],
-                "ignoredFiles": self.ignored_files, "ignoredReasons": self.ignored_reasons,
-                "modelWritten": self.model_written}
 
 
 def _mtime_ms(mtime: float) -> int:
