@@ -80,3 +80,16 @@ def test_lake_size_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit) as usage:
             main(["bench", "--scale-out", "x.png", *argv])
         assert usage.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_dagster_runs_leave_the_state_the_library_call_leaves(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("aperio_assets.defs.launch", reason="the Dagster launcher is not there yet")
+    png = tmp_path / "scaleout.png"
+    code = main(["bench", "--scale-out", str(png), "--batches", "20", "--worker-counts", "1,2", "--storage", "local",
+                 "--modes", "cli,dagster", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0, rows
+    assert [(r["mode"], r["workers"]) for r in rows] == [("cli", 1), ("cli", 2), ("dagster", 1), ("dagster", 2)]
+    # the Dagster rows are compared with the library call's 1-worker state
+    assert all(r["same_state"] is True and (r["files"], r["batches"]) == (20, 20) for r in rows), rows

@@ -12,13 +12,14 @@ shares the bench's interpreter lock) that delays every request by ``s3_latency_m
 10-30 ms would. The raw files are written straight into moto (generation is not slowed); the
 refresh goes through the proxy, which counts its requests. The proxy's sockets send without Nagle's
 delay (see :func:`_serve_proxy`): with it, every GET and LIST would wait ~40 ms more than asked for.
-Before the first measured run on each storage, a two-file lake is refreshed untimed, so that the
+Before each storage and mode's runs, a two-file lake is refreshed untimed the same way, so that the
 1-worker run does not pay this process's first imports (spawned workers always pay theirs).
 
 Modes: ``cli`` is the library call behind ``aperio refresh --workers N``
 (``refresh(lake, workers=N)``, in this process); ``dagster`` is
 ``aperio_assets.defs.launch.refresh_with_runs(config_path, workers)``, imported when needed: when
 it cannot be imported, the series is reported as "not available: <reason>" and the rest goes on.
+(With ``$DAGSTER_HOME`` set, its runs are recorded in that instance; else in a temporary one.)
 
 After each run the state is compared with the first 1-worker run's on the same storage: the
 lineage and partition status rows, with time columns and the lake's own location left out. A run
@@ -303,19 +304,21 @@ def measure_scale_out(batches: int = 1000, worker_counts: Sequence[int] = WORKER
         for storage in storages:
             if storage not in STORAGES:
                 raise ValueError(f"unknown storage {storage!r} (one of {', '.join(STORAGES)})")
-            # untimed: this process's first refresh on a storage imports what it uses (Polars, DuckDB,
-            # the S3 client); that must not count against the 1-worker run (spawned workers always pay it)
-            note(f"{storage}: warming up")
-            warm = (_generate_s3(tmp, f"{storage}-warm-up", lake_files(2), endpoint.endpoint_url, proxy.url)
-                    if storage == "s3" and endpoint is not None and proxy is not None
-                    else _generate_local(tmp, f"{storage}-warm-up", lake_files(2)))
-            _run_cli(warm.config_path, 1)
             baseline: _State | None = None
             for mode in modes:
                 if mode in unavailable:
                     rows.append(ScaleOutRow(storage, mode, None, None, None, None, None, None,
                                             note=unavailable[mode]))
                     continue
+                # untimed: this process's first refresh imports what it uses (Polars, DuckDB, the S3
+                # client, Dagster); that must not count against the 1-worker run (spawned workers pay
+                # theirs in every run). A warm-up that fails is not hidden: the runs fail the same way.
+                note(f"{storage}, {mode}: warming up")
+                warm = (_generate_s3(tmp, f"{storage}-{mode}-warm-up", lake_files(2), endpoint.endpoint_url,
+                                     proxy.url) if storage == "s3" and endpoint is not None and proxy is not None
+                        else _generate_local(tmp, f"{storage}-{mode}-warm-up", lake_files(2)))
+                with contextlib.suppress(Exception):
+                    calls[mode](warm.config_path, 1)
                 reference: float | None = None
                 for n in counts:
                     note(f"{storage}, {mode}, {n} worker(s): generating {len(files):,} files")
@@ -338,14 +341,24 @@ def measure_scale_out(batches: int = 1000, worker_counts: Sequence[int] = WORKER
                     seconds = time.perf_counter() - started
                     requests = proxy.requests() - before if before is not None and proxy is not None else None
                     note(f"{storage}, {mode}, {n} worker(s): checking the state")
-                    state = read_state(place, len(files), len(files))
+                    try:
+                        state = read_state(place, len(files), len(files))
+                    except Exception as exc:  # a state that cannot be read back is a mismatch, shown
+                        rows.append(ScaleOutRow(storage, mode, n, round(seconds, 3), None, None, None, False,
+                                                requests, note=f"state not readable: {_short(exc)}"))
+                        traceback.print_exc()
+                        continue
                     if baseline is None and n == 1:
                         baseline = state
                     same, why = compare(state, baseline)
                     if isinstance(counted, tuple):  # the library call says what it did
                         converted, processed = counted
-                    else:  # refresh_with_runs returns nothing: what the state holds
+                    else:  # refresh_with_runs: what the state holds
                         converted, processed = len(state.lineage), len(state.status)
+                        failed_runs = getattr(counted, "failed", None)  # its LaunchResult, if it returns one
+                        if failed_runs:
+                            same = False
+                            why = "; ".join(filter(None, [why, f"{len(failed_runs)} Dagster run(s) failed"]))
                     if (converted, processed) != (len(files), len(files)):
                         same = False
                         why = "; ".join(filter(None, [why, f"the refresh converted {converted} files and processed "

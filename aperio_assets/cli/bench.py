@@ -101,8 +101,9 @@ def run_scale_out(args: argparse.Namespace) -> int:
         return 1 if measured_wrong else 0
     table = Table(title=f"full first refresh over workers ({args.batches:,} batches, S3 latency "
                         f"{args.s3_latency:g} ms; plot: {args.scale_out})")
+    notes = any(r.note for r in rows)
     for column in ("storage", "mode", "workers", "seconds", "speed-up", "files", "batches", "same state",
-                   "S3 requests", "note"):
+                   "S3 requests", *(("note",) if notes else ())):
         table.add_column(column, justify="left" if column in ("storage", "mode", "note") else "right")
 
     def shown(value: object, fmt: str = "{}") -> str:
@@ -112,7 +113,7 @@ def run_scale_out(args: argparse.Namespace) -> int:
         same = shown(r.same_state) if r.same_state is not False else "[bold red]False[/]"
         table.add_row(r.storage, r.mode, shown(r.workers), shown(r.seconds, "{:.2f}"), shown(r.speedup, "{:.2f}x"),
                       shown(r.files, "{:,}"), shown(r.batches, "{:,}"), same, shown(r.requests, "{:,}"),
-                      r.note or "")
+                      *((r.note or "",) if notes else ()))
     console.print(table)
     if measured_wrong:
         print("aperio: bench: a run did not leave the 1-worker state (see same state / note)", file=sys.stderr)
