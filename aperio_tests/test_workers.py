@@ -4,6 +4,7 @@ model and tables as one process (local disk and the loopback S3)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -12,7 +13,8 @@ import pytest
 from aperio_assets import layout
 from aperio_assets.catalog import connect
 from aperio_assets.cli import main
-from aperio_assets.conversion.parallel import MIN_FILES_PER_WORKER, shares
+from aperio_assets.conversion import parallel
+from aperio_assets.conversion.parallel import MIN_FILES_PER_WORKER_S3, shares
 from aperio_assets.conversion.refresh import refresh
 from aperio_assets.lake import Lake, open_lake
 from aperio_assets.state.access import open_state
@@ -91,18 +93,22 @@ def _state_files(lake: Lake, name: str) -> int:
     return len(lake.storage.list(lake.storage.aperio_path("sales", name)))
 
 
-def test_four_workers_leave_the_state_one_leaves(lake_case: LakeCase, tmp_path: Path) -> None:
+def test_four_workers_leave_the_state_one_leaves(lake_case: LakeCase, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # four workers even on local disk and this small lake (the default thresholds would use one)
+    monkeypatch.setattr(parallel, "MIN_FILES_PER_WORKER_LOCAL", 8)
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 4)
     one, four = _twin(lake_case, tmp_path, "one"), _twin(lake_case, tmp_path, "four")
     for version in (1, 2):
         _fill(one, version)
         _fill(four, version)
         (single,) = refresh(one, workers=1)
-        (parallel,) = refresh(four, workers=4)
+        (spread,) = refresh(four, workers=4)
         _assert_same(_state(four), _state(one))
         for status in ("converted", "skipped", "failed", "removed"):
-            assert parallel.count("files", status) == single.count("files", status)
+            assert spread.count("files", status) == single.count("files", status)
         for status in ("processed", "skipped", "failed", "removed", "pending"):
-            assert parallel.count("batches", status) == single.count("batches", status)
+            assert spread.count("batches", status) == single.count("batches", status)
         if version == 1:
             assert single.count("files", "converted") == 80 + 12 + 10 + 1
             # each worker wrote its own lineage and marks: more state files than the one process
@@ -131,7 +137,10 @@ def test_shares_keep_batches_together_and_split_only_big_ones() -> None:
     for batch in range(10):  # a small batch is never split
         assert sum(1 for part in parts if any(f"/k={batch}/" in p for p in part)) == 1
     assert all(sum(1 for p in part if "/big/" in p) == 1 for part in parts)  # the big one is spread
-    assert shares(todo[: MIN_FILES_PER_WORKER * 2 - 1], 4) == [[raw.path for _, raw in todo[: 15]]]
+    assert shares(todo[: MIN_FILES_PER_WORKER_S3 * 2 - 1], 4) == [[raw.path for _, raw in todo[: 15]]]
+    # on local disk a worker needs far more files to pay for its start, and never more than the cores
+    assert len(shares(todo, 4, remote=False)) == 1
+    assert len(shares(todo * 20, 4, remote=False)) == min(4, os.cpu_count() or 1)
 
 
 def test_cli_refresh_takes_workers(lake_case: LakeCase, capsys) -> None:

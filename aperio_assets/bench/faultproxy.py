@@ -166,6 +166,9 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # An answer's headers and body are two writes: with Nagle's algorithm the body would wait
+        # for the client's delayed ACK, ~40 ms on every answer beyond the latency asked for.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -9,17 +9,21 @@ deletes what is gone and writes the model, as a one-process refresh does: the st
 Shares keep a batch's files together where they can (its mark is then written by the worker that
 converted it) and are balanced by bytes, largest batch first; a batch larger than a fair share is
 split by file. Workers are spawned, not forked: the parent may hold threads (DuckDB, the S3 event
-loop) that a fork would copy mid-flight. A worker costs a process start (about a second, imports
-included), so a refresh with fewer than ``MIN_FILES_PER_WORKER`` files per worker uses fewer.
+loop) that a fork would copy mid-flight. A worker costs a process start (0.5-1 s of CPU, imports
+included), so it must have enough to do: on S3, where a file is mostly waiting on requests, at
+least ``MIN_FILES_PER_WORKER_S3`` files; on local disk, where a file is a few milliseconds of CPU,
+``MIN_FILES_PER_WORKER_LOCAL``, and never more workers than cores. Each worker (and a one-process
+refresh) also keeps several S3 conversions in flight (``SchemaRefresh.files_in_flight``).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aperio_assets import layout
 from aperio_assets.config import AperioConfig, SchemaConfig
@@ -29,7 +33,8 @@ from aperio_assets.lake import Lake
 from aperio_assets.state.access import open_state
 from aperio_assets.state.lineage import Row
 
-MIN_FILES_PER_WORKER = 8
+MIN_FILES_PER_WORKER_S3 = 8
+MIN_FILES_PER_WORKER_LOCAL = 200
 FILE_COST_BYTES = 256 * 1024  # what a file costs beyond its bytes (requests, a Parquet write), for balancing
 
 
@@ -42,9 +47,13 @@ class ShareResult:
     marked: set[Key]
 
 
-def shares(todo: Sequence[tuple[RawTable, RawFile]], workers: int) -> list[list[str]]:
-    """``todo``'s source paths in at most ``workers`` shares (see the module's docstring)."""
-    count = min(workers, len(todo) // MIN_FILES_PER_WORKER)
+def shares(todo: Sequence[tuple[RawTable, RawFile]], workers: int, *, remote: bool = True) -> list[list[str]]:
+    """``todo``'s source paths in at most ``workers`` shares (see the module's docstring); ``remote``:
+    the files are on S3 (or go there)."""
+    if remote:
+        count = min(workers, len(todo) // MIN_FILES_PER_WORKER_S3)
+    else:
+        count = min(workers, os.cpu_count() or 1, len(todo) // MIN_FILES_PER_WORKER_LOCAL)
     if count <= 1:
         return [[raw.path for _, raw in todo]] if todo else []
     by_batch: dict[Key, list[RawFile]] = defaultdict(list)
@@ -72,7 +81,7 @@ def convert_in_workers(run: SchemaRefresh, todo: Sequence[tuple[RawTable, RawFil
                        sink: LineageSink, workers: int) -> tuple[set[str], set[Key]]:
     """Convert ``todo`` in worker processes; ``lineage`` and ``run.result`` are updated as if the
     parent had converted them. Returns the replaced targets and the batches the workers marked."""
-    parts = shares(todo, workers)
+    parts = shares(todo, workers, remote=run.files_in_flight > 1)
     if len(parts) <= 1:
         return run.convert(todo, lineage, sink), set()
     discovery = run.discovery
@@ -96,7 +105,7 @@ def convert_share(config: AperioConfig, schema: SchemaConfig, discovery: Discove
                   previous: dict[str, Row]) -> ShareResult:
     """One worker: convert the files of ``share``, record their lineage, and mark the batches
     whose every file is in it."""
-    lake = Lake(config)
+    lake = Lake(replace(config, configured_schemas=(schema,)))  # (no LIST of the base to find the schema)
     run = SchemaRefresh(lake, schema)
     run.use_discovery(discovery)
     wanted = set(share)

@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ log = logging.getLogger(__name__)
 # Lineage is written in groups of this many changed files: a refresh killed midway keeps most of
 # its work, without one PUT per file.
 FLUSH_EVERY_FILES = 256
+S3_FILES_IN_FLIGHT = 8  # conversions at once per process when raw files or tables/ are on S3
 # The phase aperio's refresh marks its batches with. Only rows with this phase whose batch is gone
 # are invalidated by a refresh: status rows of other pipelines are theirs to manage.
 REFRESH_PHASE = "materialize"
@@ -150,6 +152,15 @@ class SchemaRefresh:
             for path, reason in self._discovery.reasons.items():
                 log.warning("%s: ignored %s: %s", self.schema.name, path, reason)
         return self._discovery
+
+    @property
+    def files_in_flight(self) -> int:
+        """Conversions at once in this process: several when either side is S3 (a file is mostly
+        waiting on requests there), one on local disk (a conversion is CPU, and Polars already
+        uses every core for it)."""
+        remote = self.raw_storage.local_path(self.schema.directory) is None \
+            or self.storage.local_path(self.tables_root) is None
+        return S3_FILES_IN_FLIGHT if remote else 1
 
     def use_discovery(self, discovery: Discovery) -> None:
         """Work from a listing made elsewhere (a worker gets its parent's) instead of listing again."""
@@ -320,11 +331,14 @@ class SchemaRefresh:
         pending: list[Row] = []
         gone = list(removed)
         replaced: set[str] = set()
-        with tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp:
-            for table, raw in todo:
+        with tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp, \
+                ThreadPoolExecutor(max_workers=self.files_in_flight) as pool:
+            # Files in flight at once: on S3 a file is mostly waiting (a GET and a PUT of a few ms of
+            # work each), so several overlap; the results are taken in order, in this thread.
+            results = pool.map(lambda item: self._convert(item[0], item[1], Path(tmp)), todo)
+            for (table, raw), (row, _) in zip(todo, results, strict=True):
                 previous = lineage.get(raw.path)
                 self.progress(f"{self.schema.name}.{table.name}: {raw.relative}")
-                row, _ = self._convert(table, raw, Path(tmp))
                 if previous is not None and previous.get("target_path") not in (None, row["target_path"]):
                     replaced.add(previous["target_path"])
                 lineage[raw.path] = row
