@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import tempfile
 import time
 import uuid
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 # its work, without one PUT per file.
 FLUSH_EVERY_FILES = 256
 S3_FILES_IN_FLIGHT = 8  # conversions at once per process when raw files or tables/ are on S3
+FILES_IN_FLIGHT_ENV = "APERIO_S3_FILES_IN_FLIGHT"  # to change it (the bench measures 1 and 8)
 # The phase aperio's refresh marks its batches with. Only rows with this phase whose batch is gone
 # are invalidated by a refresh: status rows of other pipelines are theirs to manage.
 REFRESH_PHASE = "materialize"
@@ -160,7 +162,10 @@ class SchemaRefresh:
         uses every core for it)."""
         remote = self.raw_storage.local_path(self.schema.directory) is None \
             or self.storage.local_path(self.tables_root) is None
-        return S3_FILES_IN_FLIGHT if remote else 1
+        if not remote:
+            return 1
+        configured = os.environ.get(FILES_IN_FLIGHT_ENV, "")
+        return int(configured) if configured.isdigit() and int(configured) > 0 else S3_FILES_IN_FLIGHT
 
     def use_discovery(self, discovery: Discovery) -> None:
         """Work from a listing made elsewhere (a worker gets its parent's) instead of listing again."""
