@@ -84,7 +84,6 @@ def test_lake_size_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_dagster_runs_leave_the_state_the_library_call_leaves(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("aperio_assets.defs.launch", reason="the Dagster launcher is not there yet")
     png = tmp_path / "scaleout.png"
     code = main(["bench", "--scale-out", str(png), "--batches", "20", "--worker-counts", "1,2", "--storage", "local",
                  "--modes", "cli,dagster", "--json"])

@@ -19,7 +19,7 @@ Modes: ``cli`` is the library call behind ``aperio refresh --workers N``
 (``refresh(lake, workers=N)``, in this process); ``dagster`` is
 ``aperio_assets.defs.launch.refresh_with_runs(config_path, workers)``, imported when needed: when
 it cannot be imported, the series is reported as "not available: <reason>" and the rest goes on.
-(With ``$DAGSTER_HOME`` set, its runs are recorded in that instance; else in a temporary one.)
+(Its runs go into a temporary instance of their own, never into ``$DAGSTER_HOME``'s.)
 
 After each run the state is compared with the first 1-worker run's on the same storage: the
 lineage and partition status rows, with time columns and the lake's own location left out. A run
@@ -193,13 +193,20 @@ def _run_cli(config_path: str, workers: int) -> tuple[int, int]:
             sum(r.count("batches", "processed") for r in results))
 
 
-def _dagster_call() -> tuple[Callable[[str, int], None] | None, str | None]:
+def _dagster_call() -> tuple[Callable[[str, int], object] | None, str | None]:
     """``refresh_with_runs``, or None and why it is not available."""
     try:
+        import dagster as dg
+
         from aperio_assets.defs.launch import refresh_with_runs
     except Exception as exc:  # ImportError, or the module failing while it loads
         return None, f"{type(exc).__name__}: {exc}"
-    return refresh_with_runs, None
+
+    def call(config_path: str, workers: int) -> object:
+        with dg.DagsterInstance.local_temp() as instance:  # never the user's $DAGSTER_HOME
+            return refresh_with_runs(config_path, workers, instance=instance)
+
+    return call, None
 
 
 @dataclass
