@@ -114,7 +114,7 @@ class CatalogReport:
     cache: str = ""
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
@@ -128,7 +128,7 @@ def bind_error(con: duckdb.DuckDBPyConnection, definition: ViewDefinition) -> st
         cursor.execute(f"DROP VIEW temp.main.{name}")
         return None
     except duckdb.Error as exc:
-        return _first_line(exc)
+        return first_line(exc)
     finally:
         cursor.close()
 
@@ -295,7 +295,7 @@ class _Builder:
                            f"{quote_identifier(view.view_name)} AS {view.sql}")
             return None
         except duckdb.Error as exc:
-            return _first_line(exc)
+            return first_line(exc)
         finally:
             cursor.close()
 

@@ -6,10 +6,10 @@ Each batch of each table gets a stable, readable key: the table's name, then its
 gets a new one; a batch *needs a run* when one of its files is new or changed (compared with the
 conversion lineage), or failed the last time.
 
-:func:`refresh_batches` is the refresh restricted to some batches: it converts their files and
-marks them, each step recording its own state rows (so any number of these run at once, one per
-batch or range of batches, with no conflict). :func:`finish_schema` is what remains once per
-schema afterwards: forget the files and batches that are gone and write the model.
+:func:`convert_batches` and :func:`mark_batches` are the refresh restricted to some batches, each
+step recording its own state rows (so any number of these run at once, one per batch or range of
+batches, with no conflict). :func:`finish_schema` is what remains once per schema afterwards:
+forget the files and batches that are gone and write the model.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def convert_batches(run: SchemaRefresh, batches: dict[str, Batch], lineage: dict
                     sink: LineageSink) -> None:
     """Convert what needs converting in ``batches`` (as :meth:`SchemaRefresh.convert_files` does for
     the whole schema, but forgetting nothing: that is :func:`finish_schema`'s)."""
-    paths = {f.path for b in batches.values() for f in b.files}
-    _, todo = run.plan(lineage)
-    replaced = run.convert([(table, raw) for table, raw in todo if raw.path in paths], lineage, sink)
+    # only these batches' files are looked at: no listing of tables/ when none of them is converted yet
+    _, todo = run.plan(lineage, only={f.path for b in batches.values() for f in b.files})
+    replaced = run.convert(todo, lineage, sink)
     run.delete_replaced(replaced, lineage)
 
 
@@ -100,21 +100,6 @@ def mark_batches(run: SchemaRefresh, batches: dict[str, Batch], lineage: dict[st
     return marks, failed
 
 
-def refresh_batches(run: SchemaRefresh, keys: Collection[str]) -> dict[str, str]:
-    """Convert and mark the batches ``keys`` of ``run``'s schema, each step writing its own state
-    rows; returns the batches in error (key → why)."""
-    lake, schema = run.lake, run.schema.name
-    conversions = open_state(lake, schema, layout.CONVERSIONS)
-    lineage = {r["source_path"]: r for r in conversions.rows()}
-    batches, _ = select_batches(run, keys)
-    convert_batches(run, batches, lineage, lambda rows, gone: conversions.apply(rows, [(p,) for p in gone]))
-    status = open_state(lake, schema, layout.PARTITION_STATUS)
-    marks, failed = mark_batches(run, batches, lineage, status.rows())
-    if marks:
-        status.apply(marks, [])
-    return failed
-
-
 def finish_schema(run: SchemaRefresh) -> tuple[list[str], int]:
     """After the batches: forget raw files that are gone (their outputs and lineage rows) and the
     batches aperio marked that are gone, then write the model. Returns the forgotten source paths
@@ -122,8 +107,7 @@ def finish_schema(run: SchemaRefresh) -> tuple[list[str], int]:
     lake, schema = run.lake, run.schema.name
     conversions = open_state(lake, schema, layout.CONVERSIONS)
     lineage = {r["source_path"]: r for r in conversions.rows()}
-    gone, _ = run.plan(lineage)
-    removed = run.forget(gone, lineage)
+    removed = run.forget(run.gone(lineage), lineage)  # (no plan: nothing is converted here)
     if removed:
         conversions.apply([], [(p,) for p in removed])
     status = open_state(lake, schema, layout.PARTITION_STATUS)

@@ -296,18 +296,26 @@ class SchemaRefresh:
         replaced = self.convert(todo, lineage, sink, removed)
         self.delete_replaced(replaced, lineage)
 
-    def plan(self, lineage: dict[str, Row]) -> tuple[list[Row], list[tuple[RawTable, RawFile]]]:
+    def gone(self, lineage: dict[str, Row]) -> list[Row]:
+        """The lineage rows of this schema's raw files that the listing no longer has."""
+        present = {f.path for t in self.discovery.tables for f in t.files}
+        root = self.schema.directory.rstrip("/") + "/"
+        return [row for path, row in lineage.items() if path.startswith(root) and path not in present]
+
+    def plan(self, lineage: dict[str, Row], only: Collection[str] | None = None
+             ) -> tuple[list[Row], list[tuple[RawTable, RawFile]]]:
         """The lineage rows of raw files that are gone, and the files to convert: new, changed,
         failed before (tried again until they convert), converted under another name (moved to
-        their own, injective one), or whose converted file is gone. The rest are recorded skipped."""
+        their own, injective one), or whose converted file is gone. The rest are recorded skipped.
+        ``only``: look at these raw paths alone (a batch run's)."""
         discovery = self.discovery
-        present = {f.path for t in discovery.tables for f in t.files}
-        root = self.schema.directory.rstrip("/") + "/"
-        gone = [row for path, row in lineage.items() if path.startswith(root) and path not in present]
+        gone = self.gone(lineage)
         todo: list[tuple[RawTable, RawFile]] = []
         stored: set[str] | None = None  # the converted files there are (one listing, when first needed)
         for table in discovery.tables:
             for raw in table.files:
+                if only is not None and raw.path not in only:
+                    continue
                 previous = lineage.get(raw.path)
                 if unchanged(raw, previous) and not previous.get("error") \
                         and previous.get("target_path") == self.target_path(table, raw):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import dagster as dg
 import duckdb
 
-from aperio_assets.catalog.connect import TABLES_CATALOG, bind_error
+from aperio_assets.catalog.connect import TABLES_CATALOG, bind_error, first_line
 from aperio_assets.catalog.views import ViewStore
 from aperio_assets.config import SchemaConfig
 from aperio_assets.defs.assets import CATALOG_VIEWS, model_key
@@ -60,7 +60,7 @@ def _resolve_now(con: duckdb.DuckDBPyConnection, schema: str, view: str) -> str 
         con.execute(f"SELECT * FROM {quote_identifier(schema)}.{quote_identifier(view)} LIMIT 0").fetchall()
         return None
     except duckdb.Error as exc:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return first_line(exc)
 
 
 @dg.asset_check(asset=CATALOG_VIEWS, name="views_resolve",
