@@ -55,8 +55,9 @@ def plan_schema(lake: Lake, schema: SchemaConfig, registered: Sequence[str], *,
     """The partitions to add and delete and the runs to request for ``schema``."""
     changes = batch_changes(SchemaRefresh(lake, schema), registered, retry_failed=retry_failed)
     runs = []
+    position = {key: i for i, key in enumerate(changes.ordered)}  # (not list.index: O(batches) per range)
     for first, last in ranges(changes.ordered, set(changes.requested), batches_per_run()):
-        keys = changes.ordered[changes.ordered.index(first): changes.ordered.index(last) + 1]
+        keys = changes.ordered[position[first]: position[last] + 1]
         digest = hashlib.sha256("\n".join(f"{k}\0{changes.requested[k]}" for k in keys).encode()).hexdigest()[:16]
         run_key = f"{schema.name}:{first}...{last}:{digest}"
         if first == last:
