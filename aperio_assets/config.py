@@ -1,4 +1,4 @@
-"""Loading and validating ``aperio.yaml`` (SPEC §2).
+"""Loading and validating ``aperio.yaml`` (DESIGN §2).
 
 Every setting has a working default; every invalid value raises :class:`ConfigError` whose message
 names the file and the key. Credentials are never read from the file: they come from the standard
@@ -32,8 +32,18 @@ RESERVED_SCHEMA_NAMES = frozenset(
     {"aperio", "catalog", "main", "temp", "system", "information_schema", "pg_catalog", "memory"}
 )
 CREDENTIAL_KEYS = frozenset(
-    {"aws_access_key_id", "aws_secret_access_key", "aws_session_token", "key", "secret", "token",
-     "access_key_id", "secret_access_key", "session_token", "password"}
+    {
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "key",
+        "secret",
+        "token",
+        "access_key_id",
+        "secret_access_key",
+        "session_token",
+        "password",
+    }
 )
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _DURATION_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -45,7 +55,7 @@ class S3Settings:
 
     endpoint_url: str | None = None
     region: str = "us-east-1"
-    max_attempts: int = 6  # tries per request, transient errors only (SPEC §3)
+    max_attempts: int = 6  # tries per request, transient errors only (DESIGN §3)
 
     @property
     def use_ssl(self) -> bool:
@@ -56,7 +66,7 @@ class S3Settings:
 class CompactionSettings:
     max_small_files: int = 64
     tombstone_retention_seconds: int = 7 * 86400
-    # how long compacted-away files stay readable before they are deleted (SPEC §5)
+    # how long compacted-away files stay readable before they are deleted (DESIGN §5)
     grace_period_seconds: int = 3600
 
 
@@ -114,25 +124,30 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AperioConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(source, None, f"not valid YAML{where}: {problem}") from None
-    return parse_config(raw if raw is not None else {}, source=source,
-                        relative_to=config_path.resolve().parent)
+    return parse_config(raw if raw is not None else {}, source=source, relative_to=config_path.resolve().parent)
 
 
 def parse_config(raw: Any, *, source: str, relative_to: Path) -> AperioConfig:
     """Validate an already-parsed YAML document (``relative_to`` resolves relative directories)."""
     if not isinstance(raw, dict):
         raise ConfigError(source, None, "the top level must be a mapping of settings")
-    _reject_unknown(raw, {"baseDirectory", "aperioDirectory", "stateStorage", "legacyDirectory",
-                          "storage", "compaction", "schemas"}, source, "")
+    _reject_unknown(
+        raw,
+        {"baseDirectory", "aperioDirectory", "stateStorage", "legacyDirectory", "storage", "compaction", "schemas"},
+        source,
+        "",
+    )
 
     base_raw = raw.get("baseDirectory", ".")
     base = _location(base_raw, "baseDirectory", source, relative_to)
     aperio_raw = raw.get("aperioDirectory")
-    aperio = (_location(aperio_raw, "aperioDirectory", source, relative_to) if aperio_raw is not None
-              else join_location(base, ".aperio"))
+    aperio = (
+        _location(aperio_raw, "aperioDirectory", source, relative_to)
+        if aperio_raw is not None
+        else join_location(base, ".aperio")
+    )
     legacy_raw = raw.get("legacyDirectory")
-    legacy = (_location(legacy_raw, "legacyDirectory", source, relative_to)
-              if legacy_raw is not None else None)
+    legacy = _location(legacy_raw, "legacyDirectory", source, relative_to) if legacy_raw is not None else None
     mode = _state_storage(raw.get("stateStorage", "shared"), "stateStorage", source)
 
     config = AperioConfig(
@@ -155,8 +170,11 @@ def _warn_unshareable(config: AperioConfig) -> None:
         return
     modes = {s.state_storage for s in config.configured_schemas or ()} | {config.state_storage}
     if "local" in modes:
-        log.warning("%s: stateStorage: local state cannot be shared between machines; with an S3 "
-                    "baseDirectory use stateStorage: shared", config.source)
+        log.warning(
+            "%s: stateStorage: local state cannot be shared between machines; with an S3 "
+            "baseDirectory use stateStorage: shared",
+            config.source,
+        )
 
 
 def _reject_unknown(mapping: dict[str, Any], allowed: set[str], source: str, prefix: str) -> None:
@@ -164,10 +182,13 @@ def _reject_unknown(mapping: dict[str, Any], allowed: set[str], source: str, pre
         if key not in allowed:
             name = f"{prefix}{key}"
             if str(key).lower() in CREDENTIAL_KEYS:
-                raise ConfigError(source, name, "credentials are never read from the configuration "
-                                  "file; use the standard AWS environment variables or profile")
-            raise ConfigError(source, name, f"unknown setting (expected one of: "
-                              f"{', '.join(sorted(allowed))})")
+                raise ConfigError(
+                    source,
+                    name,
+                    "credentials are never read from the configuration "
+                    "file; use the standard AWS environment variables or profile",
+                )
+            raise ConfigError(source, name, f"unknown setting (expected one of: {', '.join(sorted(allowed))})")
 
 
 def _string(value: Any, key: str, source: str) -> str:
@@ -180,8 +201,7 @@ def _location(value: Any, key: str, source: str, relative_to: Path) -> str:
     text = _string(value, key, source)
     if "://" in text:
         if not is_s3_url(text):
-            raise ConfigError(source, key, f"unsupported location {text!r} (use a local path or "
-                              "s3://bucket/prefix)")
+            raise ConfigError(source, key, f"unsupported location {text!r} (use a local path or s3://bucket/prefix)")
         bucket = text.split("://", 1)[1].split("/", 1)[0]
         if not bucket:
             raise ConfigError(source, key, f"{text!r} names no bucket")
@@ -219,8 +239,9 @@ def _s3_settings(storage: Any, source: str) -> S3Settings:
     if endpoint is not None:
         endpoint = _string(endpoint, "storage.s3.endpoint_url", source)
         if not endpoint.startswith(("http://", "https://")):
-            raise ConfigError(source, "storage.s3.endpoint_url",
-                              f"expected an http:// or https:// URL, got {endpoint!r}")
+            raise ConfigError(
+                source, "storage.s3.endpoint_url", f"expected an http:// or https:// URL, got {endpoint!r}"
+            )
     else:
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
     region = s3.get("region")
@@ -230,10 +251,8 @@ def _s3_settings(storage: Any, source: str) -> S3Settings:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     attempts = s3.get("max_attempts", S3Settings.max_attempts)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
-        raise ConfigError(source, "storage.s3.max_attempts",
-                          f"expected a whole number from 1 to 100, got {attempts!r}")
-    return S3Settings(endpoint_url=endpoint.rstrip("/") if endpoint else None, region=region,
-                      max_attempts=attempts)
+        raise ConfigError(source, "storage.s3.max_attempts", f"expected a whole number from 1 to 100, got {attempts!r}")
+    return S3Settings(endpoint_url=endpoint.rstrip("/") if endpoint else None, region=region, max_attempts=attempts)
 
 
 def parse_duration(value: Any) -> int:
@@ -260,25 +279,30 @@ def _compaction(value: Any, source: str) -> CompactionSettings:
     if "max_small_files" in value:
         n = value["max_small_files"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError(source, "compaction.max_small_files",
-                              f"expected a whole number of at least 1, got {n!r}")
+            raise ConfigError(source, "compaction.max_small_files", f"expected a whole number of at least 1, got {n!r}")
         settings = replace(settings, max_small_files=n)
-    for key, attribute in (("tombstone_retention", "tombstone_retention_seconds"),
-                           ("grace_period", "grace_period_seconds")):
+    for key, attribute in (
+        ("tombstone_retention", "tombstone_retention_seconds"),
+        ("grace_period", "grace_period_seconds"),
+    ):
         if key in value:
             try:
                 seconds = parse_duration(value[key])
             except ValueError:
-                raise ConfigError(source, f"compaction.{key}", f"expected a duration such as 7d, 12h, "
-                                  f"30m or 0s, got {value[key]!r}") from None
+                raise ConfigError(
+                    source, f"compaction.{key}", f"expected a duration such as 7d, 12h, 30m or 0s, got {value[key]!r}"
+                ) from None
             settings = replace(settings, **{attribute: seconds})
     return settings
 
 
 def check_schema_name(name: Any, key: str, source: str) -> str:
     if not isinstance(name, str) or not SAFE_IDENTIFIER.match(name):
-        raise ConfigError(source, key, f"{name!r} is not a safe schema name (a letter, then letters, "
-                          "digits or _; at most 63 characters)")
+        raise ConfigError(
+            source,
+            key,
+            f"{name!r} is not a safe schema name (a letter, then letters, digits or _; at most 63 characters)",
+        )
     if name.lower() in RESERVED_SCHEMA_NAMES:
         raise ConfigError(source, key, f"{name!r} is reserved; choose another schema name")
     return name
@@ -315,12 +339,13 @@ def _schemas(value: Any, config: AperioConfig, source: str) -> tuple[SchemaConfi
             raise ConfigError(source, f"{key}.name", "missing")
         name = check_schema_name(entry["name"], f"{key}.name", source)
         if name.lower() in seen:
-            raise ConfigError(source, f"{key}.name", f"{name!r} is listed twice (schema names are "
-                              f"case-insensitive; first at {seen[name.lower()]})")
+            raise ConfigError(
+                source,
+                f"{key}.name",
+                f"{name!r} is listed twice (schema names are case-insensitive; first at {seen[name.lower()]})",
+            )
         seen[name.lower()] = key
-        directory = _relative_directory(entry.get("directory", name), f"{key}.directory", source,
-                                        config.base_directory)
-        mode = _state_storage(entry.get("stateStorage", config.state_storage),
-                              f"{key}.stateStorage", source)
+        directory = _relative_directory(entry.get("directory", name), f"{key}.directory", source, config.base_directory)
+        mode = _state_storage(entry.get("stateStorage", config.state_storage), f"{key}.stateStorage", source)
         schemas.append(SchemaConfig(name=name, directory=directory, state_storage=mode))
     return tuple(schemas)

@@ -41,24 +41,27 @@ from aperio_assets.lake import open_lake
 
 log = logging.getLogger(__name__)
 
+
 def configured_schemas(config_path: str | os.PathLike[str] | None = None) -> list[SchemaConfig]:
     path = find_config_path(config_path)
     if not path.exists():
-        log.warning("aperio: no configuration at %s (set APERIO_CONFIG): the code location has no state assets",
-                    path)
+        log.warning("aperio: no configuration at %s (set APERIO_CONFIG): the code location has no state assets", path)
         return []
     return open_lake(path).schemas()
 
 
 def catalog_job(schemas: list[SchemaConfig]) -> AssetJob:
     return dg.define_asset_job(
-        CATALOG_JOB, selection=dg.AssetSelection.assets(*(model_key(s.name) for s in schemas), CATALOG_VIEWS),
+        CATALOG_JOB,
+        selection=dg.AssetSelection.assets(*(model_key(s.name) for s in schemas), CATALOG_VIEWS),
         description="After the batches: every schema's model (forgetting files and batches that are gone), the "
-                    "view definitions, and the state checks.")
+        "view definitions, and the state checks.",
+    )
 
 
-def build_defs(config_path: str | os.PathLike[str] | None = None,
-               aperio: AperioResource | None = None) -> dg.Definitions:
+def build_defs(
+    config_path: str | os.PathLike[str] | None = None, aperio: AperioResource | None = None
+) -> dg.Definitions:
     """Definitions for the lake configured at ``config_path`` (default: ``$APERIO_CONFIG``)."""
     schemas = configured_schemas(config_path)
     resource = aperio or default_aperio_resource()
@@ -66,13 +69,16 @@ def build_defs(config_path: str | os.PathLike[str] | None = None,
     jobs = [batches_job(s.name) for s in schemas] + [catalog_job(schemas)]
     sensors = [legacy_state_sensor]
     if schemas:
-        sensors += [lake_change_sensor(schemas, jobs),
-                    dg.AutomationConditionSensorDefinition(
-                        "aperio_automation_sensor", target=dg.AssetSelection.assets(
-                            *(model_key(s.name) for s in schemas), CATALOG_VIEWS),
-                        default_status=dg.DefaultSensorStatus.RUNNING,
-                        description="Runs each schema's model and the view definitions once after a wave of "
-                                    "batch runs has finished.")]
+        sensors += [
+            lake_change_sensor(schemas, jobs),
+            dg.AutomationConditionSensorDefinition(
+                "aperio_automation_sensor",
+                target=dg.AssetSelection.assets(*(model_key(s.name) for s in schemas), CATALOG_VIEWS),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                description="Runs each schema's model and the view definitions once after a wave of "
+                "batch runs has finished.",
+            ),
+        ]
     return dg.Definitions(
         assets=assets,
         asset_checks=lake_checks(schemas),

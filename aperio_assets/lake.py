@@ -30,8 +30,7 @@ class Lake:
 
     @cached_property
     def storage(self) -> StorageProvider:
-        return open_storage(self.config.aperio_directory, self.config.s3,
-                            aperio_root=self.config.aperio_directory)
+        return open_storage(self.config.aperio_directory, self.config.s3, aperio_root=self.config.aperio_directory)
 
     @cached_property
     def lake_storage(self) -> StorageProvider:
@@ -69,7 +68,7 @@ class Lake:
                 raise ConfigError(self.config.source, "aperioDirectory", str(exc)) from None
 
     def schemas(self) -> list[SchemaConfig]:
-        """The configured schemas, or else every top-level folder of the lake (SPEC §2), discovered
+        """The configured schemas, or else every top-level folder of the lake (DESIGN §2), discovered
         once per Lake (one LIST): open a new Lake to see folders added since."""
         if self.config.configured_schemas is not None:
             return list(self.config.configured_schemas)
@@ -87,14 +86,16 @@ class Lake:
             name = entry.name
             if not entry.is_dir or name.startswith((".", "_")) or entry.path.rstrip("/") == aperio_dir:
                 continue
-            if not SAFE_IDENTIFIER.match(name) or name.lower() in RESERVED_SCHEMA_NAMES \
-                    or name.lower() in seen:
-                log.warning("%s: folder %r is not usable as a schema name; list it under `schemas:` "
-                            "with a name and directory to include it", self.config.source, name)
+            if not SAFE_IDENTIFIER.match(name) or name.lower() in RESERVED_SCHEMA_NAMES or name.lower() in seen:
+                log.warning(
+                    "%s: folder %r is not usable as a schema name; list it under `schemas:` "
+                    "with a name and directory to include it",
+                    self.config.source,
+                    name,
+                )
                 continue
             seen.add(name.lower())
-            found.append(SchemaConfig(name=name, directory=entry.path,
-                                      state_storage=self.config.state_storage))
+            found.append(SchemaConfig(name=name, directory=entry.path, state_storage=self.config.state_storage))
         return found
 
     def schema(self, name: str) -> SchemaConfig:

@@ -1,4 +1,4 @@
-"""Names of everything aperio keeps under ``.aperio/`` (SPEC §4), in one place."""
+"""Names of everything aperio keeps under ``.aperio/`` (DESIGN §4), in one place."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ LEGACY_PARTITION_STATUS = ".partition_status.duckdb"
 LEGACY_CONVERSIONS = ".conversions.json"
 LEGACY_CONVERSIONS_LOCK = ".conversions.json.lock"
 LEGACY_GENERATED_MODEL = ".generated-model.json"
-LEGACY_SCHEMA_FILES = (LEGACY_PARTITION_STATUS, f"{LEGACY_PARTITION_STATUS}.wal", LEGACY_CONVERSIONS,
-                       LEGACY_CONVERSIONS_LOCK, LEGACY_GENERATED_MODEL)
+LEGACY_SCHEMA_FILES = (
+    LEGACY_PARTITION_STATUS,
+    f"{LEGACY_PARTITION_STATUS}.wal",
+    LEGACY_CONVERSIONS,
+    LEGACY_CONVERSIONS_LOCK,
+    LEGACY_GENERATED_MODEL,
+)
 LEGACY_ROOT_FILES = (LEGACY_CATALOG, f"{LEGACY_CATALOG}.wal")

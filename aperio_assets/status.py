@@ -35,22 +35,31 @@ def lake_status(lake: Lake) -> dict[str, Any]:
     for name in layout.ROOT_ENTRIES:
         if name in root_entries:
             root[name] = _summarize(storage.list(storage.aperio_path(None, name), recursive=True))
-    legacy_catalog = [name for name in layout.LEGACY_ROOT_FILES
-                      if storage.exists(storage.aperio_path(None, name))] if ".duckdb" in root_entries \
+    legacy_catalog = (
+        [name for name in layout.LEGACY_ROOT_FILES if storage.exists(storage.aperio_path(None, name))]
+        if ".duckdb" in root_entries
         else []
+    )
     report["root"] = root
     report["legacyCatalog"] = legacy_catalog
-    report["migrations"] = sorted(f.name.removesuffix(".json") for f in
-                                  storage.list(storage.aperio_path(None, layout.MIGRATIONS_DIR))) \
-        if layout.MIGRATIONS_DIR in root_entries else []
+    report["migrations"] = (
+        sorted(f.name.removesuffix(".json") for f in storage.list(storage.aperio_path(None, layout.MIGRATIONS_DIR)))
+        if layout.MIGRATIONS_DIR in root_entries
+        else []
+    )
 
     health = state_health(lake)
     report["catalogStateTables"] = health.get(None, {})
     schemas = []
     for schema in lake.schemas():
-        entry: dict[str, Any] = {"name": schema.name, "directory": schema.directory,
-                                 "stateStorage": schema.state_storage, "legacyFiles": [],
-                                 "stateTables": health.get(schema.name, {}), "other": {}}
+        entry: dict[str, Any] = {
+            "name": schema.name,
+            "directory": schema.directory,
+            "stateStorage": schema.state_storage,
+            "legacyFiles": [],
+            "stateTables": health.get(schema.name, {}),
+            "other": {},
+        }
         if schema.name in root_entries:
             for item in storage.list(storage.aperio_path(schema.name)):
                 if item.name in layout.LEGACY_SCHEMA_FILES:

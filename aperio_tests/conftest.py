@@ -52,14 +52,20 @@ class S3Server:
     def reset(self) -> None:
         import urllib.request
 
-        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint_url}/moto-api/reset",
-                                                      method="POST"), timeout=10).read()
+        urllib.request.urlopen(
+            urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST"), timeout=10
+        ).read()
 
     def create_bucket(self, name: str) -> None:
         import boto3
 
-        boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1",
-                     aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket=name)
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+        ).create_bucket(Bucket=name)
 
 
 @pytest.fixture(scope="session")
@@ -175,8 +181,10 @@ def lake_case(request: pytest.FixtureRequest, tmp_path) -> LakeCase:
     s3: S3Server = request.getfixturevalue("s3")
     bucket = request.getfixturevalue("s3_bucket")
     S3Storage(s3.settings()).write_bytes(f"s3://{bucket}/lake/sales/orders.csv", b"id\n1\n")
-    config.write_text(f"baseDirectory: s3://{bucket}/lake\ncompaction:\n  max_small_files: 3\n"
-                      f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+    config.write_text(
+        f"baseDirectory: s3://{bucket}/lake\ncompaction:\n  max_small_files: 3\n"
+        f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n"
+    )
     return LakeCase("s3", str(config), f"s3://{bucket}/lake")
 
 

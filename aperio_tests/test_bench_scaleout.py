@@ -21,15 +21,43 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_scale_out_reports_every_run_with_the_same_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     png = tmp_path / "scaleout.png"
-    code = main(["bench", "--scale-out", str(png), "--batches", "20", "--worker-counts", "2,1",
-                 "--modes", "cli", "--s3-latency", "2", "--json"])
+    code = main(
+        [
+            "bench",
+            "--scale-out",
+            str(png),
+            "--batches",
+            "20",
+            "--worker-counts",
+            "2,1",
+            "--modes",
+            "cli",
+            "--s3-latency",
+            "2",
+            "--json",
+        ]
+    )
     rows = json.loads(capsys.readouterr().out)
     assert code == 0, rows
     assert [(r["storage"], r["mode"], r["workers"]) for r in rows] == [
-        ("local", "cli", 1), ("local", "cli", 2), ("s3", "cli", 1), ("s3", "cli", 2)]
+        ("local", "cli", 1),
+        ("local", "cli", 2),
+        ("s3", "cli", 1),
+        ("s3", "cli", 2),
+    ]
     for r in rows:
-        assert set(r) == {"storage", "mode", "workers", "seconds", "speedup", "files", "batches", "same_state",
-                          "requests", "note"}
+        assert set(r) == {
+            "storage",
+            "mode",
+            "workers",
+            "seconds",
+            "speedup",
+            "files",
+            "batches",
+            "same_state",
+            "requests",
+            "note",
+        }
         assert (r["files"], r["batches"]) == (20, 20)  # 19 partitions of `events` and one top-level table
         assert r["same_state"] is True and r["note"] is None, r
         assert r["seconds"] > 0 and r["speedup"] > 0
@@ -39,8 +67,9 @@ def test_scale_out_reports_every_run_with_the_same_state(tmp_path: Path, capsys:
     assert png.read_bytes()[:8] == PNG
 
 
-def test_a_mismatch_and_a_missing_launcher_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_mismatch_and_a_missing_launcher_are_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     # the Dagster launcher cannot be imported (whether or not it exists yet)
     monkeypatch.setitem(sys.modules, "aperio_assets.defs.launch", None)
     real = scaleout._run_cli
@@ -55,12 +84,16 @@ def test_a_mismatch_and_a_missing_launcher_are_reported(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(scaleout, "_run_cli", tampered)
     png = tmp_path / "scaleout.png"
-    code = main(["bench", "--scale-out", str(png), "--batches", "20", "--worker-counts", "1,2", "--storage", "local",
-                 "--json"])
+    code = main(
+        ["bench", "--scale-out", str(png), "--batches", "20", "--worker-counts", "1,2", "--storage", "local", "--json"]
+    )
     rows = json.loads(capsys.readouterr().out)
     assert code == 1
     assert [(r["storage"], r["mode"], r["workers"]) for r in rows] == [
-        ("local", "cli", 1), ("local", "cli", 2), ("local", "dagster", None)]
+        ("local", "cli", 1),
+        ("local", "cli", 2),
+        ("local", "dagster", None),
+    ]
     one, two, dagster = rows
     assert one["same_state"] is True
     assert two["same_state"] is False
@@ -75,18 +108,36 @@ def test_lake_size_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(files) == 1000
     assert sum(1 for p in files if p.startswith("bench/events/day=")) == 950
     assert len(scaleout.lake_files(20)) == 20 and len(scaleout.lake_files(1)) == 1
-    for argv, message in ((["--worker-counts", "2,4"], "include 1"), (["--modes", "cli,airflow"], "airflow"),
-                          (["--batches", "0"], "--batches")):
+    for argv, message in (
+        (["--worker-counts", "2,4"], "include 1"),
+        (["--modes", "cli,airflow"], "airflow"),
+        (["--batches", "0"], "--batches"),
+    ):
         with pytest.raises(SystemExit) as usage:
             main(["bench", "--scale-out", "x.png", *argv])
         assert usage.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_dagster_runs_leave_the_state_the_library_call_leaves(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_dagster_runs_leave_the_state_the_library_call_leaves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     png = tmp_path / "scaleout.png"
-    code = main(["bench", "--scale-out", str(png), "--batches", "20", "--worker-counts", "1,2", "--storage", "local",
-                 "--modes", "cli,dagster", "--json"])
+    code = main(
+        [
+            "bench",
+            "--scale-out",
+            str(png),
+            "--batches",
+            "20",
+            "--worker-counts",
+            "1,2",
+            "--storage",
+            "local",
+            "--modes",
+            "cli,dagster",
+            "--json",
+        ]
+    )
     rows = json.loads(capsys.readouterr().out)
     assert code == 0, rows
     assert [(r["mode"], r["workers"]) for r in rows] == [("cli", 1), ("cli", 2), ("dagster", 1), ("dagster", 2)]

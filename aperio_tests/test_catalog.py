@@ -24,31 +24,41 @@ def build(lake_case: LakeCase):
     put(lake, "sales/orders/year=2024/month=01/a.csv", b"id,carrier,amount\n1,AA,10\n2,UA,20\n")
     put(lake, "sales/orders/year=2024/month=02/a.csv", b"id,carrier,amount\n3,AA,30\n")
     put(lake, f"sales/{HOSTILE}.csv", b"v\n42\n")
-    put(lake, "ref/carriers.json", json.dumps([{"carrier": "AA", "name": "American"},
-                                               {"carrier": "UA", "name": "United"}]).encode())
+    put(
+        lake,
+        "ref/carriers.json",
+        json.dumps([{"carrier": "AA", "name": "American"}, {"carrier": "UA", "name": "United"}]).encode(),
+    )
     lake = lake_case.lake()  # rediscover: ref is new
     refresh(lake)
     return lake
 
 
-@pytest.mark.parametrize(("lake_case", "s3_access"), [("local", "auto"), ("s3", "auto"), ("s3", "fsspec")],
-                         indirect=["lake_case"])
+@pytest.mark.parametrize(
+    ("lake_case", "s3_access"), [("local", "auto"), ("s3", "auto"), ("s3", "fsspec")], indirect=["lake_case"]
+)
 def test_views_and_cross_schema_join(lake_case: LakeCase, s3_access: str) -> None:
     lake = build(lake_case)
     con, report = open_catalog(lake, s3_access=s3_access)
     assert report.broken == {}
     assert report.s3_access == (None if lake_case.kind == "local" else ("httpfs" if s3_access == "auto" else "fsspec"))
-    rows = con.execute("SELECT c.name, sum(o.amount) FROM sales.orders o JOIN ref.carriers c USING (carrier) "
-                       "GROUP BY 1 ORDER BY 1").fetchall()
+    rows = con.execute(
+        "SELECT c.name, sum(o.amount) FROM sales.orders o JOIN ref.carriers c USING (carrier) GROUP BY 1 ORDER BY 1"
+    ).fetchall()
     assert rows == [("American", 40), ("United", 20)]
-    assert con.execute("SELECT DISTINCT month FROM sales.orders ORDER BY 1").fetchall() == [("01",), ("02",)] or \
-        con.execute("SELECT DISTINCT month FROM sales.orders ORDER BY 1").fetchall() == [(1,), (2,)]
+    assert con.execute("SELECT DISTINCT month FROM sales.orders ORDER BY 1").fetchall() == [
+        ("01",),
+        ("02",),
+    ] or con.execute("SELECT DISTINCT month FROM sales.orders ORDER BY 1").fetchall() == [(1,), (2,)]
     assert con.execute(f'SELECT v FROM sales."{HOSTILE.replace(chr(34), chr(34) * 2)}"').fetchall() == [(42,)]
     schemas = {r for r in con.execute("SELECT database_name, schema_name FROM duckdb_schemas()").fetchall()}
     assert {("aperio_catalog", "sales"), ("aperio_catalog", "ref"), ("aperio_catalog", "aperio")} <= schemas
     # no persistent catalog file in shared mode
-    assert not [f for f in lake.storage.list(lake.config.aperio_directory, recursive=True)
-                if f.name.endswith((".duckdb", ".wal"))]
+    assert not [
+        f
+        for f in lake.storage.list(lake.config.aperio_directory, recursive=True)
+        if f.name.endswith((".duckdb", ".wal"))
+    ]
 
 
 def test_state_views_agree_with_the_trackers(lake_case: LakeCase) -> None:
@@ -58,32 +68,51 @@ def test_state_views_agree_with_the_trackers(lake_case: LakeCase) -> None:
     tracker.mark_table_complete("orders-pipeline", "sig")
     for _ in range(2):  # before and after compaction
         con = connect(lake)
-        status = con.execute("SELECT schema_name, alternate_name, incremental_key_values, row_count "
-                             "FROM aperio.partition_status ORDER BY ALL").fetchall()
-        expected = sorted((s, r["alternate_name"], r["incremental_key_values"], r["row_count"])
-                          for s in ("ref", "sales") for alt in {"orders", "orders_csv", HOSTILE, "carriers"}
-                          for r in open_tracker(lake, s).status_rows(alt))
+        status = con.execute(
+            "SELECT schema_name, alternate_name, incremental_key_values, row_count "
+            "FROM aperio.partition_status ORDER BY ALL"
+        ).fetchall()
+        expected = sorted(
+            (s, r["alternate_name"], r["incremental_key_values"], r["row_count"])
+            for s in ("ref", "sales")
+            for alt in {"orders", "orders_csv", HOSTILE, "carriers"}
+            for r in open_tracker(lake, s).status_rows(alt)
+        )
         assert status == expected and len(status) == 4  # the fixture's orders.csv is table orders_csv
         assert con.execute("SELECT schema_name, pipeline_name FROM aperio.table_completion").fetchall() == [
-            ("sales", "orders-pipeline")]
-        conversions = con.execute("SELECT schema_name, table_name, row_count FROM aperio.conversions "
-                                  "ORDER BY ALL").fetchall()
-        assert conversions == sorted([("ref", "carriers", 2), ("sales", HOSTILE, 1), ("sales", "orders", 1),
-                                      ("sales", "orders", 2), ("sales", "orders_csv", 1)])
+            ("sales", "orders-pipeline")
+        ]
+        conversions = con.execute(
+            "SELECT schema_name, table_name, row_count FROM aperio.conversions ORDER BY ALL"
+        ).fetchall()
+        assert conversions == sorted(
+            [
+                ("ref", "carriers", 2),
+                ("sales", HOSTILE, 1),
+                ("sales", "orders", 1),
+                ("sales", "orders", 2),
+                ("sales", "orders_csv", 1),
+            ]
+        )
         assert con.execute("SELECT count(*) FROM aperio.views WHERE origin = 'generated'").fetchone() == (4,)
         tracker.compact()
 
 
-def test_user_views_survive_rebuild_and_broken_ones_do_not_break_connect(lake_case: LakeCase,
-                                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_user_views_survive_rebuild_and_broken_ones_do_not_break_connect(
+    lake_case: LakeCase, caplog: pytest.LogCaptureFixture
+) -> None:
     lake = build(lake_case)
     store = ViewStore(lake)
     store.add("sales", "big_orders", "SELECT * FROM sales.orders WHERE amount >= 20")
     store.add("sales", "joined", "SELECT o.id, c.name FROM sales.orders o JOIN ref.carriers c USING (carrier)")
     store.add("ref", "broken", "SELECT * FROM no_such_table")
     assert store.rebuild()["removed"] == 0
-    assert {(v.view_name, v.origin) for v in store.list()} >= {("big_orders", "user"), ("joined", "user"),
-                                                                ("broken", "user"), ("orders", "generated")}
+    assert {(v.view_name, v.origin) for v in store.list()} >= {
+        ("big_orders", "user"),
+        ("joined", "user"),
+        ("broken", "user"),
+        ("orders", "generated"),
+    }
     with caplog.at_level(logging.WARNING):
         con, report = open_catalog(lake)
     assert list(report.broken) == ["ref.broken"] and "no_such_table" in report.broken["ref.broken"].lower()
@@ -100,8 +129,9 @@ def test_credentials_never_leave_the_secret(lake_case: LakeCase, caplog: pytest.
         lake = build(lake_case)
         con = connect(lake)
         con.execute("SELECT count(*) FROM sales.orders").fetchall()
-    written = b"".join(lake.storage.read_bytes(f.path)
-                       for f in lake.storage.list(lake.config.aperio_directory, recursive=True))
+    written = b"".join(
+        lake.storage.read_bytes(f.path) for f in lake.storage.list(lake.config.aperio_directory, recursive=True)
+    )
     view_sql = " ".join(r[0] for r in con.execute("SELECT sql FROM duckdb_views()").fetchall())
     ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("aperio"))
     for secret in TEST_CREDENTIALS.values():
@@ -120,8 +150,14 @@ def test_credentials_never_leave_the_secret(lake_case: LakeCase, caplog: pytest.
 
 def test_sql_command(lake_case: LakeCase) -> None:
     build(lake_case)
-    result = run_cli("--config", lake_case.config_path, "sql",
-                     "SELECT carrier, sum(amount) AS total FROM sales.orders GROUP BY 1 ORDER BY 1", "--format", "csv")
+    result = run_cli(
+        "--config",
+        lake_case.config_path,
+        "sql",
+        "SELECT carrier, sum(amount) AS total FROM sales.orders GROUP BY 1 ORDER BY 1",
+        "--format",
+        "csv",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["carrier,total", "AA,40", "UA,20"]
     result = run_cli("--config", lake_case.config_path, "sql", "SELECT 1 AS one", "--json")
@@ -149,7 +185,8 @@ def test_local_mode_state_views_read_the_legacy_files(tmp_path) -> None:
     assert report.broken == {} and report.views == 1
     assert con.execute("SELECT sum(amount) FROM sales.orders").fetchone() == (12,)
     assert con.execute("SELECT schema_name, alternate_name, row_count FROM aperio.partition_status").fetchall() == [
-        ("sales", "orders", 2)]
+        ("sales", "orders", 2)
+    ]
     assert con.execute("SELECT pipeline_name FROM aperio.table_completion").fetchall() == [("p",)]
     assert con.execute("SELECT table_name, row_count FROM aperio.conversions").fetchall() == [("orders", 2)]
     # the legacy DuckDB file is not held open by the catalog: the store can still write

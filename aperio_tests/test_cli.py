@@ -24,8 +24,12 @@ def test_demo_then_status(tmp_path: Path) -> None:
     by_name = {s["name"]: s for s in report["schemas"]}
     assert sorted(by_name) == ["flights", "reference"]
     assert by_name["flights"]["stateStorage"] == "shared"
-    assert by_name["flights"]["legacyFiles"] == [".conversions.json", ".conversions.json.lock",
-                                                 ".generated-model.json", ".partition_status.duckdb"]
+    assert by_name["flights"]["legacyFiles"] == [
+        ".conversions.json",
+        ".conversions.json.lock",
+        ".generated-model.json",
+        ".partition_status.duckdb",
+    ]
 
     human = run_cli("status", env={"APERIO_CONFIG": str(config)})
     assert human.returncode == 0
@@ -38,11 +42,9 @@ def test_status_on_s3_lake(tmp_path: Path, s3: S3Server, s3_bucket: str) -> None
     client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name="us-east-1")
     client.put_object(Bucket=s3_bucket, Key="data/sales/2024.csv", Body=b"a,b\n1,2\n")
     client.put_object(Bucket=s3_bucket, Key="data/hr/people.json", Body=b"[]")
-    client.put_object(Bucket=s3_bucket, Key="data/.aperio/sales/partition_status/0001.parquet",
-                      Body=b"x" * 10)
+    client.put_object(Bucket=s3_bucket, Key="data/.aperio/sales/partition_status/0001.parquet", Body=b"x" * 10)
     config = tmp_path / "aperio.yaml"
-    config.write_text(f"baseDirectory: s3://{s3_bucket}/data\n"
-                      f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+    config.write_text(f"baseDirectory: s3://{s3_bucket}/data\nstorage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
     result = run_cli("--config", str(config), "status", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -56,16 +58,14 @@ def test_status_on_s3_lake(tmp_path: Path, s3: S3Server, s3_bucket: str) -> None
         assert secret not in result.stdout + result.stderr
 
 
-def test_debug_logs_never_show_credentials(tmp_path: Path, s3: S3Server, s3_bucket: str, capfd,
-                                           monkeypatch) -> None:
+def test_debug_logs_never_show_credentials(tmp_path: Path, s3: S3Server, s3_bucket: str, capfd, monkeypatch) -> None:
     """`--debug` shows botocore's request logs (Authorization headers included) with every
     credential redacted, whether it has AWS's key-id shape or not, even after a run without
     `--debug` in the same process (which quietens botocore)."""
     from aperio_assets.cli.app import main
 
     config = tmp_path / "aperio.yaml"
-    config.write_text(f"baseDirectory: s3://{s3_bucket}/data\n"
-                      f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+    config.write_text(f"baseDirectory: s3://{s3_bucket}/data\nstorage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
     for key_id in ("AKIAIOSFODNN7EXAMPLE", TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"]):
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
         monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token-value-123")
@@ -86,21 +86,27 @@ def test_redact_every_header_shape(monkeypatch) -> None:
     from aperio_assets.cli.redact import redact
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
-    lines = {
+    lines = [
         # botocore's AWSPreparedRequest repr (SigV4)
-        "headers={'Authorization': b'AWS4-HMAC-SHA256 Credential=mykeyid/20260101/us-east-1/s3/aws4_request, "
-        "SignedHeaders=host, Signature=abc123', 'X-Amz-Security-Token': b'tok+en/=', 'Host': 'h'}":
+        (
+            "headers={'Authorization': b'AWS4-HMAC-SHA256 Credential=mykeyid/20260101/us-east-1/s3/aws4_request, "
+            "SignedHeaders=host, Signature=abc123', 'X-Amz-Security-Token': b'tok+en/=', 'Host': 'h'}",
             "headers={'Authorization': b<redacted>, 'X-Amz-Security-Token': b<redacted>, 'Host': 'h'}",
+        ),
         # SigV2 and http.client's wire dump (escaped CRLF)
-        "send: b'GET / HTTP/1.1\\r\\nAuthorization: AWS mykeyid:c2lnbmF0dXJl\\r\\nHost: h\\r\\n'":
+        (
+            "send: b'GET / HTTP/1.1\\r\\nAuthorization: AWS mykeyid:c2lnbmF0dXJl\\r\\nHost: h\\r\\n'",
             "send: b'GET / HTTP/1.1\\r\\nAuthorization: <redacted>\\r\\nHost: h\\r\\n'",
+        ),
         # a canonical request, and a presigned URL
-        "x-amz-security-token:tok+en/=": "x-amz-security-token:<redacted>",
-        "GET /k?X-Amz-Credential=mykeyid%2F20260101&X-Amz-Security-Token=tok&X-Amz-Expires=60":
+        ("x-amz-security-token:tok+en/=", "x-amz-security-token:<redacted>"),
+        (
+            "GET /k?X-Amz-Credential=mykeyid%2F20260101&X-Amz-Security-Token=tok&X-Amz-Expires=60",
             "GET /k?X-Amz-Credential=<redacted>&X-Amz-Security-Token=<redacted>&X-Amz-Expires=60",
-        "{'key': 'AKIAIOSFODNN7EXAMPLE', 'secret': 'hush'}": "{'key': '<redacted>', 'secret': '<redacted>'}",
-    }
-    for line, expected in lines.items():
+        ),
+        ("{'key': 'AKIAIOSFODNN7EXAMPLE', 'secret': 'hush'}", "{'key': '<redacted>', 'secret': '<redacted>'}"),
+    ]
+    for line, expected in lines:
         assert redact(line) == expected
 
 

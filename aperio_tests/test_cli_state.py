@@ -55,7 +55,10 @@ def test_status_compact_doctor_repair(lake_case: LakeCase) -> None:
     ps = report["schemas"][0]["stateTables"]["partition_status"]
     assert (ps["liveRows"], ps["files"], ps["smallFiles"], ps["unreadableFiles"]) == (3, 1, 0, [])
     assert open_tracker(lake_case.config_path, "sales").get_processed_key_values("orders") == [
-        {"month": "01"}, {"month": "02"}, {"month": "03"}]
+        {"month": "01"},
+        {"month": "02"},
+        {"month": "03"},
+    ]
 
 
 def test_doctor_compacts_crowded_tables(lake_case: LakeCase) -> None:

@@ -14,10 +14,15 @@ from aperio_assets.lake import open_lake
 from aperio_tests.conftest import S3Server
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "aperio_assets", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=120)
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aperio_assets", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def write(path: Path, text: str) -> Path:
@@ -39,7 +44,10 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
 
 
 def test_explicit_settings(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path / "aperio.yaml", """
+    config = load_config(
+        write(
+            tmp_path / "aperio.yaml",
+            """
 baseDirectory: s3://bucket/data/
 aperioDirectory: s3://meta/.aperio
 stateStorage: shared
@@ -52,7 +60,9 @@ schemas:
     directory: raw/flights
     stateStorage: local
   - reference
-"""))
+""",
+        )
+    )
     assert config.base_directory == "s3://bucket/data"
     assert config.aperio_directory == "s3://meta/.aperio"
     assert config.legacy_directory == "/var/lib/aperio/.aperio"
@@ -63,7 +73,8 @@ schemas:
     assert config.compaction.grace_period_seconds == 0
     assert [(s.name, s.directory, s.state_storage) for s in config.configured_schemas or ()] == [
         ("flights", "s3://bucket/data/raw/flights", "local"),
-        ("reference", "s3://bucket/data/reference", "shared")]
+        ("reference", "s3://bucket/data/reference", "shared"),
+    ]
 
 
 def test_s3_settings_from_standard_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,7 +103,8 @@ def test_schema_discovery(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     schemas = lake.schemas()
     assert [(s.name, s.directory, s.state_storage) for s in schemas] == [
         ("flights", str(tmp_path / "lake" / "flights"), "local"),
-        ("reference", str(tmp_path / "lake" / "reference"), "local")]
+        ("reference", str(tmp_path / "lake" / "reference"), "local"),
+    ]
     assert "'has space'" in caplog.text and "'catalog'" in caplog.text
 
 
@@ -116,8 +128,10 @@ BAD_CONFIGS = [
     ("schemas:\n  - name: ok\n    stateStorage: both\n", "schemas[0].stateStorage: unknown value 'both'"),
     ("schemas:\n  - a\n  - A\n", "schemas[1].name: 'A' is listed twice"),
     ("stateStorgae: shared\n", "stateStorgae: unknown setting"),
-    ("storage:\n  s3:\n    aws_secret_access_key: abc\n",
-     "storage.s3.aws_secret_access_key: credentials are never read from the configuration file"),
+    (
+        "storage:\n  s3:\n    aws_secret_access_key: abc\n",
+        "storage.s3.aws_secret_access_key: credentials are never read from the configuration file",
+    ),
     ("compaction:\n  tombstone_retention: forever\n", "compaction.tombstone_retention: expected a duration"),
     ("compaction:\n  grace_period: -5m\n", "compaction.grace_period: expected a duration"),
     ("storage:\n  s3:\n    max_attempts: 0\n", "storage.s3.max_attempts: expected a whole number"),
@@ -167,17 +181,23 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 
 def test_missing_bucket_names_the_key(tmp_path: Path, s3: S3Server) -> None:
-    config = write(tmp_path / "aperio.yaml", f"baseDirectory: s3://no-such-bucket/lake\n"
-                   f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+    config = write(
+        tmp_path / "aperio.yaml",
+        f"baseDirectory: s3://no-such-bucket/lake\nstorage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n",
+    )
     result = run_cli("--config", str(config), "status")
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"aperio: error: {config}: baseDirectory: bucket 'no-such-bucket' "
-                                     f"does not exist at {s3.endpoint_url}")
+    assert result.stderr.strip() == (
+        f"aperio: error: {config}: baseDirectory: bucket 'no-such-bucket' does not exist at {s3.endpoint_url}"
+    )
 
 
 def test_local_mode_on_s3_warns_but_works(tmp_path: Path, s3: S3Server, s3_bucket: str) -> None:
-    config = write(tmp_path / "aperio.yaml", f"baseDirectory: s3://{s3_bucket}/lake\nstateStorage: local\n"
-                   f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+    config = write(
+        tmp_path / "aperio.yaml",
+        f"baseDirectory: s3://{s3_bucket}/lake\nstateStorage: local\n"
+        f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n",
+    )
     result = run_cli("--config", str(config), "status", "--json")
     assert result.returncode == 0, result.stderr
     assert "warning" in result.stderr and "stateStorage: local state cannot be shared" in result.stderr

@@ -56,15 +56,22 @@ def batch_runs(results: Results) -> list[dg.ExecuteInProcessResult]:
 def metadata(results: Results, key: str) -> dict[str, Any]:
     """The metadata of ``key``'s materialization in these runs (a partitioned asset's run reports
     the same metadata for each of its partitions)."""
-    events = [e for r in results for e in r.get_asset_materialization_events()
-              if e.materialization.asset_key.to_user_string() == key]
+    events = [
+        e
+        for r in results
+        for e in r.get_asset_materialization_events()
+        if e.materialization.asset_key.to_user_string() == key
+    ]
     assert events, f"{key} was not materialized"
     return {k: getattr(v, "value", v) for k, v in events[-1].materialization.metadata.items()}
 
 
 def checks(results: Results) -> dict[str, bool]:
-    return {f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
-            for r in results for e in r.get_asset_check_evaluations()}
+    return {
+        f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
+        for r in results
+        for e in r.get_asset_check_evaluations()
+    }
 
 
 def catalog_run(defs: dg.Definitions, instance: dg.DagsterInstance) -> Results:
@@ -94,13 +101,17 @@ def test_definitions_are_generated_from_the_config(tmp_path: Path) -> None:
     assert keys == {f"{s}/{a}" for s in ("sales", "ref") for a in SCHEMA_ASSETS} | {"aperio/catalog_views"}
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey(["sales", "partition_status"])).parent_keys == {
-        dg.AssetKey(["sales", "conversion_lineage"])}
+        dg.AssetKey(["sales", "conversion_lineage"])
+    }
     assert graph.get(dg.AssetKey(["aperio", "catalog_views"])).parent_keys == {
-        dg.AssetKey([s, "generated_model"]) for s in ("sales", "ref")}
+        dg.AssetKey([s, "generated_model"]) for s in ("sales", "ref")
+    }
     check_keys = {f"{k.asset_key.to_user_string()}:{k.name}" for k in graph.asset_check_keys}
     assert check_keys == {"aperio/catalog_views:views_resolve", "aperio/catalog_views:state_health"} | {
-        f"{s}/generated_model:{c}" for s in ("sales", "ref")
-        for c in ("lineage_state_health", "status_state_health", "conversions_succeed")}
+        f"{s}/generated_model:{c}"
+        for s in ("sales", "ref")
+        for c in ("lineage_state_health", "status_state_health", "conversions_succeed")
+    }
     # lineage and status are partitioned by the schema's batches; the model and the views are not
     for schema in ("sales", "ref"):
         for asset in ("conversion_lineage", "partition_status"):
@@ -108,10 +119,15 @@ def test_definitions_are_generated_from_the_config(tmp_path: Path) -> None:
         assert graph.get(dg.AssetKey([schema, "generated_model"])).partitions_def is None
         job = defs.resolve_job_def(f"{schema}_batches_job")
         assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == {
-            f"{schema}/conversion_lineage", f"{schema}/partition_status"}
+            f"{schema}/conversion_lineage",
+            f"{schema}/partition_status",
+        }
     catalog = defs.resolve_job_def(CATALOG_JOB)
     assert {k.to_user_string() for k in catalog.asset_layer.selected_asset_keys} == {
-        "sales/generated_model", "ref/generated_model", "aperio/catalog_views"}
+        "sales/generated_model",
+        "ref/generated_model",
+        "aperio/catalog_views",
+    }
     assert {s.name for s in defs.sensors} == {"legacy_state_sensor", "lake_change_sensor", "aperio_automation_sensor"}
     assert isinstance(defs.resources[STATE_IO_MANAGER], SharedParquetIOManager)
 
@@ -136,7 +152,10 @@ def test_materialize_refreshes_the_lake(lake_case: LakeCase, mode: str) -> None:
         lineage_meta = metadata(first, "sales/conversion_lineage")
         # 9 raw files of the seed plus the fixture's orders.csv; none fails
         assert (lineage_meta["files converted"], lineage_meta["files failed"], lineage_meta["files skipped"]) == (
-            10, 0, 0)
+            10,
+            0,
+            0,
+        )
         assert lineage_meta["rows written"] == 10 and lineage_meta["dagster/row_count"] == 10
         assert lineage_meta["state mode"] == mode
         status_meta = metadata(first, "sales/partition_status")
@@ -159,7 +178,7 @@ def test_materialize_refreshes_the_lake(lake_case: LakeCase, mode: str) -> None:
         assert months == {'{"month":"01","year":"2024"}': 2, '{"month":"02","year":"2024"}': 4}
         assert len(open_lineage(lake, "sales").records()) == 10
         with connect(lake) as con:
-            assert con.execute('SELECT count(*) FROM sales.orders').fetchone()[0] == 6
+            assert con.execute("SELECT count(*) FROM sales.orders").fetchone()[0] == 6
         if mode == "local":
             assert Path(lake.local_state_path("sales", layout.LEGACY_PARTITION_STATUS)).exists()
             assert Path(lake.local_state_path("sales", layout.LEGACY_CONVERSIONS)).exists()
@@ -189,7 +208,8 @@ def test_materialize_refreshes_the_lake(lake_case: LakeCase, mode: str) -> None:
     tracker = open_tracker(lake, "sales")
     assert tracker.get_processed_key_values("events") == []
     assert {r["incremental_key_values"]: r["row_count"] for r in tracker.status_rows("orders")}[
-        '{"month":"01","year":"2024"}'] == 3
+        '{"month":"01","year":"2024"}'
+    ] == 3
 
 
 def test_a_failed_file_is_reported_and_the_checks_see_bad_state(lake_case: LakeCase) -> None:
@@ -221,15 +241,29 @@ def test_io_manager_round_trip(lake_case: LakeCase, mode: str) -> None:
     set_mode(lake_case.config_path, mode)
     aperio = AperioResource(config_path=lake_case.config_path)
     frames = [
-        pl.DataFrame({"pipeline_name": ["a", "b", "c"], "signature": ["s1", "s1", "s1"], "row_count": [1, 2, 3],
-                      "completed_at": [10, 10, 10]}),
-        pl.DataFrame({"pipeline_name": ["b", "c"], "signature": ["s2", None], "row_count": [20, None],
-                      "completed_at": [11, None], "_deleted": [False, True]}),
+        pl.DataFrame(
+            {
+                "pipeline_name": ["a", "b", "c"],
+                "signature": ["s1", "s1", "s1"],
+                "row_count": [1, 2, 3],
+                "completed_at": [10, 10, 10],
+            }
+        ),
+        pl.DataFrame(
+            {
+                "pipeline_name": ["b", "c"],
+                "signature": ["s2", None],
+                "row_count": [20, None],
+                "completed_at": [11, None],
+                "_deleted": [False, True],
+            }
+        ),
     ]
     loaded: list[pl.DataFrame] = []
 
-    @dg.asset(key=["sales", "completions"], io_manager_key="state", metadata=state_table_metadata("sales",
-                                                                                                  "table_completion"))
+    @dg.asset(
+        key=["sales", "completions"], io_manager_key="state", metadata=state_table_metadata("sales", "table_completion")
+    )
     def completions(context: dg.AssetExecutionContext) -> pl.DataFrame:
         return frames[int(context.run.tags["round"])]
 
@@ -240,13 +274,19 @@ def test_io_manager_round_trip(lake_case: LakeCase, mode: str) -> None:
     resources = {"state": SharedParquetIOManager(aperio=aperio)}
     with dg.instance_for_test() as instance:
         for round_ in ("0", "1"):
-            assert dg.materialize([completions, reader], instance=instance, resources=resources,
-                                  tags={"round": round_}).success
+            assert dg.materialize(
+                [completions, reader], instance=instance, resources=resources, tags={"round": round_}
+            ).success
     first, second = (frame.sort("pipeline_name") for frame in loaded)
-    assert first.select("pipeline_name", "signature", "row_count").rows() == [("a", "s1", 1), ("b", "s1", 2),
-                                                                              ("c", "s1", 3)]
+    assert first.select("pipeline_name", "signature", "row_count").rows() == [
+        ("a", "s1", 1),
+        ("b", "s1", 2),
+        ("c", "s1", 3),
+    ]
     assert second.select("pipeline_name", "signature", "row_count", "completed_at").rows() == [
-        ("a", "s1", 1, 10), ("b", "s2", 20, 11)]
+        ("a", "s1", 1, 10),
+        ("b", "s2", 20, 11),
+    ]
     assert second.schema["row_count"] == pl.Int64 and "_deleted" not in second.columns
     tracker = open_tracker(aperio.lake(), "sales")
     assert tracker.is_table_complete("b", "s2") and not tracker.is_table_complete("c", "s1")
@@ -264,8 +304,9 @@ def test_io_manager_rejects_unknown_columns(tmp_path: Path) -> None:
         return pl.DataFrame({"pipeline_name": ["a"], "colour": ["red"]})
 
     with dg.instance_for_test() as instance:
-        result = dg.materialize([bad], instance=instance, resources={"state": SharedParquetIOManager(aperio=aperio)},
-                                raise_on_error=False)
+        result = dg.materialize(
+            [bad], instance=instance, resources={"state": SharedParquetIOManager(aperio=aperio)}, raise_on_error=False
+        )
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert "no column(s) colour" in str(failure.step_failure_data.error)
@@ -294,8 +335,14 @@ def test_dg_check_defs(tmp_path: Path) -> None:
     (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
     (tmp_path / "home").mkdir()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "APERIO_CONFIG": str(tmp_path / "aperio.yaml")}
-    done = subprocess.run([str(Path(sys.executable).with_name("dg")), "check", "defs"], env=env,
-                          cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("dg")), "check", "defs"],
+        env=env,
+        cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "All definitions loaded successfully" in done.stdout + done.stderr
 
@@ -356,8 +403,9 @@ def test_a_failed_file_is_reported_on_every_run_and_retried_alone(lake_case: Lak
             if attempt == 1:  # only the failed batch is run again
                 (run,) = batch_runs(result)
                 assert run.dagster_run.tags.get("dagster/partition") == "broken"
-            (check,) = [e for r in result for e in r.get_asset_check_evaluations()
-                        if e.check_name == "conversions_succeed"]
+            (check,) = [
+                e for r in result for e in r.get_asset_check_evaluations() if e.check_name == "conversions_succeed"
+            ]
             assert check.passed is False and check.severity == dg.AssetCheckSeverity.WARN
             (failure,) = check.metadata["failures"].value
             assert failure["file"].endswith("sales/broken.json") and failure["table"] == "broken"
@@ -399,14 +447,19 @@ def test_lineage_is_recorded_as_the_step_converts(lake_case: LakeCase, monkeypat
     tags = {"dagster/asset_partition_range_start": "orders", "dagster/asset_partition_range_end": "t5"}
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(batches_partitions("sales").name, keys)
-        failed = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False,
-                                        asset_selection=[dg.AssetKey(["sales", "conversion_lineage"])])
+        failed = job.execute_in_process(
+            instance=instance,
+            tags=tags,
+            raise_on_error=False,
+            asset_selection=[dg.AssetKey(["sales", "conversion_lineage"])],
+        )
         assert not failed.success
         recorded = open_lineage(lake, "sales").records()
         assert sorted(recorded) == sorted(calls[:4])  # two groups of two, recorded before the failure
         monkeypatch.setattr(refresh_module.SchemaRefresh, "_convert", original)
-        result = job.execute_in_process(instance=instance, tags=tags,
-                                        asset_selection=[dg.AssetKey(["sales", "conversion_lineage"])])
+        result = job.execute_in_process(
+            instance=instance, tags=tags, asset_selection=[dg.AssetKey(["sales", "conversion_lineage"])]
+        )
     lineage_meta = metadata([result], "sales/conversion_lineage")
     assert (lineage_meta["files converted"], lineage_meta["files skipped"]) == (3, 4)
     assert lineage_meta["rows written"] == 3 and lineage_meta["dagster/row_count"] == 7
@@ -423,21 +476,29 @@ def test_aperio_refresh_job_refreshes_everything_in_one_run(lake_case: LakeCase)
     defs, _ = lake_defs(lake_case.config_path)
     job = defs.resolve_job_def("aperio_refresh_job")
     with dg.instance_for_test() as instance:
-        result = job.execute_in_process(instance=instance, raise_on_error=False,
-                                        run_config={"ops": {"refresh_lake": {"config": {"workers": 2}}}})
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False, run_config={"ops": {"refresh_lake": {"config": {"workers": 2}}}}
+        )
         assert not result.success
         (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         assert "1 batch(es) failed" in str(failure.step_failure_data.user_failure_data.description)
         keys = instance.get_dynamic_partitions(batches_partitions("sales").name)
         assert "broken" in keys and "orders/year=2024/month=01" in keys and len(keys) == 10
-        materialized = {(e.materialization.asset_key.to_user_string(), e.materialization.partition)
-                        for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"}
+        materialized = {
+            (e.materialization.asset_key.to_user_string(), e.materialization.partition)
+            for e in result.all_events
+            if e.event_type_value == "ASSET_MATERIALIZATION"
+        }
         assert {p for a, p in materialized if a == "sales/partition_status"} == set(keys) - {"broken"}
         assert ("sales/generated_model", None) in materialized and ("aperio/catalog_views", None) in materialized
         put(lake, "sales/broken.json", b'[{"a": 1}]')
         again = job.execute_in_process(instance=instance)
-        assert {e.materialization.partition for e in again.all_events if e.event_type_value == "ASSET_MATERIALIZATION"
-                and e.materialization.asset_key.to_user_string() == "sales/partition_status"} == {"broken"}
+        assert {
+            e.materialization.partition
+            for e in again.all_events
+            if e.event_type_value == "ASSET_MATERIALIZATION"
+            and e.materialization.asset_key.to_user_string() == "sales/partition_status"
+        } == {"broken"}
     assert len(open_lineage(lake, "sales").records()) == 11
     with connect(lake) as con:
         assert con.execute("SELECT count(*) FROM sales.orders").fetchone()[0] == 6

@@ -33,10 +33,12 @@ def tick(instance: dg.DagsterInstance, aperio: AperioResource) -> SensorExecutio
     return legacy_state_sensor.evaluate_tick(context)
 
 
-def run(job: dg.JobDefinition, instance: dg.DagsterInstance, aperio: AperioResource,
-        request: dg.RunRequest | None = None) -> dg.ExecuteInProcessResult:
-    return job.execute_in_process(instance=instance, resources={"aperio": aperio},
-                                  tags=request.tags if request else None, raise_on_error=False)
+def run(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, aperio: AperioResource, request: dg.RunRequest | None = None
+) -> dg.ExecuteInProcessResult:
+    return job.execute_in_process(
+        instance=instance, resources={"aperio": aperio}, tags=request.tags if request else None, raise_on_error=False
+    )
 
 
 def test_sensor_requests_one_migration_then_nothing(legacy: AperioResource) -> None:
@@ -96,8 +98,9 @@ def test_schedules_and_maintenance_jobs(legacy: AperioResource) -> None:
         assert views.success
 
 
-def test_a_failing_migration_backs_off_and_gives_up(legacy: AperioResource, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_migration_backs_off_and_gives_up(
+    legacy: AperioResource, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Retries wait 1, 2, 4, 8 minutes after each failure; after five failures the sensor requests
     nothing more and says why on every tick, until the legacy files change."""
     from aperio_assets.defs import maintenance
@@ -116,13 +119,12 @@ def test_a_failing_migration_backs_off_and_gives_up(legacy: AperioResource, tmp_
             (request,) = tick(instance, legacy).run_requests
             assert request.run_key.endswith(f"-attempt-{attempt}")
             assert not run(migrate_legacy_state_job, instance, legacy, request).success
-            (record,) = instance.get_run_records(dg.RunsFilter(run_ids=[
-                instance.get_runs(limit=1)[0].run_id]))
+            (record,) = instance.get_run_records(dg.RunsFilter(run_ids=[instance.get_runs(limit=1)[0].run_id]))
             clock[0] = record.end_time or record.update_timestamp.timestamp()
             if attempt + 1 < maintenance.MAX_MIGRATION_ATTEMPTS:
                 waiting = tick(instance, legacy)  # too soon: nothing requested, the wait said
                 assert not waiting.run_requests and f"attempt {attempt + 2} of 5" in waiting.skip_message
-                wait = maintenance.RETRY_BACKOFF_SECONDS * 2 ** attempt
+                wait = maintenance.RETRY_BACKOFF_SECONDS * 2**attempt
                 clock[0] += wait - 1
                 assert not tick(instance, legacy).run_requests
                 clock[0] += 1

@@ -22,10 +22,15 @@ def test_definitions_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     with dg.instance_for_test():  # a fresh instance: an earlier test's may be gone
         dg.Definitions.validate_loadable(defs)
     assert "aperio" in defs.resources
-    assert {j.name for j in defs.jobs} == {"sales_batches_job", "aperio_catalog_job", "aperio_refresh_job",
-                                           "migrate_legacy_state_job", "compact_state_job", "rebuild_views_job"}
-    assert {s.name for s in defs.sensors} == {"legacy_state_sensor", "lake_change_sensor",
-                                              "aperio_automation_sensor"}
+    assert {j.name for j in defs.jobs} == {
+        "sales_batches_job",
+        "aperio_catalog_job",
+        "aperio_refresh_job",
+        "migrate_legacy_state_job",
+        "compact_state_job",
+        "rebuild_views_job",
+    }
+    assert {s.name for s in defs.sensors} == {"legacy_state_sensor", "lake_change_sensor", "aperio_automation_sensor"}
     assert {s.name for s in defs.schedules} == {"compact_state_schedule", "rebuild_views_schedule"}
 
 
@@ -36,11 +41,13 @@ def test_resource_gives_the_lake(tmp_path: Path) -> None:
     lake = resource.lake()
     assert [s.name for s in lake.schemas()] == ["sales"]
     assert resource.storage().aperio_path("sales", "partition_status") == str(
-        tmp_path / "lake" / ".aperio" / "sales" / "partition_status")
+        tmp_path / "lake" / ".aperio" / "sales" / "partition_status"
+    )
 
 
 def test_without_aperio_config_the_location_and_its_runs_use_the_same_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Only ./aperio.yaml, no APERIO_CONFIG: the location loads the schema's assets and its runs
     read that same file (by its absolute path, wherever the run worker starts)."""
     from aperio_assets.definitions import build_defs
@@ -56,8 +63,7 @@ def test_without_aperio_config_the_location_and_its_runs_use_the_same_file(
     monkeypatch.chdir(tmp_path / "lake")  # a run worker started elsewhere
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("sales_batches", ["orders"])
-        result = defs.resolve_job_def("sales_batches_job").execute_in_process(instance=instance,
-                                                                              partition_key="orders")
+        result = defs.resolve_job_def("sales_batches_job").execute_in_process(instance=instance, partition_key="orders")
         assert result.success
         assert refresh_with_runs(str(tmp_path / "aperio.yaml"), instance=instance).failed == []
     from aperio_assets.state import open_tracker
@@ -72,8 +78,7 @@ def test_without_any_configuration_runs_fail_naming_the_path(tmp_path: Path, mon
     monkeypatch.chdir(tmp_path)
     defs = build_defs()
     with dg.instance_for_test() as instance:
-        result = defs.resolve_job_def("compact_state_job").execute_in_process(instance=instance,
-                                                                              raise_on_error=False)
+        result = defs.resolve_job_def("compact_state_job").execute_in_process(instance=instance, raise_on_error=False)
     assert not result.success
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert f"{tmp_path / 'aperio.yaml'}: configuration file not found" in str(failure.step_failure_data.error)

@@ -24,9 +24,26 @@ RAW_FILES = sorted(
     + ["flights/planes.csv", "flights/weather.jsonl", "reference/airlines.xlsx", "reference/airports.json"]
 )
 RECORD_FIELDS = [
-    "tableName", "tableType", "sourceFile", "sourceType", "originalFile", "convertedFile", "conversionType",
-    "parquetCacheFile", "viewScanPattern", "refreshEnabled", "refreshInterval", "timestamp", "etag",
-    "contentLength", "contentType", "tableConfig", "rowCount", "snapshotId", "baseline", "lastChangeCheck",
+    "tableName",
+    "tableType",
+    "sourceFile",
+    "sourceType",
+    "originalFile",
+    "convertedFile",
+    "conversionType",
+    "parquetCacheFile",
+    "viewScanPattern",
+    "refreshEnabled",
+    "refreshInterval",
+    "timestamp",
+    "etag",
+    "contentLength",
+    "contentType",
+    "tableConfig",
+    "rowCount",
+    "snapshotId",
+    "baseline",
+    "lastChangeCheck",
     "viewNeedsRefresh",
 ]
 
@@ -38,13 +55,19 @@ def legacy_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _raw_files(lake: Path) -> list[str]:
-    return sorted(p.relative_to(lake).as_posix() for p in lake.rglob("*")
-                  if p.is_file() and ".aperio" not in p.relative_to(lake).parts)
+    return sorted(
+        p.relative_to(lake).as_posix()
+        for p in lake.rglob("*")
+        if p.is_file() and ".aperio" not in p.relative_to(lake).parts
+    )
 
 
 def _digests(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _describe(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
@@ -175,18 +198,28 @@ def test_partition_status_new_ddl(legacy_demo: Path) -> None:
     path = _aperio(legacy_demo) / "flights" / ".partition_status.duckdb"
     with duckdb.connect(str(path), read_only=True) as con:
         assert _describe(con, "partition_status") == [
-            ("alternate_name", "VARCHAR"), ("incremental_key_values", "VARCHAR"),
-            ("source_table", "VARCHAR"), ("target_pattern", "VARCHAR"), ("processed_at", "BIGINT"),
-            ("row_count", "INTEGER"), ("error_status", "BOOLEAN"), ("error_message", "VARCHAR"),
+            ("alternate_name", "VARCHAR"),
+            ("incremental_key_values", "VARCHAR"),
+            ("source_table", "VARCHAR"),
+            ("target_pattern", "VARCHAR"),
+            ("processed_at", "BIGINT"),
+            ("row_count", "INTEGER"),
+            ("error_status", "BOOLEAN"),
+            ("error_message", "VARCHAR"),
             ("phase", "VARCHAR"),
         ]
         assert _describe(con, "table_completion") == [
-            ("pipeline_name", "VARCHAR"), ("signature", "VARCHAR"), ("config_hash", "VARCHAR"),
-            ("row_count", "BIGINT"), ("source_file_watermark", "BIGINT"), ("completed_at", "BIGINT"),
+            ("pipeline_name", "VARCHAR"),
+            ("signature", "VARCHAR"),
+            ("config_hash", "VARCHAR"),
+            ("row_count", "BIGINT"),
+            ("source_file_watermark", "BIGINT"),
+            ("completed_at", "BIGINT"),
         ]
         rows = con.execute(
             "SELECT alternate_name, incremental_key_values, source_table, target_pattern, processed_at, "
-            "row_count, error_status, error_message, phase FROM partition_status").fetchall()
+            "row_count, error_status, error_message, phase FROM partition_status"
+        ).fetchall()
         completions = con.execute("SELECT * FROM table_completion ORDER BY pipeline_name").fetchall()
 
     flights = [r for r in rows if r[0] == "flights"]
@@ -208,8 +241,9 @@ def test_partition_status_new_ddl(legacy_demo: Path) -> None:
     for month, month_rows in by_key.items():
         for row in month_rows:
             assert row[2] == "flights"
-            assert row[3] == str(_aperio(legacy_demo) / "flights" / "tables" / "flights" / "year=2013"
-                                 / f"month={month}" / "*.parquet")
+            assert row[3] == str(
+                _aperio(legacy_demo) / "flights" / "tables" / "flights" / "year=2013" / f"month={month}" / "*.parquet"
+            )
             assert 1704067200000 <= row[4] < 1735689600000  # epoch ms in 2024
             if month != "04":
                 assert row[5] == PER_MONTH and row[6] is False  # the real row count of the partition
@@ -230,13 +264,17 @@ def test_partition_status_old_ddl(legacy_demo: Path) -> None:
     path = _aperio(legacy_demo) / "reference" / ".partition_status.duckdb"
     with duckdb.connect(str(path), read_only=True) as con:
         assert _describe(con, "partition_status") == [
-            ("alternate_name", "VARCHAR"), ("incremental_key_values", "VARCHAR"),
-            ("source_table", "VARCHAR"), ("target_pattern", "VARCHAR"), ("processed_at", "BIGINT"),
+            ("alternate_name", "VARCHAR"),
+            ("incremental_key_values", "VARCHAR"),
+            ("source_table", "VARCHAR"),
+            ("target_pattern", "VARCHAR"),
+            ("processed_at", "BIGINT"),
         ]
         tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]
         assert tables == ["partition_status"]  # no table_completion in old files
-        rows = con.execute("SELECT alternate_name, incremental_key_values, source_table "
-                           "FROM partition_status ORDER BY 1").fetchall()
+        rows = con.execute(
+            "SELECT alternate_name, incremental_key_values, source_table FROM partition_status ORDER BY 1"
+        ).fetchall()
     assert rows == [("airlines", "{}", "airlines"), ("airports", "{}", "airports")]
 
 
@@ -285,21 +323,24 @@ def test_generated_models(legacy_demo: Path) -> None:
     assert columns["dep_delay"] == "Int64" and columns["carrier"] == "String"
     assert tables["weather"]["sourceFormat"] == "jsonl"
     reference = json.loads((aperio / "reference" / ".generated-model.json").read_text())
-    assert {t["name"]: t["sourceFormat"] for t in reference["tables"]} == {"airlines": "xlsx",
-                                                                          "airports": "json"}
+    assert {t["name"]: t["sourceFormat"] for t in reference["tables"]} == {"airlines": "xlsx", "airports": "json"}
 
 
 def test_shared_catalog(legacy_demo: Path) -> None:
     path = _aperio(legacy_demo) / ".duckdb" / "shared.duckdb"
     with duckdb.connect(str(path), read_only=True) as con:
-        schemas = {r[0] for r in con.execute(
-            "SELECT schema_name FROM duckdb_schemas() WHERE NOT internal").fetchall()}
+        schemas = {r[0] for r in con.execute("SELECT schema_name FROM duckdb_schemas() WHERE NOT internal").fetchall()}
         assert {"flights", "reference"} <= schemas
-        views = con.execute("SELECT schema_name, view_name, sql FROM duckdb_views() WHERE NOT internal "
-                            "ORDER BY 1, 2").fetchall()
+        views = con.execute(
+            "SELECT schema_name, view_name, sql FROM duckdb_views() WHERE NOT internal ORDER BY 1, 2"
+        ).fetchall()
         assert [(s, v) for s, v, _ in views] == [
-            ("flights", "delays_by_carrier"), ("flights", "flights"), ("flights", "planes"),
-            ("flights", "weather"), ("reference", "airlines"), ("reference", "airports"),
+            ("flights", "delays_by_carrier"),
+            ("flights", "flights"),
+            ("flights", "planes"),
+            ("flights", "weather"),
+            ("reference", "airlines"),
+            ("reference", "airports"),
         ]
         counts = {}
         for schema, view, _ in views:
@@ -311,8 +352,9 @@ def test_shared_catalog(legacy_demo: Path) -> None:
         # Hive partitioning is on: the month comes back from the path.
         months = con.execute('SELECT count(DISTINCT month) FROM "flights"."flights"').fetchone()[0]
         assert months == 12
-        delays = con.execute('SELECT carrier, origin_airport, avg_dep_delay '
-                             'FROM "flights"."delays_by_carrier"').fetchall()
+        delays = con.execute(
+            'SELECT carrier, origin_airport, avg_dep_delay FROM "flights"."delays_by_carrier"'
+        ).fetchall()
         assert {r[1] for r in delays} <= {"Newark Liberty Intl", "John F Kennedy Intl", "La Guardia"}
         assert con.execute('SELECT "flights"."minutes_to_hours"(90)').fetchone()[0] == 1.5
         # Raw file paths are absolute, as the legacy catalog wrote them.

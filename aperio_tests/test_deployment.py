@@ -70,6 +70,7 @@ Expected = dict[tuple[str, str], dict[str, tuple[int, int]]]  # (schema, table) 
 
 # -- PostgreSQL and the processes ---------------------------------------------------------------------
 
+
 def _tail(path: Path, lines: int = 80) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -88,8 +89,11 @@ def postgres(directory: Path) -> Iterator[Any]:
 
         server = pgserver.get_server(directory / "data", cleanup_mode="stop")
     except Exception as exc:
-        pytest.fail(f"PostgreSQL could not start with pgserver in {directory}: {exc!r}\n"
-                    f"server log:\n{_tail(directory / 'data' / 'log')}", pytrace=False)
+        pytest.fail(
+            f"PostgreSQL could not start with pgserver in {directory}: {exc!r}\n"
+            f"server log:\n{_tail(directory / 'data' / 'log')}",
+            pytrace=False,
+        )
     try:
         yield server
     finally:
@@ -106,8 +110,14 @@ def postgres(directory: Path) -> Iterator[Any]:
 def start_daemon(home: Path, workspace: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``dagster-daemon run`` in its own process group (its code server and run workers join it)."""
     with (home / "daemon.log").open("wb") as log:
-        return subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(workspace)], cwd=home, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop_group(process: subprocess.Popen[bytes]) -> None:
@@ -133,7 +143,7 @@ def _children() -> dict[int, list[int]]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
             children.setdefault(ppid, []).append(int(entry))
     return children
 
@@ -149,6 +159,7 @@ def descendants(pid: int) -> list[int]:
 
 
 # -- the lake ------------------------------------------------------------------------------------------
+
 
 def put_lake(lake_dir: Path, storage: S3Storage, base: str) -> list[str]:
     """Upload the demo lake's raw files (not its legacy state) to ``base``; returns their S3 paths."""
@@ -184,24 +195,30 @@ def expected_batches(lake_dir: Path) -> tuple[Expected, dict[str, int]]:
         key = {k: v for k, v in (f.split("=", 1) for f in folders[:-1])}
         frame = _frame(path)
         per_file[relative.as_posix()] = frame.height
-        expected.setdefault((schema, Path(table).stem), {})[canonical_key(key)] = (frame.height,
-                                                                                   frame.unique().height)
+        expected.setdefault((schema, Path(table).stem), {})[canonical_key(key)] = (frame.height, frame.unique().height)
     return expected, per_file
 
 
 def big_batch(lake_dir: Path) -> dict[str, bytes]:
     """The files of the big batch (path below the lake → CSV): ``BIG_ROWS`` flights in all, every one
     distinct (its own flight number)."""
-    sample = pl.read_csv(lake_dir / "flights" / "flights" / "year=2013" / "month=01" / "flights.csv",
-                         infer_schema_length=0)
+    sample = pl.read_csv(
+        lake_dir / "flights" / "flights" / "year=2013" / "month=01" / "flights.csv", infer_schema_length=0
+    )
     rows = pl.concat([sample] * math.ceil(BIG_ROWS_PER_FILE / sample.height)).head(BIG_ROWS_PER_FILE)
     folder = f"flights/flights/year={BIG_PARTITION['year']}/month={BIG_PARTITION['month']}"
-    return {f"{folder}/part-{n:03d}.csv": rows.with_columns(
-        pl.int_range(n * BIG_ROWS_PER_FILE, (n + 1) * BIG_ROWS_PER_FILE).cast(pl.String).alias("flight")
-    ).write_csv().encode() for n in range(BIG_FILES)}
+    return {
+        f"{folder}/part-{n:03d}.csv": rows.with_columns(
+            pl.int_range(n * BIG_ROWS_PER_FILE, (n + 1) * BIG_ROWS_PER_FILE).cast(pl.String).alias("flight")
+        )
+        .write_csv()
+        .encode()
+        for n in range(BIG_FILES)
+    }
 
 
 # -- the deploy files -----------------------------------------------------------------------------------
+
 
 def check_deploy_files(tmp_path: Path, server: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Load deploy/dagster.yaml as an instance on the test's PostgreSQL through its DAGSTER_PG_*
@@ -210,8 +227,9 @@ def check_deploy_files(tmp_path: Path, server: Any, monkeypatch: pytest.MonkeyPa
     deploy = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
     k8s = yaml.safe_load((DEPLOY / "dagster-k8s.yaml").read_text())
     # the same instance but for the run launcher
-    assert {k: v for k, v in k8s.items() if k != "run_launcher"} == \
-        {k: v for k, v in deploy.items() if k != "run_launcher"}
+    assert {k: v for k, v in k8s.items() if k != "run_launcher"} == {
+        k: v for k, v in deploy.items() if k != "run_launcher"
+    }
     assert (deploy["run_launcher"]["class"], k8s["run_launcher"]["class"]) == ("EcsRunLauncher", "K8sRunLauncher")
     for launcher in (deploy, k8s):
         names = launcher["run_launcher"]["config"]["env_vars"]
@@ -224,9 +242,15 @@ def check_deploy_files(tmp_path: Path, server: Any, monkeypatch: pytest.MonkeyPa
     with monkeypatch.context() as env:
         # pgserver listens on a Unix socket only: an empty DAGSTER_PG_HOST makes libpq take the
         # socket directory from PGHOST (a deployment sets the database's host name instead).
-        for name, value in {"DAGSTER_PG_HOST": "", "PGHOST": socket_dir, "DAGSTER_PG_USER": "postgres",
-                            "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": "deploy_check",
-                            "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for name, value in {
+            "DAGSTER_PG_HOST": "",
+            "PGHOST": socket_dir,
+            "DAGSTER_PG_USER": "postgres",
+            "DAGSTER_PG_PASSWORD": "",
+            "DAGSTER_PG_DB": "deploy_check",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             env.setenv(name, value)
         shutil.copy(DEPLOY / "dagster.yaml", check_home / "dagster.yaml")
         with dg.DagsterInstance.from_config(str(check_home)) as instance:
@@ -260,6 +284,7 @@ def instance_config(deploy: dict[str, Any], postgres_url: str) -> dict[str, Any]
 
 # -- watching the instance -------------------------------------------------------------------------------
 
+
 class Watch:
     """Polls the instance until a condition holds; a timeout, or the daemon exiting, fails the test
     with what was awaited, the runs so far and the daemon's log."""
@@ -272,8 +297,10 @@ class Watch:
         end = min(self.deadline, time.monotonic() + timeout)
         while True:
             if self.daemon.poll() is not None:
-                pytest.fail(f"the dagster-daemon exited ({self.daemon.returncode}) while waiting for {what}"
-                            + self.report(), pytrace=False)
+                pytest.fail(
+                    f"the dagster-daemon exited ({self.daemon.returncode}) while waiting for {what}" + self.report(),
+                    pytrace=False,
+                )
             value = check()
             if value:
                 return value
@@ -302,7 +329,8 @@ def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
             error = getattr(event.event_specific_data, "error", None)
             messages.append((entry.message or "") + (f": {error.message.strip()[:500]}" if error else ""))
         elif event.event_type == dg.DagsterEventType.ENGINE_EVENT and re.search(
-                r"terminated|signal|exited|crash|monitor", entry.message or "", re.IGNORECASE):
+            r"terminated|signal|exited|crash|monitor", entry.message or "", re.IGNORECASE
+        ):
             messages.append(entry.message)
     return messages
 
@@ -321,15 +349,19 @@ def worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
 
 
 def step_seconds(instance: dg.DagsterInstance, run_id: str, step_key: str) -> float | None:
-    times = {entry.dagster_event.event_type: entry.timestamp for entry in instance.all_logs(run_id)
-             if entry.dagster_event is not None and entry.step_key == step_key}
+    times = {
+        entry.dagster_event.event_type: entry.timestamp
+        for entry in instance.all_logs(run_id)
+        if entry.dagster_event is not None and entry.step_key == step_key
+    }
     start, end = times.get(dg.DagsterEventType.STEP_START), times.get(dg.DagsterEventType.STEP_SUCCESS)
     return round(end - start, 1) if start and end else None
 
 
 def sensor_ticks(instance: dg.DagsterInstance, name: str) -> list[Any]:
-    states = [s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-              if s.instigator_name == name]
+    states = [
+        s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.instigator_name == name
+    ]
     ticks = [t for s in states for t in instance.get_ticks(s.instigator_origin_id, s.selector_id)]
     return sorted(ticks, key=lambda t: t.timestamp)
 
@@ -338,8 +370,9 @@ def finished(records: list[dg.RunRecord]) -> bool:
     return bool(records) and all(r.dagster_run.is_finished for r in records)
 
 
-def materialized_after(instance: dg.DagsterInstance, keys: list[dg.AssetKey], after: float
-                       ) -> list[dg.RunRecord] | None:
+def materialized_after(
+    instance: dg.DagsterInstance, keys: list[dg.AssetKey], after: float
+) -> list[dg.RunRecord] | None:
     """The finished runs that last materialized ``keys``, once every key was materialized after
     ``after`` (such a run goes on with the asset checks after its materializations)."""
     run_ids = set()
@@ -365,16 +398,21 @@ def checks_passed(instance: dg.DagsterInstance, records: list[dg.RunRecord]) -> 
 
 def only_successes(instance: dg.DagsterInstance, records: list[dg.RunRecord]) -> None:
     failed = [r for r in records if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS]
-    assert not failed, "\n".join(f"{r.dagster_run.job_name} {r.dagster_run.run_id}: {r.dagster_run.status.value} "
-                                 f"{failure_messages(instance, r.dagster_run.run_id)}" for r in failed)
+    assert not failed, "\n".join(
+        f"{r.dagster_run.job_name} {r.dagster_run.run_id}: {r.dagster_run.status.value} "
+        f"{failure_messages(instance, r.dagster_run.run_id)}"
+        for r in failed
+    )
 
 
 # -- the test ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.s3
 def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
-        s3: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     began = time.time()
     base = f"s3://{s3_bucket}/lake"
     storage = S3Storage(s3.settings())
@@ -384,12 +422,16 @@ def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
     expected, rows_per_file = expected_batches(lake_dir)
     config = tmp_path / "aperio.yaml"
     # the legacy single-node state stays on the old node's disk, found through legacyDirectory
-    config.write_text(f"baseDirectory: {base}\nlegacyDirectory: {lake_dir / '.aperio'}\n"
-                      f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+    config.write_text(
+        f"baseDirectory: {base}\nlegacyDirectory: {lake_dir / '.aperio'}\n"
+        f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n"
+    )
     big = big_batch(lake_dir)
     # every batch of a schema is new, so the sensor requests ranges of BATCHES_PER_RUN of them
-    batch_runs_wanted = sum(math.ceil(sum(len(b) for (s, _), b in expected.items() if s == schema) / BATCHES_PER_RUN)
-                            for schema in ("flights", "reference"))
+    batch_runs_wanted = sum(
+        math.ceil(sum(len(b) for (s, _), b in expected.items() if s == schema) / BATCHES_PER_RUN)
+        for schema in ("flights", "reference")
+    )
 
     with postgres(tmp_path / "postgres") as server:
         deploy = check_deploy_files(tmp_path, server, monkeypatch)
@@ -399,23 +441,32 @@ def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
         home.mkdir()
         (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config(deploy, postgres_url), sort_keys=False))
         workspace = home / "workspace.yaml"
-        workspace.write_text("load_from:\n  - python_module:\n      module_name: aperio_assets.definitions\n"
-                             "      location_name: aperio\n")
-        env = {**os.environ, "DAGSTER_HOME": str(home), "APERIO_CONFIG": str(config),
-               "APERIO_BATCHES_PER_RUN": str(BATCHES_PER_RUN), "PYTHONWARNINGS": "ignore"}
+        workspace.write_text(
+            "load_from:\n  - python_module:\n      module_name: aperio_assets.definitions\n"
+            "      location_name: aperio\n"
+        )
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "APERIO_CONFIG": str(config),
+            "APERIO_BATCHES_PER_RUN": str(BATCHES_PER_RUN),
+            "PYTHONWARNINGS": "ignore",
+        }
         daemon = start_daemon(home, workspace, env)
         instance = None
         try:
             instance = dg.DagsterInstance.from_config(str(home))
             watch = Watch(instance, daemon, home / "daemon.log")
-            proof = run_deployment(watch, instance, storage, env, home, workspace, daemon.pid,
-                                   batch_runs_wanted, big, base)
+            proof = run_deployment(
+                watch, instance, storage, env, home, workspace, daemon.pid, batch_runs_wanted, big, base
+            )
             # the big batch is part of the lake now
             expected[("flights", "flights")][canonical_key(BIG_PARTITION)] = (BIG_ROWS, BIG_ROWS)
             raw_paths += [f"{base}/{path}" for path in big]
             rows_per_file.update(dict.fromkeys(big, BIG_ROWS_PER_FILE))
             proof["lineage rows of files outside the lake (legacy)"] = check_end_state(
-                config, base, storage, raw_paths, rows_per_file, expected, began)
+                config, base, storage, raw_paths, rows_per_file, expected, began
+            )
         finally:
             stop_group(daemon)
             if instance is not None:
@@ -423,59 +474,101 @@ def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
     print(f"\ndeployment test: {time.time() - began:.0f} s; " + json.dumps(proof, indent=1, default=str))
 
 
-def run_deployment(watch: Watch, instance: dg.DagsterInstance, storage: S3Storage, env: dict[str, str],
-                   home: Path, workspace: Path, daemon_pid: int, batch_runs_wanted: int, big: dict[str, bytes],
-                   base: str) -> dict[str, Any]:
+def run_deployment(
+    watch: Watch,
+    instance: dg.DagsterInstance,
+    storage: S3Storage,
+    env: dict[str, str],
+    home: Path,
+    workspace: Path,
+    daemon_pid: int,
+    batch_runs_wanted: int,
+    big: dict[str, bytes],
+    base: str,
+) -> dict[str, Any]:
     proof: dict[str, Any] = {}
 
     # 1. legacy_state_sensor (running by default) migrates the legacy state, once
-    migration = watch.until("the legacy migration run (legacy_state_sensor) to finish",
-                            lambda: (r := runs(instance, job_name="migrate_legacy_state_job")) and finished(r) and r,
-                            timeout=300)
+    migration = watch.until(
+        "the legacy migration run (legacy_state_sensor) to finish",
+        lambda: (r := runs(instance, job_name="migrate_legacy_state_job")) and finished(r) and r,
+        timeout=300,
+    )
     only_successes(instance, migration)
     assert len(migration) == 1, [r.dagster_run.run_id for r in migration]
     assert migration[0].dagster_run.tags.get("dagster/run_key", "").endswith("-attempt-0")
     migration_end = migration[0].end_time or 0.0
 
     # 2. lake_change_sensor, started from the CLI against the same instance, requests the batch runs
-    started = subprocess.run([str(BIN / "dagster"), "sensor", "start", "lake_change_sensor", "-w", str(workspace)],
-                             cwd=home, env=env, capture_output=True, text=True, timeout=600)
+    started = subprocess.run(
+        [str(BIN / "dagster"), "sensor", "start", "lake_change_sensor", "-w", str(workspace)],
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert started.returncode == 0, started.stdout + started.stderr
-    tick = watch.until("a lake_change_sensor tick that requests the batch runs",
-                       lambda: next((t for t in sensor_ticks(instance, "lake_change_sensor")
-                                     if t.run_ids and t.status != TickStatus.STARTED), None),
-                       timeout=300)
-    wave = watch.until("the first wave of batch runs to finish",
-                       lambda: (r := runs(instance, run_ids=list(tick.run_ids))) and finished(r) and r, timeout=600)
+    tick = watch.until(
+        "a lake_change_sensor tick that requests the batch runs",
+        lambda: next(
+            (t for t in sensor_ticks(instance, "lake_change_sensor") if t.run_ids and t.status != TickStatus.STARTED),
+            None,
+        ),
+        timeout=300,
+    )
+    wave = watch.until(
+        "the first wave of batch runs to finish",
+        lambda: (r := runs(instance, run_ids=list(tick.run_ids))) and finished(r) and r,
+        timeout=600,
+    )
     only_successes(instance, wave)
     assert len(wave) == batch_runs_wanted  # every batch, BATCHES_PER_RUN to a run
     assert {r.dagster_run.job_name for r in wave} == {"flights_batches_job", "reference_batches_job"}
     # in parallel: at least two runs overlapped, each in its own process
     spans = [(r.start_time or 0.0, r.end_time or 0.0, r.dagster_run.run_id) for r in wave]
-    overlaps = [(a[2][:8], b[2][:8]) for i, a in enumerate(spans) for b in spans[i + 1:]
-                if a[0] < b[1] and b[0] < a[1]]
+    overlaps = [
+        (a[2][:8], b[2][:8]) for i, a in enumerate(spans) for b in spans[i + 1 :] if a[0] < b[1] and b[0] < a[1]
+    ]
     assert overlaps, f"no two batch runs overlapped: {spans}"
     pids = {r.dagster_run.run_id: worker_pid(instance, r.dagster_run.run_id) for r in wave}
     assert None not in pids.values() and len(set(pids.values())) == len(wave), pids
     assert daemon_pid not in pids.values()
     wave_end = max(r.end_time or 0.0 for r in wave)
-    proof["first wave"] = {"runs": len(wave), "overlapping pairs": len(overlaps), "worker pids": sorted(pids.values()),
-                           "seconds": round(wave_end - min(s[0] for s in spans), 1)}
+    proof["first wave"] = {
+        "runs": len(wave),
+        "overlapping pairs": len(overlaps),
+        "worker pids": sorted(pids.values()),
+        "seconds": round(wave_end - min(s[0] for s in spans), 1),
+    }
 
     # 3. aperio_automation_sensor runs the models and the views after the wave
-    keys = [dg.AssetKey(["flights", "generated_model"]), dg.AssetKey(["reference", "generated_model"]),
-            dg.AssetKey(["aperio", "catalog_views"])]
-    after_wave = watch.until("the models and views to be materialized after the batch runs (automation sensor)",
-                             lambda: materialized_after(instance, keys, wave_end), timeout=300)
+    keys = [
+        dg.AssetKey(["flights", "generated_model"]),
+        dg.AssetKey(["reference", "generated_model"]),
+        dg.AssetKey(["aperio", "catalog_views"]),
+    ]
+    after_wave = watch.until(
+        "the models and views to be materialized after the batch runs (automation sensor)",
+        lambda: materialized_after(instance, keys, wave_end),
+        timeout=300,
+    )
     only_successes(instance, after_wave)
     proof["catalog runs after the wave"] = {r.dagster_run.run_id: checks_passed(instance, [r]) for r in after_wave}
 
     # 4. the legacy sensor's later ticks skip: nothing left to migrate, still one migration run
-    skipped = watch.until("a legacy_state_sensor tick after the migration",
-                          lambda: [t for t in sensor_ticks(instance, "legacy_state_sensor")
-                                   if t.timestamp > migration_end and t.status != TickStatus.STARTED], timeout=180)
-    assert all(t.status == TickStatus.SKIPPED and not t.run_ids for t in skipped), \
-        [(t.status, t.skip_reason, t.run_ids) for t in skipped]
+    skipped = watch.until(
+        "a legacy_state_sensor tick after the migration",
+        lambda: [
+            t
+            for t in sensor_ticks(instance, "legacy_state_sensor")
+            if t.timestamp > migration_end and t.status != TickStatus.STARTED
+        ],
+        timeout=180,
+    )
+    assert all(t.status == TickStatus.SKIPPED and not t.run_ids for t in skipped), [
+        (t.status, t.skip_reason, t.run_ids) for t in skipped
+    ]
     assert "no legacy state left to migrate" in (skipped[-1].skip_reason or "")
     assert len(runs(instance, job_name="migrate_legacy_state_job")) == 1
 
@@ -497,13 +590,15 @@ def run_deployment(watch: Watch, instance: dg.DagsterInstance, storage: S3Storag
         if record is None:
             return None
         assert not record.dagster_run.is_finished, (
-            f"the run of {BIG_BATCH} finished ({record.dagster_run.status.value}) before it could be killed")
+            f"the run of {BIG_BATCH} finished ({record.dagster_run.status.value}) before it could be killed"
+        )
         pid = worker_pid(instance, record.dagster_run.run_id)
         steps = instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_START)
         return (record, pid) if pid and steps else None
 
-    record, pid = watch.until(f"the run of the new batch {BIG_BATCH} to start converting", converting,
-                              timeout=300, every=0.2)
+    record, pid = watch.until(
+        f"the run of the new batch {BIG_BATCH} to start converting", converting, timeout=300, every=0.2
+    )
     killed_id = record.dagster_run.run_id
     assert pid in descendants(daemon_pid), f"run worker pid {pid} is not a process of this test's daemon"
     steps = descendants(pid)  # its step processes (the multiprocess executor's children)
@@ -514,42 +609,69 @@ def run_deployment(watch: Watch, instance: dg.DagsterInstance, storage: S3Storag
     in_progress = [e.step_key for e in instance.all_logs(killed_id, of_type=dg.DagsterEventType.STEP_START)]
     done = [e.step_key for e in instance.all_logs(killed_id, of_type=dg.DagsterEventType.STEP_SUCCESS)]
     assert in_progress == ["flights__conversion_lineage"] and not done, (in_progress, done)  # killed converting
-    failed = watch.until("the killed run to be marked FAILED",
-                         lambda: (r := instance.get_run_record_by_id(killed_id)) and r.dagster_run.is_finished and r,
-                         timeout=300)
+    failed = watch.until(
+        "the killed run to be marked FAILED",
+        lambda: (r := instance.get_run_record_by_id(killed_id)) and r.dagster_run.is_finished and r,
+        timeout=300,
+    )
     assert failed.dagster_run.status == dg.DagsterRunStatus.FAILURE, failed.dagster_run.status
-    retry = watch.until("the retry of the killed run (run_retries) to finish",
-                        lambda: (r := runs(instance, tags={"dagster/parent_run_id": killed_id})) and finished(r) and r,
-                        timeout=400)
+    retry = watch.until(
+        "the retry of the killed run (run_retries) to finish",
+        lambda: (r := runs(instance, tags={"dagster/parent_run_id": killed_id})) and finished(r) and r,
+        timeout=400,
+    )
     only_successes(instance, retry)
     assert len(retry) == 1 and retry[0].dagster_run.tags.get("dagster/partition") == BIG_BATCH
     retry_end = retry[0].end_time or 0.0
     # only the flights schema changed: its model and the views run again
-    after_retry = watch.until("the flights model and the views to be materialized after the retry",
-                              lambda: materialized_after(instance, [keys[0], keys[2]], retry_end), timeout=300)
+    after_retry = watch.until(
+        "the flights model and the views to be materialized after the retry",
+        lambda: materialized_after(instance, [keys[0], keys[2]], retry_end),
+        timeout=300,
+    )
     only_successes(instance, after_retry)
     # the batch was requested once (its run key), and run once more by run_retries alone
-    assert [r.dagster_run.run_id for r in runs(instance, tags={"dagster/partition": BIG_BATCH})] == \
-        [killed_id, retry[0].dagster_run.run_id]
-    assert not [r for r in runs(instance, job_name="flights_batches_job")
-                if r.dagster_run.status == dg.DagsterRunStatus.FAILURE and r.dagster_run.run_id != killed_id]
+    assert [r.dagster_run.run_id for r in runs(instance, tags={"dagster/partition": BIG_BATCH})] == [
+        killed_id,
+        retry[0].dagster_run.run_id,
+    ]
+    assert not [
+        r
+        for r in runs(instance, job_name="flights_batches_job")
+        if r.dagster_run.status == dg.DagsterRunStatus.FAILURE and r.dagster_run.run_id != killed_id
+    ]
     # nothing left running (but the hourly compaction, which a test crossing the hour may see)
-    assert not [r for r in runs(instance) if not r.dagster_run.is_finished
-                and r.dagster_run.job_name not in ("compact_state_job", "rebuild_views_job")]
+    assert not [
+        r
+        for r in runs(instance)
+        if not r.dagster_run.is_finished and r.dagster_run.job_name not in ("compact_state_job", "rebuild_views_job")
+    ]
     proof["killed run"] = {
-        "run": killed_id, "worker pid": pid, "step pids": steps, "steps started": in_progress,
+        "run": killed_id,
+        "worker pid": pid,
+        "step pids": steps,
+        "steps started": in_progress,
         "written in (s)": round(written - upload, 1),
         "run started after (s)": round((failed.start_time or killed_at) - written, 1),
         "marked failed after (s)": round((failed.end_time or time.time()) - killed_at, 1),
-        "why": failure_messages(instance, killed_id), "retry": retry[0].dagster_run.run_id,
+        "why": failure_messages(instance, killed_id),
+        "retry": retry[0].dagster_run.run_id,
         "retry worker pid": worker_pid(instance, retry[0].dagster_run.run_id),
         "retry converted in (s)": step_seconds(instance, retry[0].dagster_run.run_id, "flights__conversion_lineage"),
-        "catalog runs after the retry": {r.dagster_run.run_id: checks_passed(instance, [r]) for r in after_retry}}
+        "catalog runs after the retry": {r.dagster_run.run_id: checks_passed(instance, [r]) for r in after_retry},
+    }
     return proof
 
 
-def check_end_state(config: Path, base: str, storage: S3Storage, raw_paths: list[str],
-                    rows_per_file: dict[str, int], expected: Expected, began: float) -> dict[str, Any]:
+def check_end_state(
+    config: Path,
+    base: str,
+    storage: S3Storage,
+    raw_paths: list[str],
+    rows_per_file: dict[str, int],
+    expected: Expected,
+    began: float,
+) -> dict[str, Any]:
     """Through the library: every batch marked once by the runs, lineage complete, every view exact.
     Returns the lineage rows of files outside the lake (migrated from the legacy state)."""
     outside: dict[str, Any] = {}
@@ -570,20 +692,26 @@ def check_end_state(config: Path, base: str, storage: S3Storage, raw_paths: list
         outside[schema] = sorted(p for p in records if not p.startswith(f"{base}/"))
         for path in mine:
             record = records[path]
-            assert record["error"] is None and record["row_count"] == rows_per_file[path.removeprefix(f"{base}/")], \
+            assert record["error"] is None and record["row_count"] == rows_per_file[path.removeprefix(f"{base}/")], (
                 record
+            )
             assert storage.exists(record["target_path"]), record
 
     with connect(str(config)) as con:
         for (schema, table), batches in expected.items():
-            count, distinct = con.execute(f'SELECT (SELECT count(*) FROM "{schema}"."{table}"), '
-                                          f'(SELECT count(*) FROM (SELECT DISTINCT * FROM "{schema}"."{table}"))'
-                                          ).fetchone()
-            assert (count, distinct) == (sum(r for r, _ in batches.values()), sum(d for _, d in batches.values())), \
-                (schema, table)
-        big = con.execute('SELECT count(*), count(DISTINCT flight) FROM flights.flights '
-                          f"WHERE CAST(year AS VARCHAR) = '{BIG_PARTITION['year']}' "
-                          f"AND CAST(month AS VARCHAR) IN ('{BIG_PARTITION['month']}', "
-                          f"'{int(BIG_PARTITION['month'])}')").fetchone()
+            count, distinct = con.execute(
+                f'SELECT (SELECT count(*) FROM "{schema}"."{table}"), '
+                f'(SELECT count(*) FROM (SELECT DISTINCT * FROM "{schema}"."{table}"))'
+            ).fetchone()
+            assert (count, distinct) == (sum(r for r, _ in batches.values()), sum(d for _, d in batches.values())), (
+                schema,
+                table,
+            )
+        big = con.execute(
+            "SELECT count(*), count(DISTINCT flight) FROM flights.flights "
+            f"WHERE CAST(year AS VARCHAR) = '{BIG_PARTITION['year']}' "
+            f"AND CAST(month AS VARCHAR) IN ('{BIG_PARTITION['month']}', "
+            f"'{int(BIG_PARTITION['month'])}')"
+        ).fetchone()
         assert big == (BIG_ROWS, BIG_ROWS)
     return outside

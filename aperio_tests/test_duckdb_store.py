@@ -20,20 +20,25 @@ def test_old_file_is_upgraded_and_legacy_keys_canonicalised(tmp_path: Path) -> N
     path = tmp_path / ".partition_status.duckdb"
     con = duckdb.connect(str(path))
     con.execute(PARTITION_STATUS_DDL_OLD)
-    con.executemany("INSERT INTO partition_status VALUES (?, ?, ?, ?, ?)", [
-        ("flights", '{"year": "2013", "month": "02"}', "flights", None, 2000),  # newer, unsorted
-        ("flights", '{"month":"02","year":"2013"}', "flights", None, 1000),     # older, canonical
-        ("flights", '{"year":"2013","month":"05"}', "flights", None, 1500),      # unsorted only
-        ("flights", "{}", "flights", None, 1200),
-    ])
+    con.executemany(
+        "INSERT INTO partition_status VALUES (?, ?, ?, ?, ?)",
+        [
+            ("flights", '{"year": "2013", "month": "02"}', "flights", None, 2000),  # newer, unsorted
+            ("flights", '{"month":"02","year":"2013"}', "flights", None, 1000),  # older, canonical
+            ("flights", '{"year":"2013","month":"05"}', "flights", None, 1500),  # unsorted only
+            ("flights", "{}", "flights", None, 1200),
+        ],
+    )
     con.close()
     store = DuckDBPartitionStatusStore(path)
     assert store.get_processed_key_values("flights") == [
-        {"month": "02", "year": "2013"}, {"month": "05", "year": "2013"}, {}]
+        {"month": "02", "year": "2013"},
+        {"month": "05", "year": "2013"},
+        {},
+    ]
     rows = {r["incremental_key_values"]: r["processed_at"] for r in store.status_rows("flights")}
     assert rows == {"{}": 1200, '{"month":"02","year":"2013"}': 2000, '{"month":"05","year":"2013"}': 1500}
-    columns = [r[0] for r in duckdb.connect(str(path), read_only=True).execute(
-        "DESCRIBE partition_status").fetchall()]
+    columns = [r[0] for r in duckdb.connect(str(path), read_only=True).execute("DESCRIBE partition_status").fetchall()]
     assert tuple(columns) == PARTITION_STATUS_COLUMNS
     store.mark_table_complete("p", "s")  # table_completion was created
     assert store.is_table_complete("p", "s")
@@ -75,8 +80,11 @@ def test_storage_errors_raise_never_false(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    storage = S3Storage(S3Settings(endpoint_url=f"http://127.0.0.1:{port}"), aperio_root="s3://gone/.aperio",
-                        retry=RetryPolicy(attempts=2, sleep=lambda s: None))
+    storage = S3Storage(
+        S3Settings(endpoint_url=f"http://127.0.0.1:{port}"),
+        aperio_root="s3://gone/.aperio",
+        retry=RetryPolicy(attempts=2, sleep=lambda s: None),
+    )
     tracker = ParquetPartitionStatusStore(storage, "sales")
     with pytest.raises(StorageUnavailable):
         tracker.is_processed("a", "a", {})

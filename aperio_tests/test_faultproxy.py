@@ -16,9 +16,13 @@ from aperio_tests.conftest import TEST_CREDENTIALS
 
 
 def _direct(faulty_s3):
-    return boto3.client("s3", endpoint_url=faulty_s3.upstream_url, region_name="us-east-1",
-                        aws_access_key_id=TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    return boto3.client(
+        "s3",
+        endpoint_url=faulty_s3.upstream_url,
+        region_name="us-east-1",
+        aws_access_key_id=TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 def test_forwards_every_kind_of_request_faithfully(faulty_s3, s3_bucket: str, tmp_path) -> None:
@@ -47,12 +51,15 @@ def test_forwards_every_kind_of_request_faithfully(faulty_s3, s3_bucket: str, tm
     assert faulty_s3.proxy.counts()["requests"] > 8
 
 
-@pytest.mark.parametrize(("fault", "error", "applied"), [
-    ("slowdown", StorageUnavailable, False),  # refused up front: certainly not applied
-    ("error500", WriteOutcomeUnknown, False),  # a 500 may follow an applied write: the client can't know
-    ("reset", WriteOutcomeUnknown, False),
-    ("lost_answer", WriteOutcomeUnknown, True),  # applied, and the answer never came
-])
+@pytest.mark.parametrize(
+    ("fault", "error", "applied"),
+    [
+        ("slowdown", StorageUnavailable, False),  # refused up front: certainly not applied
+        ("error500", WriteOutcomeUnknown, False),  # a 500 may follow an applied write: the client can't know
+        ("reset", WriteOutcomeUnknown, False),
+        ("lost_answer", WriteOutcomeUnknown, True),  # applied, and the answer never came
+    ],
+)
 def test_each_fault_as_the_client_sees_it(faulty_s3, s3_bucket: str, fault: str, error: type, applied: bool) -> None:
     storage = S3Storage(faulty_s3.settings(max_attempts=1))
     storage.write_bytes(f"s3://{s3_bucket}/warm", b"0")  # a pooled connection, as in real use

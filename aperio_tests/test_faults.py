@@ -34,8 +34,9 @@ REFRESH_FAULTS = {"slowdown": 0.015, "error500": 0.01, "reset": 0.01, "lost_answ
 
 def _tracker(endpoint: str, root: str, attempts: int) -> ParquetPartitionStatusStore:
     storage = S3Storage(S3Settings(endpoint_url=endpoint, max_attempts=attempts), aperio_root=root)
-    return ParquetPartitionStatusStore(storage, SCHEMA, CompactionSettings(
-        max_small_files=6, tombstone_retention_seconds=0, grace_period_seconds=0))
+    return ParquetPartitionStatusStore(
+        storage, SCHEMA, CompactionSettings(max_small_files=6, tombstone_retention_seconds=0, grace_period_seconds=0)
+    )
 
 
 def _call(log: list[dict[str, Any]], op: str, keys: list[str], call) -> str:
@@ -61,12 +62,22 @@ def _writer(endpoint: str, root: str, me: int, count: int, out: str) -> None:
     for i in range(count):
         if i % 4 == 3:
             keys = [f"{i}.{j}" for j in range(3)]
-            _call(log, "mark", keys, lambda keys=keys: tracker.mark_many(
-                [{"alternate": alternate, "source_table": "t", "key_values": {"k": k}, "row_count": 1} for k in keys]))
+            _call(
+                log,
+                "mark",
+                keys,
+                lambda keys=keys: tracker.mark_many(
+                    [
+                        {"alternate": alternate, "source_table": "t", "key_values": {"k": k}, "row_count": 1}
+                        for k in keys
+                    ]
+                ),
+            )
         else:
             keys = [str(i)]
-            outcome = _call(log, "mark", keys, lambda i=i: tracker.mark_processed(alternate, "t", {"k": str(i)},
-                                                                                   row_count=1))
+            outcome = _call(
+                log, "mark", keys, lambda i=i: tracker.mark_processed(alternate, "t", {"k": str(i)}, row_count=1)
+            )
             if i % 4 == 1 and outcome == "ok":
                 _call(log, "invalidate", keys, lambda i=i: tracker.invalidate(alternate, {"k": str(i)}))
     Path(out).write_text(json.dumps(log))
@@ -107,8 +118,9 @@ def test_writers_and_a_compactor_through_faults_tell_the_truth(faulty_s3, s3_buc
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     logs = [tmp_path / f"writer-{n}.json" for n in range(writers)]
-    procs = [ctx.Process(target=_writer, args=(faulty_s3.endpoint_url, root, n, count, str(logs[n])))
-             for n in range(writers)]
+    procs = [
+        ctx.Process(target=_writer, args=(faulty_s3.endpoint_url, root, n, count, str(logs[n]))) for n in range(writers)
+    ]
     compactor_log = tmp_path / "compactor.json"
     compactor = ctx.Process(target=_compactor, args=(faulty_s3.endpoint_url, root, stop, str(compactor_log)))
     for p in [*procs, compactor]:
@@ -149,21 +161,26 @@ def test_writers_and_a_compactor_through_faults_tell_the_truth(faulty_s3, s3_buc
     reader.compact()
     assert reader.status.stats().bad_files == {}
     config = tmp_path / "aperio.yaml"
-    config.write_text(f"baseDirectory: s3://{s3_bucket}/lake\n"
-                      f"storage:\n  s3:\n    endpoint_url: {faulty_s3.upstream_url}\n"
-                      f"schemas:\n  - name: {SCHEMA}\n    directory: {SCHEMA}\n")
+    config.write_text(
+        f"baseDirectory: s3://{s3_bucket}/lake\n"
+        f"storage:\n  s3:\n    endpoint_url: {faulty_s3.upstream_url}\n"
+        f"schemas:\n  - name: {SCHEMA}\n    directory: {SCHEMA}\n"
+    )
     report = doctor(open_lake(config))
     assert report.problems == [], report.to_dict()
 
 
 def _seed(storage: S3Storage, base: str) -> None:
     """A small raw lake: top-level files, a partitioned folder, two files in one partition."""
-    files = {"customers.csv": b"id,name\n1,Ann\n2,Bob\n3,Cy\n",
-             "events.jsonl": b'{"e": 1}\n{"e": 2}\n',
-             "regions.tsv": b"code\tname\nN\tNorth\nS\tSouth\n"}
+    files = {
+        "customers.csv": b"id,name\n1,Ann\n2,Bob\n3,Cy\n",
+        "events.jsonl": b'{"e": 1}\n{"e": 2}\n',
+        "regions.tsv": b"code\tname\nN\tNorth\nS\tSouth\n",
+    }
     for month in ("01", "02", "03", "04", "05", "06", "07", "08"):
         files[f"orders/year=2024/month={month}/part-0.csv"] = (
-            "id,amount\n" + "".join(f"{i},{i * int(month)}\n" for i in range(5))).encode()
+            "id,amount\n" + "".join(f"{i},{i * int(month)}\n" for i in range(5))
+        ).encode()
     files["orders/year=2024/month=04/part-1.csv"] = b"id,amount\n99,1\n"
     for relative, data in files.items():
         storage.write_bytes(f"{base}/{SCHEMA}/{relative}", data)
@@ -171,8 +188,10 @@ def _seed(storage: S3Storage, base: str) -> None:
 
 def _lake_config(tmp_path: Path, name: str, endpoint: str, base: str, attempts: int) -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(f"baseDirectory: {base}\nstorage:\n  s3:\n    endpoint_url: {endpoint}\n"
-                    f"    max_attempts: {attempts}\ncompaction:\n  grace_period: 0s\n")
+    path.write_text(
+        f"baseDirectory: {base}\nstorage:\n  s3:\n    endpoint_url: {endpoint}\n"
+        f"    max_attempts: {attempts}\ncompaction:\n  grace_period: 0s\n"
+    )
     return path
 
 
@@ -180,13 +199,27 @@ def _outcome(config: Path, base: str) -> dict[str, Any]:
     """What a refresh left, with the lake's own prefix taken out of every path."""
     lake = open_lake(config)
     strip = lambda path: path.replace(base, "<lake>") if path else path  # noqa: E731
-    lineage = sorted((strip(r["source_path"]), strip(r["target_path"]), r["row_count"], r["error"])
-                     for r in open_lineage(lake, SCHEMA).records().values())
-    status = sorted((r["alternate_name"], r["incremental_key_values"], r["row_count"], strip(r["target_pattern"]),
-                     r["error_status"]) for r in open_tracker(lake, SCHEMA).status.rows())
+    lineage = sorted(
+        (strip(r["source_path"]), strip(r["target_path"]), r["row_count"], r["error"])
+        for r in open_lineage(lake, SCHEMA).records().values()
+    )
+    status = sorted(
+        (
+            r["alternate_name"],
+            r["incremental_key_values"],
+            r["row_count"],
+            strip(r["target_pattern"]),
+            r["error_status"],
+        )
+        for r in open_tracker(lake, SCHEMA).status.rows()
+    )
     con = connect(lake)
-    names = [n for (n,) in con.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = ? "
-                                       "AND NOT internal ORDER BY 1", [SCHEMA]).fetchall()]
+    names = [
+        n
+        for (n,) in con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE schema_name = ? AND NOT internal ORDER BY 1", [SCHEMA]
+        ).fetchall()
+    ]
     tables = {name: sorted(con.execute(f'SELECT * FROM {SCHEMA}."{name}"').fetchall(), key=repr) for name in names}
     assert len(tables) == 4, names
     return {"lineage": lineage, "status": status, "tables": tables}

@@ -1,6 +1,6 @@
 """Hostile object keys: two raw files never share a target, one unstorable name fails alone, glob
 characters in names never make a view read another table's files, and nothing is written outside
-`.aperio/` (SPEC §6, §7, §12)."""
+`.aperio/` (DESIGN §6, §7, §12)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def _assert_written_only_under_aperio(lake, before: set[str], raw: set[str]) -> 
     outside = sorted(p for p in _files(lake) - before - raw if not p.startswith(aperio))
     assert outside == []
 
+
 def _s3_lake(s3, s3_bucket: str, tmp_path, raw: dict[str, bytes]):
     """A lake at ``s3://bucket/lake`` holding ``raw`` (keys below ``lake/``, written as they are)."""
     from aperio_assets.lake import open_lake
@@ -54,12 +55,14 @@ def _moved_lake(lake_case: LakeCase, tmp_path, base: str):
 
     config = tmp_path / "moved.yaml"
     text = Path(lake_case.config_path).read_text()
-    config.write_text(text.replace(f"baseDirectory: {lake_case.base}", f"baseDirectory: '{base}'")
-                      .replace("baseDirectory: lake", f"baseDirectory: '{base}'"))
+    config.write_text(
+        text.replace(f"baseDirectory: {lake_case.base}", f"baseDirectory: '{base}'").replace(
+            "baseDirectory: lake", f"baseDirectory: '{base}'"
+        )
+    )
     if lake_case.kind == "local":
         os.makedirs(base)
     return open_lake(config)
-
 
 
 def test_plain_subfolders_never_share_a_target(lake_case: LakeCase) -> None:
@@ -67,11 +70,14 @@ def test_plain_subfolders_never_share_a_target(lake_case: LakeCase) -> None:
     are in its table (the old naming kept only one of each pair)."""
     lake = lake_case.lake()
     before = _files(lake)
-    raw = {put(lake, "sales/nest/x/a.csv", b"v\n1\n2\n"), put(lake, "sales/nest/y/a.csv", b"v\n3\n"),
-           put(lake, "sales/logs/2024-01/app.csv", b"v\n10\n"),
-           put(lake, "sales/logs/2024-02/app.csv", b"v\n20\n21\n"),
-           put(lake, "sales/mixed/k=1/sub/f.csv", b"v\n7\n"),
-           put(lake, "sales/mixed/sub/k=1/f.csv", b"v\n8\n")}  # same partition, same name, other folders
+    raw = {
+        put(lake, "sales/nest/x/a.csv", b"v\n1\n2\n"),
+        put(lake, "sales/nest/y/a.csv", b"v\n3\n"),
+        put(lake, "sales/logs/2024-01/app.csv", b"v\n10\n"),
+        put(lake, "sales/logs/2024-02/app.csv", b"v\n20\n21\n"),
+        put(lake, "sales/mixed/k=1/sub/f.csv", b"v\n7\n"),
+        put(lake, "sales/mixed/sub/k=1/f.csv", b"v\n8\n"),
+    }  # same partition, same name, other folders
     (result,) = refresh(lake)
     assert not result.failed_files
     _assert_written_only_under_aperio(lake, before, raw)
@@ -157,8 +163,19 @@ def test_a_name_too_long_to_store_fails_alone(lake_case: LakeCase) -> None:
 def test_glob_characters_in_names_read_exactly_their_own_rows(lake_case: LakeCase) -> None:
     lake = lake_case.lake()
     before = _files(lake)
-    tables = {"star*": 1, "starx": 2, "br[ab]": 3, "bra": 4, "curly{a,b}": 5, "curlya": 6, "pct%41": 7, "pctA": 8,
-              "q?": 9, "qx": 10, "back\\slash": 11}
+    tables = {
+        "star*": 1,
+        "starx": 2,
+        "br[ab]": 3,
+        "bra": 4,
+        "curly{a,b}": 5,
+        "curlya": 6,
+        "pct%41": 7,
+        "pctA": 8,
+        "q?": 9,
+        "qx": 10,
+        "back\\slash": 11,
+    }
     raw = set()
     for name, value in tables.items():
         raw.add(put(lake, f"sales/{name}.csv", f"v\n{value}\n".encode()))  # single-file tables
@@ -197,8 +214,12 @@ def test_odd_names_become_tables_and_nothing_leaves_aperio(lake_case: LakeCase) 
     if lake_case.kind == "s3":  # keys only S3 can hold: '..' and '.' segments, a 400-character name
         odd["y" * 400] = 9
         raw.add(put(lake, f"sales/{'y' * 400}/part.csv", b"v\n9\n"))
-        refused = {put(lake, "sales/../escape.csv", b"v\n6\n"), put(lake, "sales/dots/../../up.csv", b"v\n7\n"),
-                   put(lake, "sales/./here.csv", b"v\n7\n"), put(lake, "sales/up/../k=1/x.csv", b"v\n7\n")}
+        refused = {
+            put(lake, "sales/../escape.csv", b"v\n6\n"),
+            put(lake, "sales/dots/../../up.csv", b"v\n7\n"),
+            put(lake, "sales/./here.csv", b"v\n7\n"),
+            put(lake, "sales/up/../k=1/x.csv", b"v\n7\n"),
+        }
         raw |= refused
     (result,) = refresh(lake)
     assert not result.failed_files, result.failed_files
@@ -262,18 +283,27 @@ def test_table_names_that_clash_are_reported(lake_case: LakeCase) -> None:
     ignored with the reason: never two tables' rows in one view, never a table silently gone."""
     lake = lake_case.lake()
     before = _files(lake)
-    raw = {put(lake, "sales/x.csv", b"v\n1\n"), put(lake, "sales/x.json", b'[{"v": 2}]'),
-           put(lake, "sales/x_csv/x.csv", b"v\n3\n"), put(lake, "sales/A.csv", b"v\n4\n"),
-           put(lake, "sales/a.csv", b"v\n5\n"), put(lake, "sales/Planes/p.csv", b"v\n6\n"),
-           put(lake, "sales/planes.csv", b"v\n7\n")}
+    raw = {
+        put(lake, "sales/x.csv", b"v\n1\n"),
+        put(lake, "sales/x.json", b'[{"v": 2}]'),
+        put(lake, "sales/x_csv/x.csv", b"v\n3\n"),
+        put(lake, "sales/A.csv", b"v\n4\n"),
+        put(lake, "sales/a.csv", b"v\n5\n"),
+        put(lake, "sales/Planes/p.csv", b"v\n6\n"),
+        put(lake, "sales/planes.csv", b"v\n7\n"),
+    }
     (result,) = refresh(lake)
     assert not result.failed_files
     base = lake.config.base_directory.rstrip("/")
     assert sorted(result.ignored_reasons) == [f"{base}/sales/a.csv", f"{base}/sales/x.csv"]
-    assert "'x_csv' is already the name of the table from the folder 'x_csv'" in result.ignored_reasons[
-        f"{base}/sales/x.csv"]
-    assert "'a_csv' is already the name of the table from the file 'A.csv'" in result.ignored_reasons[
-        f"{base}/sales/a.csv"]
+    assert (
+        "'x_csv' is already the name of the table from the folder 'x_csv'"
+        in result.ignored_reasons[f"{base}/sales/x.csv"]
+    )
+    assert (
+        "'a_csv' is already the name of the table from the file 'A.csv'"
+        in result.ignored_reasons[f"{base}/sales/a.csv"]
+    )
     con = connect(lake)
     assert _rows(con, "x_csv") == [(3,)] and _rows(con, "x_json") == [(2,)]
     assert _rows(con, "A_csv") == [(4,)]
@@ -315,7 +345,8 @@ def test_partition_folders_are_kept_and_read_as_they_were(lake_case: LakeCase) -
     read = {"2024-01-01 00%3A00%3A00": "2024-01-01 00:00:00"}
     con = connect(lake)
     assert sorted(con.execute("SELECT v, k FROM sales.pv").fetchall()) == sorted(
-        (v, read.get(value, value)) for value, v in values.items())
+        (v, read.get(value, value)) for value, v in values.items()
+    )
     tables = lake.storage.aperio_path("sales", "tables")
     assert lake.storage.exists(lake.storage.join(tables, "pv", "k=2024-01-01 00%3A00%3A00", "part.csv.parquet"))
     assert lake.storage.exists(lake.storage.join(tables, "pv", "k=a%3Db", "part.csv.parquet"))
@@ -418,11 +449,14 @@ def test_raw_parquet_duckdb_cannot_name_is_failed_not_leaked(lake_case: LakeCase
     assert odd.removesuffix(".parquet") not in views
 
 
-@pytest.mark.parametrize(("name", "fmt", "body", "other"), [
-    ("star*.csv", "csv", "v\n1\n", "v\n2\n"),
-    ("q?.jsonl", "jsonl", '{"v": 1}\n', '{"v": 2}\n'),
-    ("b[ab].json", "json", '[{"v": 1}]', '[{"v": 2}]'),
-])
+@pytest.mark.parametrize(
+    ("name", "fmt", "body", "other"),
+    [
+        ("star*.csv", "csv", "v\n1\n", "v\n2\n"),
+        ("q?.jsonl", "jsonl", '{"v": 1}\n', '{"v": 2}\n'),
+        ("b[ab].json", "json", '[{"v": 1}]', '[{"v": 2}]'),
+    ],
+)
 def test_convert_file_reads_exactly_the_file_it_is_given(tmp_path, name: str, fmt: str, body: str, other: str) -> None:
     """Polars expands glob characters in a source path: star*.csv also read starx.csv."""
     from aperio_assets.conversion.formats import convert_file
@@ -466,8 +500,14 @@ def test_files_with_different_partition_keys_all_show(lake_case: LakeCase) -> No
     (result,) = refresh(lake)
     assert not result.failed_files
     rows = connect(lake).execute("SELECT v, year, month, region FROM sales.mix ORDER BY v").fetchall()
-    assert rows == [(1, 2020, "01", None), (2, 2021, None, None), (3, None, None, None), (4, None, None, "eu"),
-                    (5, 2022, None, None), (6, None, None, None)]
+    assert rows == [
+        (1, 2020, "01", None),
+        (2, 2021, None, None),
+        (3, None, None, None),
+        (4, None, None, "eu"),
+        (5, 2022, None, None),
+        (6, None, None, None),
+    ]
 
 
 def test_partition_like_folders_above_the_tables_add_no_column(lake_case: LakeCase, tmp_path) -> None:
@@ -498,8 +538,9 @@ def test_a_converted_file_deleted_by_hand_is_converted_again(lake_case: LakeCase
     put(lake, "sales/keep/a.csv", b"v\n1\n")
     put(lake, "sales/keep/b.csv", b"v\n2\n")
     refresh(lake)
-    target = open_lineage(lake, "sales").records()[lake.lake_storage.join(lake.config.base_directory,
-                                                                          "sales/keep/a.csv")]["target_path"]
+    target = open_lineage(lake, "sales").records()[
+        lake.lake_storage.join(lake.config.base_directory, "sales/keep/a.csv")
+    ]["target_path"]
     lake.storage.delete(target)
     (again,) = refresh(lake)
     assert [f.source.rsplit("/", 1)[-1] for f in again.files if f.status == "converted"] == ["a.csv"]

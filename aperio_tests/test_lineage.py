@@ -15,25 +15,52 @@ from aperio_assets.lake import open_lake
 from aperio_assets.state import JsonLineage, open_lineage, open_tracker
 from aperio_assets.state.lineage import parse_legacy_conversions
 
-RECORD = {"tableName": "planes", "tableType": "file", "sourceFile": "/lake/flights/planes.csv",
-          "sourceType": "csv", "originalFile": "/lake/flights/planes.csv", "convertedFile": "/x/planes.parquet",
-          "conversionType": "csv", "parquetCacheFile": ["/c/1.parquet", "/c/2.parquet"], "viewScanPattern": "*",
-          "refreshEnabled": True, "refreshInterval": None, "timestamp": 1704067300000, "etag": "abc",
-          "contentLength": 1234, "contentType": "text/csv", "tableConfig": {"delimiter": ","}, "rowCount": 42,
-          "snapshotId": None, "baseline": False, "lastChangeCheck": 1704067200000, "viewNeedsRefresh": False,
-          "legacyNote": "kept"}
+RECORD = {
+    "tableName": "planes",
+    "tableType": "file",
+    "sourceFile": "/lake/flights/planes.csv",
+    "sourceType": "csv",
+    "originalFile": "/lake/flights/planes.csv",
+    "convertedFile": "/x/planes.parquet",
+    "conversionType": "csv",
+    "parquetCacheFile": ["/c/1.parquet", "/c/2.parquet"],
+    "viewScanPattern": "*",
+    "refreshEnabled": True,
+    "refreshInterval": None,
+    "timestamp": 1704067300000,
+    "etag": "abc",
+    "contentLength": 1234,
+    "contentType": "text/csv",
+    "tableConfig": {"delimiter": ","},
+    "rowCount": 42,
+    "snapshotId": None,
+    "baseline": False,
+    "lastChangeCheck": 1704067200000,
+    "viewNeedsRefresh": False,
+    "legacyNote": "kept",
+}
 
 
 def test_all_three_legacy_shapes() -> None:
-    first = parse_legacy_conversions({"conversions": {"/a.xlsx": {
-        "targetPath": "/a.json", "sourceModified": 1704067200000, "convertedAt": 1704067300000}}})
+    first = parse_legacy_conversions(
+        {
+            "conversions": {
+                "/a.xlsx": {"targetPath": "/a.json", "sourceModified": 1704067200000, "convertedAt": 1704067300000}
+            }
+        }
+    )
     assert first["/a.xlsx"]["target_path"] == "/a.json"
     assert (first["/a.xlsx"]["source_modified"], first["/a.xlsx"]["converted_at"]) == (1704067200000, 1704067300000)
 
     record_map = parse_legacy_conversions({"key-1": RECORD})
     row = record_map["/lake/flights/planes.csv"]
     assert (row["target_path"], row["row_count"], row["source_size"], row["source_etag"], row["table_name"]) == (
-        "/x/planes.parquet", 42, 1234, "abc", "planes")
+        "/x/planes.parquet",
+        42,
+        1234,
+        "abc",
+        "planes",
+    )
     extra = json.loads(row["extra"])
     assert extra["legacyNote"] == "kept" and extra["parquetCacheFile"] == ["/c/1.parquet", "/c/2.parquet"]
     assert extra["tableConfig"] == {"delimiter": ","} and extra["lastChangeCheck"] == 1704067200000
@@ -48,9 +75,20 @@ def test_json_lineage_round_trip_keeps_unknown_fields(tmp_path: Path) -> None:
     path = tmp_path / ".conversions.json"
     path.write_text(json.dumps({"key-1": RECORD}))
     lineage = JsonLineage(path)
-    lineage.record_many([{"source_path": "/lake/new.csv", "target_path": "/t/new.parquet", "row_count": 3,
-                          "source_size": 10, "source_modified": 5, "converted_at": 6, "table_name": "new",
-                          "conversion_type": "csv->parquet"}])
+    lineage.record_many(
+        [
+            {
+                "source_path": "/lake/new.csv",
+                "target_path": "/t/new.parquet",
+                "row_count": 3,
+                "source_size": 10,
+                "source_modified": 5,
+                "converted_at": 6,
+                "table_name": "new",
+                "conversion_type": "csv->parquet",
+            }
+        ]
+    )
     assert (tmp_path / ".conversions.json.lock").exists()
     document = json.loads(path.read_text())
     assert sorted(document) == ["/lake/flights/planes.csv", "/lake/new.csv"]  # record-map shape

@@ -1,4 +1,4 @@
-"""Migration of legacy single-node state (SPEC §8): lossless, verified, idempotent, crash-safe."""
+"""Migration of legacy single-node state (DESIGN §8): lossless, verified, idempotent, crash-safe."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from aperio_tests.test_config import run_cli
 
 @pytest.fixture
 def legacy_lake(tmp_path: Path) -> Path:
-    """The demo lake with legacy state (every shape SPEC §4 lists); returns its aperio.yaml."""
+    """The demo lake with legacy state (every shape DESIGN §4 lists); returns its aperio.yaml."""
     return write_demo_lake(tmp_path / "demo", with_legacy=True, flights_per_month=20)
 
 
@@ -29,8 +29,10 @@ def legacy_rows(path: Path) -> tuple[list[tuple], list[tuple]]:
     con = duckdb.connect(str(path), read_only=True)
     have = {r[0] for r in con.execute("DESCRIBE partition_status").fetchall()}
     late = ", ".join(c if c in have else "NULL" for c in ("row_count", "error_status", "error_message", "phase"))
-    status = con.execute("SELECT alternate_name, incremental_key_values, source_table, target_pattern, processed_at, "
-                         f"{late} FROM partition_status").fetchall()
+    status = con.execute(
+        "SELECT alternate_name, incremental_key_values, source_table, target_pattern, processed_at, "
+        f"{late} FROM partition_status"
+    ).fetchall()
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     completion = con.execute("SELECT * FROM table_completion").fetchall() if "table_completion" in tables else []
     con.close()
@@ -51,8 +53,14 @@ def test_lossless_round_trip(legacy_lake: Path) -> None:
             current = expected_status.get((schema, alt, canonical))
             if current is None or current["processed_at"] < processed_at:  # key-order duplicates: latest wins
                 expected_status[(schema, alt, canonical)] = {
-                    "source_table": source, "target_pattern": target, "processed_at": processed_at,
-                    "row_count": rows, "error_status": bool(error), "error_message": message, "phase": phase}
+                    "source_table": source,
+                    "target_pattern": target,
+                    "processed_at": processed_at,
+                    "row_count": rows,
+                    "error_status": bool(error),
+                    "error_message": message,
+                    "phase": phase,
+                }
     _, completion = legacy_rows(aperio / "flights" / ".partition_status.duckdb")
     lake = open_lake(str(legacy_lake))
 
@@ -72,7 +80,8 @@ def test_lossless_round_trip(legacy_lake: Path) -> None:
     assert any(r["error_status"] for r in got.values())  # the error row came through
     tracker = open_tracker(lake, "flights")
     assert sorted((c[0], c[1], c[5]) for c in completion) == sorted(
-        (r["pipeline_name"], r["signature"], r["completed_at"]) for r in tracker.completion.rows())
+        (r["pipeline_name"], r["signature"], r["completed_at"]) for r in tracker.completion.rows()
+    )
 
     lineage = open_lineage(lake, "flights").records()
     planes = next(r for p, r in lineage.items() if p.endswith("planes.csv"))
@@ -85,9 +94,15 @@ def test_lossless_round_trip(legacy_lake: Path) -> None:
     assert "JOIN" in views[("flights", "delays_by_carrier")].sql.upper()
 
     records = sorted(p.name for p in (aperio / "_migrations").iterdir())
-    assert records == ["catalog-views.json", "flights-conversions.json", "flights-partition_status.json",
-                       "flights-table_completion.json", "reference-conversions.json",
-                       "reference-partition_status.json", "reference-table_completion.json"]
+    assert records == [
+        "catalog-views.json",
+        "flights-conversions.json",
+        "flights-partition_status.json",
+        "flights-table_completion.json",
+        "reference-conversions.json",
+        "reference-partition_status.json",
+        "reference-table_completion.json",
+    ]
     record = json.loads((aperio / "_migrations" / "flights-partition_status.json").read_text())
     assert record["rows"] == len([k for k in expected_status if k[0] == "flights"]) and len(record["checksum"]) == 64
     # originals moved out of the way, copies in the archive
@@ -142,8 +157,11 @@ def test_shared_writes_stay_newer_and_local_schemas_are_untouched(tmp_path: Path
     open_tracker(lake, "flights").mark_processed("flights", "flights", {"year": "2013", "month": "01"}, row_count=999)
     report = migrate(lake)
     assert [s.schema for s in report.schemas] == ["flights", "catalog"]
-    (row,) = [r for r in open_tracker(lake, "flights").status_rows("flights")
-              if r["incremental_key_values"] == '{"month":"01","year":"2013"}']
+    (row,) = [
+        r
+        for r in open_tracker(lake, "flights").status_rows("flights")
+        if r["incremental_key_values"] == '{"month":"01","year":"2013"}'
+    ]
     assert row["row_count"] == 999  # written in shared mode after the legacy row: it stays the winner
     assert (tmp_path / "demo" / "lake" / ".aperio" / "reference" / ".partition_status.duckdb").exists()
 
@@ -158,8 +176,10 @@ def test_legacy_on_local_disk_into_s3(tmp_path: Path, s3: S3Server, s3_bucket: s
         if path.is_file() and ".aperio" not in path.parts:
             storage.write_bytes(f"s3://{s3_bucket}/{path.relative_to(tmp_path / 'demo')}", path.read_bytes())
     config = tmp_path / "s3.yaml"
-    config.write_text(f"baseDirectory: s3://{s3_bucket}/lake\nlegacyDirectory: {legacy}\n"
-                      f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
+    config.write_text(
+        f"baseDirectory: s3://{s3_bucket}/lake\nlegacyDirectory: {legacy}\n"
+        f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n"
+    )
     assert demo.exists()
     lake = open_lake(str(config))
     report = migrate(lake)
@@ -173,6 +193,7 @@ def test_legacy_on_local_disk_into_s3(tmp_path: Path, s3: S3Server, s3_bucket: s
 
 # -- killed part-way, and two at once ----------------------------------------------------------------
 
+
 def _state(config: Path) -> dict:
     """Everything migration decides, independent of file names and of which run wrote it."""
     lake = open_lake(str(config))
@@ -182,12 +203,14 @@ def _state(config: Path) -> dict:
         for table in (tracker.status, tracker.completion):
             rows = table.to_arrow().to_pylist()
             state[(schema, table.spec.name)] = sorted(json.dumps(r, sort_keys=True, default=str) for r in rows)
-        state[(schema, "conversions")] = sorted(json.dumps(r, sort_keys=True) for r in
-                                                open_lineage(lake, schema).records().values())
+        state[(schema, "conversions")] = sorted(
+            json.dumps(r, sort_keys=True) for r in open_lineage(lake, schema).records().values()
+        )
     state["views"] = sorted((v.schema_name, v.view_name, v.origin, v.sql) for v in ViewStore(lake).list())
     aperio = config.parent / "lake" / ".aperio"
-    state["legacy left"] = sorted(str(p.relative_to(aperio)) for p in aperio.rglob(".*") if p.is_file()
-                                  and "_archive" not in p.parts)
+    state["legacy left"] = sorted(
+        str(p.relative_to(aperio)) for p in aperio.rglob(".*") if p.is_file() and "_archive" not in p.parts
+    )
     # the two lakes compared live in different folders
     return json.loads(json.dumps({str(k): v for k, v in state.items()}).replace(str(config.parent), "<root>"))
 
@@ -222,8 +245,17 @@ def _migrate(config: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "calls"), [("_backup", 2), ("_migrate_kind", 1), ("_migrate_kind", 4),
-                                               ("_record", 2), ("_remove_original", 1), ("migrate_catalog", 1)])
+@pytest.mark.parametrize(
+    ("method", "calls"),
+    [
+        ("_backup", 2),
+        ("_migrate_kind", 1),
+        ("_migrate_kind", 4),
+        ("_record", 2),
+        ("_remove_original", 1),
+        ("migrate_catalog", 1),
+    ],
+)
 def test_killed_anywhere_then_rerun_ends_correct(tmp_path: Path, method: str, calls: int) -> None:
     import multiprocessing
     import signal
@@ -268,14 +300,29 @@ def test_unicode_quotes_empty_keys_and_namespaced_conversions(tmp_path: Path) ->
     con.execute(PARTITION_STATUS_DDL)
     con.execute(TABLE_COMPLETION_DDL)
     odd = '{"ville": "Zürich", "q": "it\'s \\"quoted\\"; DROP TABLE x; --"}'
-    con.executemany("INSERT INTO partition_status VALUES (?, ?, ?, NULL, ?, ?, ?, ?, NULL)", [
-        ("orders", odd, "orders", 1000, 5, False, None),
-        ("orders", "{}", "orders", 2000, None, True, "boom"),
-    ])
+    con.executemany(
+        "INSERT INTO partition_status VALUES (?, ?, ?, NULL, ?, ?, ?, ?, NULL)",
+        [
+            ("orders", odd, "orders", 1000, 5, False, None),
+            ("orders", "{}", "orders", 2000, None, True, "boom"),
+        ],
+    )
     con.close()
-    (aperio / ".conversions.json").write_text(json.dumps({"s3://bucket": {"k1": {
-        "sourceFile": "s3://bucket/sales/a.csv", "convertedFile": "s3://bucket/t/a.parquet", "rowCount": 3,
-        "timestamp": 1704067300000, "refreshEnabled": True}}}))
+    (aperio / ".conversions.json").write_text(
+        json.dumps(
+            {
+                "s3://bucket": {
+                    "k1": {
+                        "sourceFile": "s3://bucket/sales/a.csv",
+                        "convertedFile": "s3://bucket/t/a.parquet",
+                        "rowCount": 3,
+                        "timestamp": 1704067300000,
+                        "refreshEnabled": True,
+                    }
+                }
+            }
+        )
+    )
     (aperio / ".conversions.json.lock").write_text("")
     config = tmp_path / "aperio.yaml"
     config.write_text("baseDirectory: lake\n")

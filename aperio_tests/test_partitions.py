@@ -36,8 +36,9 @@ def _delete(lake: Lake, relative: str) -> None:
 def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, aperio: AperioResource, cursor: str | None):
     # (with the instance's ref, as the daemon gives it: requested partitions are checked against the
     # instance's partitions plus the tick's own additions)
-    context = dg.build_sensor_context(instance_ref=instance.get_ref(), resources={"aperio": aperio}, cursor=cursor,
-                                      definitions=defs)
+    context = dg.build_sensor_context(
+        instance_ref=instance.get_ref(), resources={"aperio": aperio}, cursor=cursor, definitions=defs
+    )
     return defs.resolve_sensor_def("lake_change_sensor").evaluate_tick(context)
 
 
@@ -53,8 +54,9 @@ def _apply(defs: dg.Definitions, instance: dg.DagsterInstance, tick, automation_
                 instance.delete_dynamic_partition(request.partitions_def_name, key)
     for request in tick.run_requests:
         job = defs.resolve_job_def(request.job_name)
-        assert job.execute_in_process(instance=instance, partition_key=request.partition_key,
-                                      tags=dict(request.tags)).success
+        assert job.execute_in_process(
+            instance=instance, partition_key=request.partition_key, tags=dict(request.tags)
+        ).success
     automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation_cursor)
     requested = {r.key.to_user_string(): r.true_subset.size for r in automation.results if r.true_subset.size}
     assert requested == {"sales/generated_model": 1, "aperio/catalog_views": 1}  # once each, after every run
@@ -65,7 +67,11 @@ def _apply(defs: dg.Definitions, instance: dg.DagsterInstance, tick, automation_
 def test_ranges_cover_exactly_what_is_wanted() -> None:
     ordered = [f"k{i}" for i in range(10)]
     assert list(ranges(ordered, {"k1", "k2", "k3", "k5", "k9"}, 2)) == [
-        ("k1", "k2"), ("k3", "k3"), ("k5", "k5"), ("k9", "k9")]
+        ("k1", "k2"),
+        ("k3", "k3"),
+        ("k5", "k5"),
+        ("k9", "k9"),
+    ]
     assert list(ranges(ordered, set(ordered), 4)) == [("k0", "k3"), ("k4", "k7"), ("k8", "k9")]
     assert list(ranges(ordered, set(), 4)) == []
 
@@ -83,8 +89,9 @@ def test_batch_keys_are_readable_and_valid_partition_keys() -> None:
     assert key("a%2E..b") != key("a...b")
 
 
-def test_the_sensor_requests_exactly_the_changed_batches(lake_case: LakeCase, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sensor_requests_exactly_the_changed_batches(
+    lake_case: LakeCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(BATCHES_PER_RUN_ENV, "3")
     lake = lake_case.lake()
     for month in range(1, 8):
@@ -99,10 +106,10 @@ def test_the_sensor_requests_exactly_the_changed_batches(lake_case: LakeCase, tm
         added = [k for r in first.dynamic_partitions_requests for k in r.partition_keys]
         assert added == ["customers", *(f"events/month={m:02d}" for m in range(1, 8)), "orders"]
         # 9 new batches, at most 3 a run: three ranges
-        assert [(r.tags.get("dagster/asset_partition_range_start"), r.tags.get("dagster/asset_partition_range_end"))
-                for r in first.run_requests] == [("customers", "events/month=02"),
-                                                 ("events/month=03", "events/month=05"),
-                                                 ("events/month=06", "orders")]
+        assert [
+            (r.tags.get("dagster/asset_partition_range_start"), r.tags.get("dagster/asset_partition_range_end"))
+            for r in first.run_requests
+        ] == [("customers", "events/month=02"), ("events/month=03", "events/month=05"), ("events/month=06", "orders")]
         automation_cursor = _apply(defs, instance, first, automation_cursor)
         # nothing ran since: the automation condition asks for nothing more
         quiet_automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation_cursor)
@@ -121,23 +128,32 @@ def test_the_sensor_requests_exactly_the_changed_batches(lake_case: LakeCase, tm
         second = _tick(defs, instance, aperio, quiet.cursor)
         assert [(type(r).__name__, list(r.partition_keys)) for r in second.dynamic_partitions_requests] == [
             ("AddDynamicPartitionsRequest", ["events/month=08"]),
-            ("DeleteDynamicPartitionsRequest", ["customers", "events/month=07"])]
+            ("DeleteDynamicPartitionsRequest", ["customers", "events/month=07"]),
+        ]
         requested = sorted(r.partition_key for r in second.run_requests)
         assert requested == ["events/month=03", "events/month=05", "events/month=08"]
         # the same change seen again: the run keys are the same, so Dagster launches nothing twice
         assert {r.run_key for r in _tick(defs, instance, aperio, quiet.cursor).run_requests} == {
-            r.run_key for r in second.run_requests}
+            r.run_key for r in second.run_requests
+        }
         _apply(defs, instance, second, automation_cursor)
         assert sorted(instance.get_dynamic_partitions(SALES)) == [
-            *(f"events/month={m:02d}" for m in (1, 2, 3, 4, 5, 6, 8)), "orders"]
-        states = instance.get_status_by_partition(dg.AssetKey(["sales", "partition_status"]),
-                                                  instance.get_dynamic_partitions(SALES), batches_partitions("sales"))
-        assert {k: v.value for k, v in states.items()} == dict.fromkeys(instance.get_dynamic_partitions(SALES),
-                                                                         "MATERIALIZED")
+            *(f"events/month={m:02d}" for m in (1, 2, 3, 4, 5, 6, 8)),
+            "orders",
+        ]
+        states = instance.get_status_by_partition(
+            dg.AssetKey(["sales", "partition_status"]),
+            instance.get_dynamic_partitions(SALES),
+            batches_partitions("sales"),
+        )
+        assert {k: v.value for k, v in states.items()} == dict.fromkeys(
+            instance.get_dynamic_partitions(SALES), "MATERIALIZED"
+        )
     # the twin: the same files, one full refresh
     for month in (1, 2, 3, 4, 5, 6, 8):
-        data = lake.lake_storage.read_bytes(lake.lake_storage.join(lake.config.base_directory,
-                                                                   f"sales/events/month={month:02d}/a.csv"))
+        data = lake.lake_storage.read_bytes(
+            lake.lake_storage.join(lake.config.base_directory, f"sales/events/month={month:02d}/a.csv")
+        )
         _put(twin, f"sales/events/month={month:02d}/a.csv", data)
     _put(twin, "sales/events/month=05/b.csv", b"v\n55\n")
     _put(twin, "sales/orders.csv", b"id\n1\n")
@@ -147,8 +163,9 @@ def test_the_sensor_requests_exactly_the_changed_batches(lake_case: LakeCase, tm
 
 
 @pytest.mark.parametrize("workers", [2, 4])
-def test_concurrent_batch_runs_mark_every_batch_once(lake_case: LakeCase, workers: int,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_batch_runs_mark_every_batch_once(
+    lake_case: LakeCase, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Batch runs executed ``workers`` at a time in worker processes: every batch marked once, every
     file's lineage recorded, each table's rows once."""
     monkeypatch.setenv(BATCHES_PER_RUN_ENV, "4")  # (inherited by the worker processes)
@@ -161,17 +178,20 @@ def test_concurrent_batch_runs_mark_every_batch_once(lake_case: LakeCase, worker
         assert result.failed == [] and result.batches_added == 25
         runs = instance.get_runs(filters=dg.RunsFilter(job_name="sales_batches_job"))
         assert len(runs) == 7 and all(r.status == dg.DagsterRunStatus.SUCCESS for r in runs)  # 25 batches, 4 a run
-        assert len({r.tags.get("dagster/partition") or r.tags["dagster/asset_partition_range_start"]
-                    for r in runs}) == 7
+        assert (
+            len({r.tags.get("dagster/partition") or r.tags["dagster/asset_partition_range_start"] for r in runs}) == 7
+        )
         # the batch runs were executed in the worker processes, not in this one (only the catalog job was)
         assert [r.job_def.name for r in result.results] == [CATALOG_JOB]
     lake = open_lake(lake_case.config_path)
     rows = open_tracker(lake, "sales").status_rows("events")
-    assert sorted(r["incremental_key_values"] for r in rows) == [json.dumps({"day": f"{d:02d}"}, separators=(",", ":"))
-                                                                 for d in range(24)]
+    assert sorted(r["incremental_key_values"] for r in rows) == [
+        json.dumps({"day": f"{d:02d}"}, separators=(",", ":")) for d in range(24)
+    ]
     assert all(r["row_count"] == 2 for r in rows)
     assert len(open_lineage(lake, "sales").records()) == 49
     with connect(lake) as con:
         assert con.execute("SELECT count(*), count(DISTINCT id) FROM sales.events").fetchone() == (48, 48)
-        assert con.execute("SELECT count(*), count(DISTINCT (alternate_name, incremental_key_values)) "
-                           "FROM aperio.partition_status").fetchone() == (25, 25)
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT (alternate_name, incremental_key_values)) FROM aperio.partition_status"
+        ).fetchone() == (25, 25)

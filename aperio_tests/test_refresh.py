@@ -40,7 +40,7 @@ def read_output(lake: Lake, path: str) -> pl.DataFrame:
 
 
 def seed(lake: Lake) -> None:
-    put(lake, "sales/customers.csv", b"id,name,score\n1,Ann,NA\n2,Bob,\n3,\"Lee, Jr\",7\n")
+    put(lake, "sales/customers.csv", b'id,name,score\n1,Ann,NA\n2,Bob,\n3,"Lee, Jr",7\n')
     put(lake, "sales/regions.tsv", b"code\tname\nN\tNorth\nS\tSouth\n")
     put(lake, "sales/products.json", json.dumps([{"sku": "a", "price": 1.5}, {"sku": "b", "price": None}]).encode())
     put(lake, "sales/events.jsonl", b'{"e": 1}\n{"e": 2}\n{"e": 3}\n')
@@ -73,8 +73,10 @@ def test_every_format_and_the_generated_model(lake_case: LakeCase) -> None:
     assert not lake.storage.exists(j(tables, "rates", "rates.parquet"))  # Parquet is read in place
 
     tracker = open_tracker(lake, "sales")
-    assert tracker.get_processed_key_values("orders") == [{"month": "01", "year": "2024"},
-                                                          {"month": "02", "year": "2024"}]
+    assert tracker.get_processed_key_values("orders") == [
+        {"month": "01", "year": "2024"},
+        {"month": "02", "year": "2024"},
+    ]
     statuses = {r["incremental_key_values"]: r for r in tracker.status_rows("orders")}
     feb_status = statuses['{"month":"02","year":"2024"}']
     assert feb_status["row_count"] == 4 and feb_status["target_pattern"] == j(feb, "*.parquet")
@@ -84,18 +86,24 @@ def test_every_format_and_the_generated_model(lake_case: LakeCase) -> None:
     assert len(lineage) == 10
     row = lineage[j(lake.config.base_directory, "sales", "customers.csv")]
     assert (row["conversion_type"], row["row_count"], row["table_name"], row["error"]) == (
-        "csv->parquet", 3, "customers", None)
+        "csv->parquet",
+        3,
+        "customers",
+        None,
+    )
     assert row["source_size"] > 0 and row["source_modified"] > 0
     assert (row["source_etag"] is not None) is (lake_case.kind == "s3")
 
     model = json.loads(lake.storage.read_bytes(lake.storage.aperio_path("sales", "generated-model.json")))
     by_name = {t["name"]: t for t in model["tables"]}
-    assert sorted(by_name) == ["customers", "events", "orders", "orders_csv", "products", "rates", "regions",
-                               "staff"]
+    assert sorted(by_name) == ["customers", "events", "orders", "orders_csv", "products", "rates", "regions", "staff"]
     assert by_name["orders"]["partitionColumns"] == ["year", "month"]
     assert by_name["orders"]["sourceFormats"] == ["csv", "jsonl"] and by_name["orders"]["rowCount"] == 6
-    assert by_name["customers"]["columns"] == [{"name": "id", "type": "Int64"}, {"name": "name", "type": "String"},
-                                               {"name": "score", "type": "Int64"}]
+    assert by_name["customers"]["columns"] == [
+        {"name": "id", "type": "Int64"},
+        {"name": "name", "type": "String"},
+        {"name": "score", "type": "Int64"},
+    ]
     assert by_name["rates"]["rowCount"] == 4 and by_name["rates"]["parquetInPlace"]
 
 
@@ -111,9 +119,11 @@ def test_incremental(lake_case: LakeCase) -> None:
     put(lake, "sales/orders/year=2024/month=01/part-0.csv", b"id,amount\n1,11\n2,22\n3,33\n")
     (changed,) = refresh(lake)
     assert [(f.table, f.source.rsplit("/", 3)[-3:]) for f in changed.files if f.status == "converted"] == [
-        ("orders", ["year=2024", "month=01", "part-0.csv"])]
+        ("orders", ["year=2024", "month=01", "part-0.csv"])
+    ]
     assert [(b.table, b.batch) for b in changed.batches if b.status == "processed"] == [
-        ("orders", '{"month":"01","year":"2024"}')]
+        ("orders", '{"month":"01","year":"2024"}')
+    ]
     tracker = open_tracker(lake, "sales")
     jan = {r["incremental_key_values"]: r["row_count"] for r in tracker.status_rows("orders")}
     assert jan['{"month":"01","year":"2024"}'] == 3
@@ -123,7 +133,9 @@ def test_incremental(lake_case: LakeCase) -> None:
     put(lake, "sales/orders/year=2024/month=02/part-2.csv", b"id,amount\n5,5\n")
     (added,) = refresh(lake)
     assert sorted(b.batch for b in added.batches if b.status == "processed") == [
-        '{"month":"02","year":"2024"}', '{"month":"03","year":"2024"}']
+        '{"month":"02","year":"2024"}',
+        '{"month":"03","year":"2024"}',
+    ]
     assert added.count("files", "converted") == 2
 
     # removing a raw file removes its output and lineage; an emptied partition is no longer processed
@@ -132,7 +144,9 @@ def test_incremental(lake_case: LakeCase) -> None:
     storage.delete(storage.join(lake.config.base_directory, "sales/events.jsonl"))
     (removed,) = refresh(lake)
     assert sorted(f.source.rsplit("/", 1)[-1] for f in removed.files if f.status == "removed") == [
-        "events.jsonl", "part-0.csv"]
+        "events.jsonl",
+        "part-0.csv",
+    ]
     tables = lake.storage.aperio_path("sales", "tables")
     assert not lake.storage.exists(lake.storage.join(tables, "events", "events.jsonl.parquet"))
     assert not lake.storage.exists(lake.storage.join(tables, "orders", "year=2024", "month=03", "part-0.csv.parquet"))
@@ -173,10 +187,11 @@ def test_hostile_file_names(lake_case: LakeCase) -> None:
     assert result.count("files", "failed") == 0
     model = json.loads(lake.storage.read_bytes(lake.storage.aperio_path("sales", "generated-model.json")))
     assert sorted(t["name"] for t in model["tables"]) == sorted(
-        ['quo"te', "semi;colon --", "with space", "ünïcødé", 'x"; DROP SCHEMA y; --', "orders",
-         "same_csv", "same_json"])
-    target = lake.storage.join(lake.storage.aperio_path("sales", "tables"), 'x"; DROP SCHEMA y; --',
-                               'x"; DROP SCHEMA y; --.csv.parquet')
+        ['quo"te', "semi;colon --", "with space", "ünïcødé", 'x"; DROP SCHEMA y; --', "orders", "same_csv", "same_json"]
+    )
+    target = lake.storage.join(
+        lake.storage.aperio_path("sales", "tables"), 'x"; DROP SCHEMA y; --', 'x"; DROP SCHEMA y; --.csv.parquet'
+    )
     assert read_output(lake, target)["a"].to_list() == [1]
 
 
@@ -257,8 +272,9 @@ def test_a_failed_file_stays_failed_until_it_converts(lake_case: LakeCase) -> No
     assert status["error_status"] is False and status["row_count"] == 1
 
 
-def test_a_transient_failure_of_an_unchanged_file_is_retried(lake_case: LakeCase,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_transient_failure_of_an_unchanged_file_is_retried(
+    lake_case: LakeCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A file that failed for a reason outside itself (its upload was rejected) converts on the next
     refresh although its size, mtime and etag did not change."""
     from aperio_assets.errors import StorageError
@@ -275,7 +291,8 @@ def test_a_transient_failure_of_an_unchanged_file_is_retried(lake_case: LakeCase
     monkeypatch.setattr(lake.storage, "upload", rejected)
     (first,) = refresh(lake)
     assert [(f.source.rsplit("/", 1)[-1], "AccessDenied" in f.error) for f in first.failed_files] == [
-        ("late.csv", True)]
+        ("late.csv", True)
+    ]
     monkeypatch.setattr(lake.storage, "upload", upload)  # the policy is fixed; the file is not touched
     (second,) = refresh(lake)
     assert second.failed_files == []
@@ -285,8 +302,9 @@ def test_a_transient_failure_of_an_unchanged_file_is_retried(lake_case: LakeCase
     assert open_lineage(lake, "sales").records()[path]["error"] is None
 
 
-def test_parquet_read_in_place_is_inspected_from_its_footer(lake_case: LakeCase,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parquet_read_in_place_is_inspected_from_its_footer(
+    lake_case: LakeCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Raw Parquet is never fetched whole for lineage: one ranged read of its end (two when the
     footer is larger than 64 KiB); a file that is not Parquet fails with the reason."""
     lake = lake_case.lake()

@@ -12,22 +12,26 @@ from aperio_tests.conftest import S3Server
 
 
 def client_error(status: int, code: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code},
-                        "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
 
 
-@pytest.mark.parametrize(("exc", "transient"), [
-    (client_error(503, "SlowDown"), True),
-    (client_error(500, "InternalError"), True),
-    (client_error(400, "RequestTimeout"), True),
-    (ConnectionResetError(104, "Connection reset by peer"), True),
-    (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), True),
-    (client_error(404, "NoSuchKey"), False),
-    (client_error(412, "PreconditionFailed"), False),
-    (client_error(403, "AccessDenied"), False),
-    (client_error(400, "InvalidArgument"), False),
-    (ValueError("a bug"), False),
-])
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (client_error(503, "SlowDown"), True),
+        (client_error(500, "InternalError"), True),
+        (client_error(400, "RequestTimeout"), True),
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), True),
+        (client_error(404, "NoSuchKey"), False),
+        (client_error(412, "PreconditionFailed"), False),
+        (client_error(403, "AccessDenied"), False),
+        (client_error(400, "InvalidArgument"), False),
+        (ValueError("a bug"), False),
+    ],
+)
 def test_classification(exc: Exception, transient: bool) -> None:
     assert is_transient(exc) is transient
 
@@ -94,9 +98,13 @@ def test_s3_retries_transient_failures_against_the_real_server(s3: S3Server, s3_
     sleeps: list[float] = []
     storage = _storage(s3, sleeps)
     path = f"s3://{s3_bucket}/x/file.bin"
-    seen = _inject(storage, {"put_object": [client_error(503, "SlowDown"),
-                                            ConnectionResetError(104, "reset")],
-                             "get_object": [client_error(500, "InternalError")]})
+    seen = _inject(
+        storage,
+        {
+            "put_object": [client_error(503, "SlowDown"), ConnectionResetError(104, "reset")],
+            "get_object": [client_error(500, "InternalError")],
+        },
+    )
     storage.write_bytes(path, b"payload")
     assert storage.read_bytes(path) == b"payload"
     assert seen == ["put_object"] * 3 + ["get_object"] * 2
@@ -185,16 +193,18 @@ def test_unreachable_endpoint_is_a_clear_error() -> None:
     with socket.socket() as sock:  # a port with nothing listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    storage = S3Storage(S3Settings(endpoint_url=f"http://127.0.0.1:{port}"),
-                        retry=RetryPolicy(attempts=2, sleep=lambda s: None))
+    storage = S3Storage(
+        S3Settings(endpoint_url=f"http://127.0.0.1:{port}"), retry=RetryPolicy(attempts=2, sleep=lambda s: None)
+    )
     with pytest.raises(StorageUnavailable) as info:
         storage.list("s3://some-bucket/lake")
     message = str(info.value)
     assert f"http://127.0.0.1:{port}" in message and "'some-bucket'" in message
 
 
-def test_missing_credentials_is_a_clear_error(s3_server: S3Server, s3_bucket: str,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_credentials_is_a_clear_error(
+    s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     storage = S3Storage(s3_server.settings())

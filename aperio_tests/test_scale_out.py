@@ -1,4 +1,4 @@
-"""The scale-out proof (SPEC §9, §11): two Dagster instances — separate DAGSTER_HOMEs, separate
+"""The scale-out proof (DESIGN §9, §11): two Dagster instances — separate DAGSTER_HOMEs, separate
 processes — refresh one lake in the loopback S3 as Dagster runs at the same time. The state
 is shared, complete and duplicate-free; a later run from either instance processes nothing; no
 lock file, DuckDB database or WAL ever appears in the bucket."""
@@ -29,8 +29,9 @@ def write_lake(storage: S3Storage, base: str) -> dict[str, int]:
     for month in MONTHS:
         for part in range(2):
             rows = "".join(f"{month}{part}{i},{i}\n" for i in range(int(month) + part))
-            storage.write_bytes(f"{base}/sales/orders/year=2024/month={month}/part-{part}.csv",
-                                f"id,amount\n{rows}".encode())
+            storage.write_bytes(
+                f"{base}/sales/orders/year=2024/month={month}/part-{part}.csv", f"id,amount\n{rows}".encode()
+            )
     storage.write_bytes(f"{base}/sales/customers.csv", b"id,name\n1,Ann\n2,Bob\n3,Cy\n")
     storage.write_bytes(f"{base}/ref/regions.json", b'[{"code": "N"}, {"code": "S"}]')
     storage.write_bytes(f"{base}/ref/rates.jsonl", b'{"r": 1}\n{"r": 2}\n{"r": 3}\n{"r": 4}\n')
@@ -47,8 +48,14 @@ def dagster_home(tmp_path: Path, name: str) -> Path:
 
 def start_refresh(home: Path, config: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "DAGSTER_HOME": str(home), "APERIO_CONFIG": str(config), "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "aperio_assets.defs.launch", "--workers", "1"],
-                            env=env, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "aperio_assets.defs.launch", "--workers", "1"],
+        env=env,
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen[str]) -> str:
@@ -98,7 +105,8 @@ def test_two_dagster_instances_refresh_one_s3_lake_at_once(s3: S3Server, s3_buck
         finish(process)
     # each instance: one run of each schema's batches (one range each), then the catalog job
     assert [successful_runs(home) for home in homes] == [
-        {"sales_batches_job": 1, "ref_batches_job": 1, "aperio_catalog_job": 1}] * 2
+        {"sales_batches_job": 1, "ref_batches_job": 1, "aperio_catalog_job": 1}
+    ] * 2
 
     # complete: every batch of every table is marked with its rows; every raw file has one lineage row
     lake = open_lake(str(config))
@@ -112,11 +120,15 @@ def test_two_dagster_instances_refresh_one_s3_lake_at_once(s3: S3Server, s3_buck
     with connect(lake) as con:
         for table, rows in expected_rows.items():
             assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == rows, table
-        assert con.execute("SELECT count(*) FROM (SELECT DISTINCT id FROM sales.orders)").fetchone()[0] == \
-            expected_rows["sales.orders"]
+        assert (
+            con.execute("SELECT count(*) FROM (SELECT DISTINCT id FROM sales.orders)").fetchone()[0]
+            == expected_rows["sales.orders"]
+        )
         # one current row per key in the shared state, whichever instance wrote it
-        assert con.execute("SELECT count(*), count(DISTINCT (schema_name, alternate_name, incremental_key_values)) "
-                           "FROM aperio.partition_status").fetchone() == (6 + 1 + 2, 6 + 1 + 2)
+        assert con.execute(
+            "SELECT count(*), count(DISTINCT (schema_name, alternate_name, incremental_key_values)) "
+            "FROM aperio.partition_status"
+        ).fetchone() == (6 + 1 + 2, 6 + 1 + 2)
         assert con.execute("SELECT count(*) FROM aperio.views").fetchone()[0] == 4
 
     # a later refresh from either instance finds nothing to do: no batch run, nothing written

@@ -21,10 +21,14 @@ SCHEMA = "sales"
 
 
 def _tracker(kind: str, endpoint: str | None, root: str, max_small_files: int = 8):
-    storage = S3Storage(S3Settings(endpoint_url=endpoint), aperio_root=root) if kind == "s3" \
+    storage = (
+        S3Storage(S3Settings(endpoint_url=endpoint), aperio_root=root)
+        if kind == "s3"
         else LocalStorage(aperio_root=root)
-    return ParquetPartitionStatusStore(storage, SCHEMA, CompactionSettings(max_small_files=max_small_files,
-                                                                           tombstone_retention_seconds=0))
+    )
+    return ParquetPartitionStatusStore(
+        storage, SCHEMA, CompactionSettings(max_small_files=max_small_files, tombstone_retention_seconds=0)
+    )
 
 
 def _writer(kind, endpoint, root, me: int, count: int, start) -> None:
@@ -32,8 +36,9 @@ def _writer(kind, endpoint, root, me: int, count: int, start) -> None:
     start.wait(timeout=120)
     for i in range(count):
         if i % 5 == 4:  # every fifth call is a batch of three
-            tracker.mark_many([{"alternate": f"w{me}", "source_table": "t", "key_values": {"i": f"{i}.{j}"}}
-                               for j in range(3)])
+            tracker.mark_many(
+                [{"alternate": f"w{me}", "source_table": "t", "key_values": {"i": f"{i}.{j}"}} for j in range(3)]
+            )
         else:
             tracker.mark_processed(f"w{me}", "t", {"i": str(i)}, row_count=i)
         tracker.mark_processed("everyone", "t", {}, row_count=me * 1000 + i)
@@ -88,6 +93,7 @@ def test_writers_and_a_compactor_lose_nothing(storage_case: StorageCase) -> None
 
 
 # -- SIGKILL at random moments ---------------------------------------------------------------------
+
 
 def _logging_writer(kind, endpoint, root, me: int, log_path: str) -> None:
     """Marks keys forever; after each call RETURNS, appends its keys to a log (fsynced)."""

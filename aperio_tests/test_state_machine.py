@@ -21,10 +21,12 @@ from aperio_assets.state.keys import canonical_key
 from aperio_assets.storage import LocalStorage, S3Storage
 from aperio_tests.conftest import S3Server
 
-ALTERNATES = st.sampled_from(["flights", "weather", "odd \"name\"; --"])
-KEYS = st.fixed_dictionaries({"year": st.sampled_from(["2013", "2014"]),
-                              "month": st.sampled_from(["01", "02", "03"])}) | st.just({}) | \
-    st.fixed_dictionaries({"city": st.sampled_from(["São Paulo", "Zürich"])})
+ALTERNATES = st.sampled_from(["flights", "weather", 'odd "name"; --'])
+KEYS = (
+    st.fixed_dictionaries({"year": st.sampled_from(["2013", "2014"]), "month": st.sampled_from(["01", "02", "03"])})
+    | st.just({})
+    | st.fixed_dictionaries({"city": st.sampled_from(["São Paulo", "Zürich"])})
+)
 PIPELINES = st.sampled_from(["p1", "p2", "p3"])
 COMPACTION = CompactionSettings(max_small_files=4, tombstone_retention_seconds=0)
 NO_GRACE = CompactionSettings(max_small_files=4, tombstone_retention_seconds=0, grace_period_seconds=0)
@@ -56,8 +58,9 @@ class TrackerMachine(RuleBasedStateMachine):
 
     @rule(who=st.integers(0, 1), alt=ALTERNATES, keys=st.lists(KEYS, min_size=1, max_size=6))
     def mark_batch(self, who, alt, keys) -> None:
-        self.trackers[who].mark_many([{"alternate": alt, "source_table": alt, "key_values": k, "row_count": i}
-                                      for i, k in enumerate(keys)])
+        self.trackers[who].mark_many(
+            [{"alternate": alt, "source_table": alt, "key_values": k, "row_count": i} for i, k in enumerate(keys)]
+        )
         for i, k in enumerate(keys):
             self.model[(alt, canonical_key(k))] = (False, i)
 
@@ -108,14 +111,16 @@ class TrackerMachine(RuleBasedStateMachine):
         # Both instances are checked, one per step in turn, to keep the suite's time in bounds.
         self.checks = getattr(self, "checks", 0) + 1
         for tracker in [self.trackers[self.checks % 2]]:
-            for alt in ("flights", "weather", "odd \"name\"; --"):
-                rows = {r["incremental_key_values"]: (r["error_status"], r["row_count"])
-                        for r in tracker.status_rows(alt)}
+            for alt in ("flights", "weather", 'odd "name"; --'):
+                rows = {
+                    r["incremental_key_values"]: (r["error_status"], r["row_count"]) for r in tracker.status_rows(alt)
+                }
                 expected = {key: value for (a, key), value in self.model.items() if a == alt}
                 assert rows == expected, (alt, rows, expected)
             probe = [{"year": "2013", "month": "01"}, {}, {"city": "Zürich"}]
             assert tracker.filter_unprocessed("flights", "flights", probe) == [
-                i for i, k in enumerate(probe) if ("flights", canonical_key(k)) not in self.model]
+                i for i, k in enumerate(probe) if ("flights", canonical_key(k)) not in self.model
+            ]
             assert tracker.is_processed("weather", "weather", {}) == (("weather", "{}") in self.model)
             for pipeline in ("p1", "p2", "p3"):
                 signature = self.completions.get(pipeline, "a")
@@ -124,8 +129,9 @@ class TrackerMachine(RuleBasedStateMachine):
 
 def _run(opener, examples: int, steps: int) -> None:
     machine = type("Machine", (TrackerMachine,), {"open_tracker": staticmethod(opener)})
-    machine.TestCase.settings = settings(max_examples=examples, stateful_step_count=steps, deadline=None,
-                                         suppress_health_check=list(HealthCheck))
+    machine.TestCase.settings = settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None, suppress_health_check=list(HealthCheck)
+    )
     machine.TestCase().runTest()
 
 
@@ -140,5 +146,8 @@ def test_shared_state_on_s3(s3: S3Server, s3_bucket: str) -> None:
 
 
 def test_local_duckdb_store(tmp_path) -> None:
-    _run(lambda sid, compaction: DuckDBPartitionStatusStore(tmp_path / sid / ".partition_status.duckdb"),
-         examples=6, steps=15)
+    _run(
+        lambda sid, compaction: DuckDBPartitionStatusStore(tmp_path / sid / ".partition_status.duckdb"),
+        examples=6,
+        steps=15,
+    )

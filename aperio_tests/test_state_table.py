@@ -1,4 +1,4 @@
-"""The state-table protocol of SPEC §5, on local disk and on the loopback S3 server."""
+"""The state-table protocol of DESIGN §5, on local disk and on the loopback S3 server."""
 
 from __future__ import annotations
 
@@ -84,8 +84,12 @@ def test_a_later_update_wins_despite_clock_skew(storage_case: StorageCase) -> No
     """A writer whose clock is 10 minutes behind updates a key after reading another writer's newer
     value: the hybrid clock orders its update after what it read."""
     ahead = make(storage_case, writer="ahead")
-    behind = make(storage_case, storage_case.new_provider(), writer="behind",
-                  clock=HybridClock(lambda: wall_clock_us() - 600 * 1_000_000))
+    behind = make(
+        storage_case,
+        storage_case.new_provider(),
+        writer="behind",
+        clock=HybridClock(lambda: wall_clock_us() - 600 * 1_000_000),
+    )
     ahead.upsert({"group": "g", "name": "k", "value": 1})
     assert behind.get(("g", "k"))["value"] == 1  # it reads the newer value ...
     behind.upsert({"group": "g", "name": "k", "value": 2})  # ... then updates it
@@ -98,8 +102,10 @@ def test_compaction_keeps_versions_and_deletes_exactly_what_it_read(storage_case
     a = make(storage_case, writer="a")
     a.write(upserts=[{"group": "g", "name": str(i), "value": i} for i in range(3)])
     a.write(upserts=[{"group": "g", "name": "0", "value": 100}], deletes=[("g", "2")])
-    before = {(r["group"], r["name"]): (r["_ts"], r["_writer"], r["_deleted"])
-              for r in a.to_arrow(include_deleted=True).to_pylist()}
+    before = {
+        (r["group"], r["name"]): (r["_ts"], r["_writer"], r["_deleted"])
+        for r in a.to_arrow(include_deleted=True).to_pylist()
+    }
 
     # another writer adds a file while the compaction runs (between its read and its deletes)
     b = make(storage_case, storage_case.new_provider(), writer="b")
@@ -122,8 +128,11 @@ def test_compaction_keeps_versions_and_deletes_exactly_what_it_read(storage_case
     assert len(remaining) == 2 and result.output in remaining  # the late file survived
     fresh = make(storage_case, storage_case.new_provider())
     assert live(fresh) == {("g", "0"): 100, ("g", "1"): 1, ("g", "late"): 5}
-    after = {(r["group"], r["name"]): (r["_ts"], r["_writer"], r["_deleted"])
-             for r in fresh.to_arrow(include_deleted=True).to_pylist() if r["name"] != "late"}
+    after = {
+        (r["group"], r["name"]): (r["_ts"], r["_writer"], r["_deleted"])
+        for r in fresh.to_arrow(include_deleted=True).to_pylist()
+        if r["name"] != "late"
+    }
     assert after == before  # original _ts and _writer kept, young tombstone kept
 
 
@@ -171,24 +180,31 @@ def test_writers_compact_opportunistically(storage_case: StorageCase) -> None:
     assert live(make(storage_case, storage_case.new_provider())) == {("g", str(i)): i for i in range(12)}
 
 
-def test_corrupt_and_foreign_files_are_skipped_and_reported(storage_case: StorageCase,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_corrupt_and_foreign_files_are_skipped_and_reported(
+    storage_case: StorageCase, caplog: pytest.LogCaptureFixture
+) -> None:
     t = make(storage_case)
     t.upsert({"group": "g", "name": "ok", "value": 1})
     p = storage_case.provider
     directory = p.join(storage_case.root, "state", "things")
     p.write_bytes(p.join(directory, "00000000000000001_x_000000.parquet"), b"not parquet at all")
-    p.write_bytes(p.join(directory, "00000000000000002_x_000000.parquet"),
-                  parquet_bytes(pa.table({"group": ["g"], "value": [1]})))
+    p.write_bytes(
+        p.join(directory, "00000000000000002_x_000000.parquet"), parquet_bytes(pa.table({"group": ["g"], "value": [1]}))
+    )
     p.write_bytes(p.join(directory, "notes.txt"), b"hello")
     reader = make(storage_case, storage_case.new_provider())
     with caplog.at_level(logging.WARNING):
         assert live(reader) == {("g", "ok"): 1}
-    assert sorted(reader.bad_files) == ["00000000000000001_x_000000.parquet",
-                                        "00000000000000002_x_000000.parquet", "notes.txt"]
+    assert sorted(reader.bad_files) == [
+        "00000000000000001_x_000000.parquet",
+        "00000000000000002_x_000000.parquet",
+        "notes.txt",
+    ]
     assert "00000000000000001_x_000000.parquet" in caplog.text and "not a valid Parquet file" in caplog.text
-    assert "missing required column(s) name, _ts, _writer, _deleted" in \
-        reader.bad_files["00000000000000002_x_000000.parquet"]
+    assert (
+        "missing required column(s) name, _ts, _writer, _deleted"
+        in reader.bad_files["00000000000000002_x_000000.parquet"]
+    )
     # compaction never deletes what it could not read
     reader.compact()
     assert "notes.txt" in files(storage_case) and "00000000000000001_x_000000.parquet" in files(storage_case)
@@ -199,10 +215,21 @@ def test_extra_columns_from_newer_writers_survive_compaction(storage_case: Stora
     p = storage_case.provider
     t = make(storage_case)
     t.upsert({"group": "g", "name": "a", "value": 1})
-    newer = pa.table({"group": ["g"], "name": ["b"], "value": [2], "note": [None], "future": ["kept"],
-                      "_ts": [wall_clock_us()], "_writer": ["future-writer"], "_deleted": [False]})
-    p.write_bytes(p.join(storage_case.root, "state", "things", "99999999999999999_f_000000.parquet"),
-                  parquet_bytes(newer))
+    newer = pa.table(
+        {
+            "group": ["g"],
+            "name": ["b"],
+            "value": [2],
+            "note": [None],
+            "future": ["kept"],
+            "_ts": [wall_clock_us()],
+            "_writer": ["future-writer"],
+            "_deleted": [False],
+        }
+    )
+    p.write_bytes(
+        p.join(storage_case.root, "state", "things", "99999999999999999_f_000000.parquet"), parquet_bytes(newer)
+    )
     t.compact()
     (output,) = files(storage_case)
     table = pq.read_table(pa.BufferReader(p.read_bytes(p.join(storage_case.root, "state", "things", output))))
@@ -215,8 +242,7 @@ def test_sql_rule_matches_the_reader(tmp_path) -> None:
     case = StorageCase("local", str(tmp_path), LocalStorage())
     a, b = make(case, writer="a"), make(case, writer="b")
     a.write(upserts=[{"group": "g", "name": str(i), "value": i} for i in range(20)])
-    b.write(upserts=[{"group": "g", "name": str(i), "value": -i} for i in range(0, 20, 2)],
-            deletes=[("g", "3")])
+    b.write(upserts=[{"group": "g", "name": str(i), "value": -i} for i in range(0, 20, 2)], deletes=[("g", "3")])
     a.write(upserts=[{"group": "h", "name": "0", "value": 5}])
     glob = str(tmp_path / "state" / "things" / "*.parquet")
     via_sql = duckdb.sql(current_state_sql(SPEC, glob)).arrow().read_all().to_pylist()
@@ -263,8 +289,7 @@ def test_compaction_keeps_its_inputs_for_the_grace_period(storage_case: StorageC
     assert reader_provider.counters.snapshot()["GET"] == 1  # the compacted file only
     stats = reader.stats()
     assert (stats.files, stats.small_files, stats.superseded_files) == (1, 0, 3)
-    assert reader.readable_files() == [storage_case.provider.join(storage_case.root, "state", "things",
-                                                                  result.output)]
+    assert reader.readable_files() == [storage_case.provider.join(storage_case.root, "state", "things", result.output)]
 
     later = make(storage_case, storage_case.new_provider(), grace_seconds=0)  # the grace period is over
     vacuum = later.compact()

@@ -53,8 +53,11 @@ def test_list_sizes_dirs_and_etags(storage_case: StorageCase) -> None:
     shallow = p.list(p.join(root, "t"))
     assert [(e.name, e.is_dir) for e in shallow] == [("top.csv", False), ("x=1", True), ("x=2", True)]
     deep = p.list(p.join(root, "t"), recursive=True)
-    assert [(e.path[len(root):], e.size) for e in deep] == [
-        ("/t/top.csv", 1), ("/t/x=1/a.csv", 5), ("/t/x=2/b.csv", 7)]
+    assert [(e.path[len(root) :], e.size) for e in deep] == [
+        ("/t/top.csv", 1),
+        ("/t/x=1/a.csv", 5),
+        ("/t/x=2/b.csv", 7),
+    ]
     assert all(not e.is_dir for e in deep)
     if storage_case.kind == "s3":
         import hashlib
@@ -103,8 +106,7 @@ def test_delete_many(storage_case: StorageCase) -> None:
 def test_aperio_path(storage_case: StorageCase) -> None:
     p = storage_case.provider
     root = storage_case.root
-    assert p.aperio_path("flights", "partition_status") == p.join(root, ".aperio", "flights",
-                                                                  "partition_status")
+    assert p.aperio_path("flights", "partition_status") == p.join(root, ".aperio", "flights", "partition_status")
     assert p.aperio_path(None, "catalog/views") == p.join(root, ".aperio", "catalog", "views")
     with pytest.raises(ValueError):
         p.aperio_path("flights", "../../etc")
@@ -137,6 +139,7 @@ def test_check_missing_location(storage_case: StorageCase) -> None:
 
 # -- the create-if-absent race, with operating-system processes ------------------------------------
 
+
 def _race_worker(kind: str, endpoint: str | None, path: str, me: int, barrier, results) -> None:
     from aperio_assets.config import S3Settings
     from aperio_assets.storage import LocalStorage, S3Storage
@@ -157,8 +160,10 @@ def test_create_if_absent_race_between_processes(storage_case: StorageCase) -> N
     p = storage_case.provider
     path = p.join(storage_case.root, "race", "one-name.parquet")
     endpoint = storage_case.s3.endpoint_url if storage_case.s3 else None
-    procs = [ctx.Process(target=_race_worker, args=(storage_case.kind, endpoint, path, i, barrier, results))
-             for i in range(n)]
+    procs = [
+        ctx.Process(target=_race_worker, args=(storage_case.kind, endpoint, path, i, barrier, results))
+        for i in range(n)
+    ]
     for proc in procs:
         proc.start()
     outcome = dict(results.get(timeout=120) for _ in range(n))

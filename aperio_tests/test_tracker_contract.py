@@ -16,8 +16,7 @@ K2 = {"year": "2013", "month": "02"}
 def test_mark_and_lookup(tracker_case: TrackerCase) -> None:
     t = tracker_case.open()
     assert not t.is_processed("flights", "flights", K1)
-    t.mark_processed("flights", "flights", K1, target_pattern="tables/flights/*.parquet", row_count=42,
-                     phase="load")
+    t.mark_processed("flights", "flights", K1, target_pattern="tables/flights/*.parquet", row_count=42, phase="load")
     assert t.is_processed("flights", "flights", K1)
     # key order and spacing do not matter: keys are canonical everywhere
     assert t.is_processed("flights", "flights", '{"month": "01", "year": "2013"}')
@@ -26,7 +25,11 @@ def test_mark_and_lookup(tracker_case: TrackerCase) -> None:
     (row,) = t.status_rows("flights")
     assert row["incremental_key_values"] == '{"month":"01","year":"2013"}'
     assert (row["source_table"], row["target_pattern"], row["row_count"], row["phase"]) == (
-        "flights", "tables/flights/*.parquet", 42, "load")
+        "flights",
+        "tables/flights/*.parquet",
+        42,
+        "load",
+    )
     assert row["error_status"] is False and row["error_message"] is None
     assert abs(row["processed_at"] - time.time() * 1000) < 60_000
 
@@ -62,10 +65,14 @@ def test_ttl_on_processed_at(tracker_case: TrackerCase) -> None:
 def test_mark_many_and_filter_unprocessed(tracker_case: TrackerCase) -> None:
     t = tracker_case.open()
     combos = [{"n": str(i)} for i in range(300)]
-    written = t.mark_many([{"alternate": "a", "source_table": "a", "key_values": c, "row_count": i}
-                           for i, c in enumerate(combos) if i % 3 == 0]
-                          + [{"alternate": "a", "source_table": "a", "key_values": {"n": "1"},
-                              "error_message": "bad file"}])
+    written = t.mark_many(
+        [
+            {"alternate": "a", "source_table": "a", "key_values": c, "row_count": i}
+            for i, c in enumerate(combos)
+            if i % 3 == 0
+        ]
+        + [{"alternate": "a", "source_table": "a", "key_values": {"n": "1"}, "error_message": "bad file"}]
+    )
     assert written == 101
     unprocessed = t.filter_unprocessed("a", "a", combos)
     assert unprocessed == [i for i in range(300) if i % 3 != 0 and i != 1]
@@ -103,13 +110,15 @@ def test_table_completion(tracker_case: TrackerCase) -> None:
 def test_unicode_quotes_and_empty_keys(tracker_case: TrackerCase) -> None:
     t = tracker_case.open()
     odd = {"city": "São Paulo", "q": 'it\'s "quoted"; DROP TABLE x; --', "e": ""}
-    t.mark_processed("täble \"x\"", "src", odd)
-    t.mark_processed("täble \"x\"", "src", {})
+    t.mark_processed('täble "x"', "src", odd)
+    t.mark_processed('täble "x"', "src", {})
     fresh = tracker_case.open()
-    assert fresh.is_processed("täble \"x\"", "src", dict(reversed(list(odd.items()))))
-    assert fresh.get_processed_key_values("täble \"x\"") == [odd, {}] or \
-        fresh.get_processed_key_values("täble \"x\"") == [{}, odd]
-    (stored,) = [r for r in fresh.status_rows("täble \"x\"") if r["incremental_key_values"] != "{}"]
+    assert fresh.is_processed('täble "x"', "src", dict(reversed(list(odd.items()))))
+    assert fresh.get_processed_key_values('täble "x"') == [odd, {}] or fresh.get_processed_key_values('täble "x"') == [
+        {},
+        odd,
+    ]
+    (stored,) = [r for r in fresh.status_rows('täble "x"') if r["incremental_key_values"] != "{}"]
     assert "São Paulo" in stored["incremental_key_values"]  # non-ASCII kept, not \\u-escaped
 
 

@@ -29,8 +29,11 @@ def _twin(lake_case: LakeCase, tmp_path: Path, name: str) -> Lake:
     base = lake_case.base.rsplit("/", 1)[0] + "/" + name
     config = tmp_path / f"{name}.yaml"
     text = Path(lake_case.config_path).read_text()
-    config.write_text(text.replace(f"baseDirectory: {lake_case.base}", f"baseDirectory: '{base}'")
-                      .replace("baseDirectory: lake", f"baseDirectory: '{base}'"))
+    config.write_text(
+        text.replace(f"baseDirectory: {lake_case.base}", f"baseDirectory: '{base}'").replace(
+            "baseDirectory: lake", f"baseDirectory: '{base}'"
+        )
+    )
     if lake_case.kind == "local":
         Path(base).mkdir()
     return open_lake(config)
@@ -39,6 +42,7 @@ def _twin(lake_case: LakeCase, tmp_path: Path, name: str) -> Lake:
 def _fill(lake: Lake, version: int) -> None:
     """40 batches of a Hive table (two files each), a plain folder of 12 files (one batch),
     10 one-file tables, raw Parquet and a file that fails; ``version`` 2 changes, adds and removes some."""
+
     def put(relative: str, data: bytes) -> None:
         lake.lake_storage.write_bytes(lake.lake_storage.join(lake.config.base_directory, relative), data)
 
@@ -68,8 +72,10 @@ def _state(lake: Lake) -> dict:
         return value.replace(aperio, "<aperio>").replace(base, "<base>") if isinstance(value, str) else value
 
     def rows(name: str) -> list:
-        return sorted(json.dumps({k: clean(v) for k, v in r.items() if k not in TIMES}, sort_keys=True, default=str)
-                      for r in open_state(lake, "sales", name).rows())
+        return sorted(
+            json.dumps({k: clean(v) for k, v in r.items() if k not in TIMES}, sort_keys=True, default=str)
+            for r in open_state(lake, "sales", name).rows()
+        )
 
     model = json.loads(lake.storage.read_bytes(lake.storage.aperio_path("sales", layout.GENERATED_MODEL)))
     model.pop("generatedAt")
@@ -77,15 +83,21 @@ def _state(lake: Lake) -> dict:
     tables = {}
     for (view,) in con.execute("SELECT view_name FROM duckdb_views() WHERE schema_name = 'sales'").fetchall():
         tables[view] = sorted(map(repr, con.execute(f'SELECT * FROM sales."{view}"').fetchall()))
-    return {"lineage": rows(layout.CONVERSIONS), "status": rows(layout.PARTITION_STATUS),
-            "model": json.loads(clean(json.dumps(model))), "tables": tables}
+    return {
+        "lineage": rows(layout.CONVERSIONS),
+        "status": rows(layout.PARTITION_STATUS),
+        "model": json.loads(clean(json.dumps(model))),
+        "tables": tables,
+    }
 
 
 def _assert_same(got: dict, expected: dict) -> None:
     for part in expected:  # part by part, naming what differs
         if isinstance(expected[part], list):
-            assert sorted(set(got[part]) - set(expected[part])) == [] and sorted(
-                set(expected[part]) - set(got[part])) == [], part
+            assert (
+                sorted(set(got[part]) - set(expected[part])) == []
+                and sorted(set(expected[part]) - set(got[part])) == []
+            ), part
         assert got[part] == expected[part], part
 
 
@@ -93,8 +105,9 @@ def _state_files(lake: Lake, name: str) -> int:
     return len(lake.storage.list(lake.storage.aperio_path("sales", name)))
 
 
-def test_four_workers_leave_the_state_one_leaves(lake_case: LakeCase, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_four_workers_leave_the_state_one_leaves(
+    lake_case: LakeCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # four workers even on local disk and this small lake (the default thresholds would use one)
     monkeypatch.setattr(parallel, "MIN_FILES_PER_WORKER_LOCAL", 8)
     monkeypatch.setattr(parallel.os, "cpu_count", lambda: 4)
@@ -126,8 +139,12 @@ def test_shares_keep_batches_together_and_split_only_big_ones() -> None:
     todo = []
     for batch in range(10):
         for part in range(4):
-            raw = RawFile(FileInfo(f"/l/t/k={batch}/{part}.csv", 1000, 0.0, None), f"k={batch}/{part}.csv", "csv",
-                          (("k", str(batch)),))
+            raw = RawFile(
+                FileInfo(f"/l/t/k={batch}/{part}.csv", 1000, 0.0, None),
+                f"k={batch}/{part}.csv",
+                "csv",
+                (("k", str(batch)),),
+            )
             table.files.append(raw)
             todo.append((table, raw))
     big = [RawFile(FileInfo(f"/l/t/big/{i}.csv", 50_000_000, 0.0, None), f"big/{i}.csv", "csv") for i in range(4)]
@@ -137,7 +154,7 @@ def test_shares_keep_batches_together_and_split_only_big_ones() -> None:
     for batch in range(10):  # a small batch is never split
         assert sum(1 for part in parts if any(f"/k={batch}/" in p for p in part)) == 1
     assert all(sum(1 for p in part if "/big/" in p) == 1 for part in parts)  # the big one is spread
-    assert shares(todo[: MIN_FILES_PER_WORKER_S3 * 2 - 1], 4) == [[raw.path for _, raw in todo[: 15]]]
+    assert shares(todo[: MIN_FILES_PER_WORKER_S3 * 2 - 1], 4) == [[raw.path for _, raw in todo[:15]]]
     # on local disk a worker needs far more files to pay for its start, and never more than the cores
     assert len(shares(todo, 4, remote=False)) == 1
     assert len(shares(todo * 20, 4, remote=False)) == min(4, os.cpu_count() or 1)

@@ -1,1 +1,1 @@
-"""Measurements of aperio's state operations (SPEC §11). Speed is measured here, never asserted in tests."""
+"""Measurements of aperio's state operations (DESIGN §11). Speed is measured here, never asserted in tests."""

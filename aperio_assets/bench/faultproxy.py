@@ -37,10 +37,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 FAULT_KINDS = ("slowdown", "error500", "reset", "lost_answer")
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-                        "upgrade"})
-_ERRORS = {"slowdown": (503, "SlowDown", "Please reduce your request rate."),
-           "error500": (500, "InternalError", "We encountered an internal error. Please try again.")}
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+)
+_ERRORS = {
+    "slowdown": (503, "SlowDown", "Please reduce your request rate."),
+    "error500": (500, "InternalError", "We encountered an internal error. Please try again."),
+}
 
 
 @dataclass
@@ -81,8 +84,9 @@ class FaultProxy:
 
     # -- control ---------------------------------------------------------------------------------
     def start(self) -> FaultProxy:
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="aperio-fault-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="aperio-fault-proxy", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -98,9 +102,14 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def set_faults(self, *, methods: Iterable[str] | None = None,
-                   lost_answer_methods: Iterable[str] | None = ("PUT", "POST", "DELETE"),
-                   latency_ms: float | tuple[float, float] = 0.0, **probabilities: float) -> None:
+    def set_faults(
+        self,
+        *,
+        methods: Iterable[str] | None = None,
+        lost_answer_methods: Iterable[str] | None = ("PUT", "POST", "DELETE"),
+        latency_ms: float | tuple[float, float] = 0.0,
+        **probabilities: float,
+    ) -> None:
         """Set fault probabilities (``slowdown``, ``error500``, ``reset``, ``lost_answer``, ``latency``)."""
         unknown = set(probabilities) - {*FAULT_KINDS, "latency"}
         if unknown:
@@ -109,10 +118,12 @@ class FaultProxy:
             raise ValueError("fault probabilities add up to more than 1")
         span = latency_ms if isinstance(latency_ms, tuple) else (latency_ms, latency_ms)
         with self._lock:
-            self._faults = Faults(**probabilities, latency_ms=(float(span[0]), float(span[1])),
-                                  methods=frozenset(m.upper() for m in methods) if methods else None,
-                                  lost_answer_methods=frozenset(m.upper() for m in lost_answer_methods)
-                                  if lost_answer_methods else None)
+            self._faults = Faults(
+                **probabilities,
+                latency_ms=(float(span[0]), float(span[1])),
+                methods=frozenset(m.upper() for m in methods) if methods else None,
+                lost_answer_methods=frozenset(m.upper() for m in lost_answer_methods) if lost_answer_methods else None,
+            )
 
     def faults_off(self) -> None:
         with self._lock:
@@ -139,8 +150,11 @@ class FaultProxy:
             roll, kind = self._rng.random(), None
             for name in FAULT_KINDS:
                 probability = getattr(faults, name)
-                if name == "lost_answer" and faults.lost_answer_methods is not None \
-                        and method not in faults.lost_answer_methods:
+                if (
+                    name == "lost_answer"
+                    and faults.lost_answer_methods is not None
+                    and method not in faults.lost_answer_methods
+                ):
                     probability = 0.0
                 if roll < probability:
                     kind = name
@@ -245,8 +259,10 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 return
             if kind in _ERRORS:
                 status, code, message = _ERRORS[kind]
-                xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
-                       f"<Message>{message}</Message><RequestId>aperio-fault-proxy</RequestId></Error>").encode()
+                xml = (
+                    f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+                    f"<Message>{message}</Message><RequestId>aperio-fault-proxy</RequestId></Error>"
+                ).encode()
                 self._send(status, code, [("Content-Type", "application/xml")], xml)
                 return
             try:
@@ -271,15 +287,23 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aperio_assets.bench.faultproxy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m aperio_assets.bench.faultproxy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--upstream", required=True, help="the S3 endpoint, http://127.0.0.1:PORT")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay every request by this much")
     for kind in FAULT_KINDS:
-        parser.add_argument(f"--{kind.replace('_', '-')}", type=float, default=0.0, metavar="P",
-                            help=f"probability of {kind} per request")
+        parser.add_argument(
+            f"--{kind.replace('_', '-')}",
+            type=float,
+            default=0.0,
+            metavar="P",
+            help=f"probability of {kind} per request",
+        )
     args = parser.parse_args(argv)
     proxy = FaultProxy(args.upstream, seed=args.seed, port=args.port)
     probabilities = {kind: getattr(args, kind) for kind in FAULT_KINDS}

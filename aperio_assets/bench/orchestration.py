@@ -48,29 +48,54 @@ def write_lake(lake: Lake, files: int) -> None:
 def record_lineage(lake: Lake) -> None:
     """Lineage rows for every raw file, as a refresh records them (no conversion is run)."""
     run = SchemaRefresh(lake, lake.schema("sales"))
-    rows = [{"source_path": raw.path, "target_path": run.named_target(table, raw), "converted_at": 1,
-             "conversion_type": "csv->parquet", "row_count": 1, "source_size": raw.info.size,
-             "source_modified": _mtime_ms(raw.info.mtime), "source_etag": raw.info.etag,
-             "table_name": table.name, "error": None, "extra": None}
-            for table in run.discovery.tables for raw in table.files]
+    rows = [
+        {
+            "source_path": raw.path,
+            "target_path": run.named_target(table, raw),
+            "converted_at": 1,
+            "conversion_type": "csv->parquet",
+            "row_count": 1,
+            "source_size": raw.info.size,
+            "source_modified": _mtime_ms(raw.info.mtime),
+            "source_etag": raw.info.etag,
+            "table_name": table.name,
+            "error": None,
+            "extra": None,
+        }
+        for table in run.discovery.tables
+        for raw in table.files
+    ]
     open_state(lake, "sales", layout.CONVERSIONS).apply(rows, [])
 
 
 def load_seconds(config: str) -> float:
     """A fresh interpreter importing the code location (what `dagster dev` / a run worker does)."""
-    code = ("import time; t = time.perf_counter(); import aperio_assets.definitions as d; "
-            "d.defs.resolve_asset_graph(); print(time.perf_counter() - t)")
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "APERIO_CONFIG": config,
-                                                             "PYTHONWARNINGS": "ignore"},
-                          capture_output=True, text=True, check=True)
+    code = (
+        "import time; t = time.perf_counter(); import aperio_assets.definitions as d; "
+        "d.defs.resolve_asset_graph(); print(time.perf_counter() - t)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "APERIO_CONFIG": config, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(done.stdout.strip().splitlines()[-1])
 
 
 def import_seconds() -> float:
-    code = ("import time; t = time.perf_counter(); import dagster, aperio_assets.defs.assets; "
-            "print(time.perf_counter() - t)")
-    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                          capture_output=True, text=True, check=True)
+    code = (
+        "import time; t = time.perf_counter(); import dagster, aperio_assets.defs.assets; "
+        "print(time.perf_counter() - t)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -89,8 +114,9 @@ def sensor_ticks(config: str) -> dict[str, float | int]:
         sensor = defs.resolve_sensor_def("lake_change_sensor")
 
         def tick(cursor: str | None):
-            context = dg.build_sensor_context(instance_ref=instance.get_ref(), resources={"aperio": aperio},
-                                              cursor=cursor, definitions=defs)
+            context = dg.build_sensor_context(
+                instance_ref=instance.get_ref(), resources={"aperio": aperio}, cursor=cursor, definitions=defs
+            )
             started = time.perf_counter()
             result = sensor.evaluate_tick(context)
             return result, time.perf_counter() - started
@@ -105,8 +131,9 @@ def sensor_ticks(config: str) -> dict[str, float | int]:
         quiet, out["quiet tick s"] = tick(settled.cursor)
         out["quiet tick runs"] = len(quiet.run_requests)
         lake = aperio.lake()
-        lake.lake_storage.write_bytes(lake.lake_storage.join(lake.config.base_directory, "sales/t000.csv"),
-                                      b"id,v\n1,3\n")
+        lake.lake_storage.write_bytes(
+            lake.lake_storage.join(lake.config.base_directory, "sales/t000.csv"), b"id,v\n1,3\n"
+        )
         changed, out["one change tick s"] = tick(quiet.cursor)
         out["one change tick runs"] = len(changed.run_requests)
     return out

@@ -79,8 +79,9 @@ def lake_files(batches: int) -> dict[str, bytes]:
     tables = batches // TABLE_EVERY
     files: dict[str, bytes] = {}
     for day in range(batches - tables):
-        files[f"{SCHEMA}/events/day={day:04d}/part.csv"] = \
+        files[f"{SCHEMA}/events/day={day:04d}/part.csv"] = (
             f"id,day,value\n{day}1,{day},a\n{day}2,{day},b\n{day}3,{day},c\n".encode()
+        )
     for t in range(tables):
         files[f"{SCHEMA}/t{t:03d}.csv"] = f"id,name\n1,t{t}\n2,u{t}\n".encode()
     return files
@@ -120,8 +121,9 @@ def _generate_s3(tmp: Path, name: str, files: dict[str, bytes], moto: str, proxy
     client = boto3.client("s3", endpoint_url=moto, region_name="us-east-1")
     client.create_bucket(Bucket=bucket)
     with ThreadPoolExecutor(max_workers=16) as pool:  # straight into moto, not through the proxy
-        list(pool.map(lambda item: client.put_object(Bucket=bucket, Key=f"lake/{item[0]}", Body=item[1]),
-                      files.items()))
+        list(
+            pool.map(lambda item: client.put_object(Bucket=bucket, Key=f"lake/{item[0]}", Body=item[1]), files.items())
+        )
     (tmp / name).mkdir(parents=True, exist_ok=True)
     config = tmp / name / "aperio.yaml"
     _write_config(config, f"s3://{bucket}/lake", proxy)
@@ -189,8 +191,7 @@ def _run_cli(config_path: str, workers: int) -> tuple[int, int]:
     from aperio_assets.lake import open_lake
 
     results = refresh(open_lake(config_path), workers=workers)
-    return (sum(r.count("files", "converted") for r in results),
-            sum(r.count("batches", "processed") for r in results))
+    return (sum(r.count("files", "converted") for r in results), sum(r.count("batches", "processed") for r in results))
 
 
 def _dagster_call() -> tuple[Callable[[str, int], object] | None, str | None]:
@@ -228,8 +229,12 @@ def read_state(place: _Place, files: int, batches: int) -> _State:
     if place.direct_s3_endpoint:  # read back from moto itself: no latency, no requests counted
         lake = type(lake)(replace(lake.config, s3=S3Settings(endpoint_url=place.direct_s3_endpoint)))
     config = lake.config
-    places = [(config.aperio_directory, "<aperio>"), (escape_glob(config.aperio_directory), "<aperio>"),
-              (config.base_directory, "<base>"), (escape_glob(config.base_directory), "<base>")]
+    places = [
+        (config.aperio_directory, "<aperio>"),
+        (escape_glob(config.aperio_directory), "<aperio>"),
+        (config.base_directory, "<base>"),
+        (escape_glob(config.base_directory), "<base>"),
+    ]
 
     def clean(value: Any) -> Any:
         if isinstance(value, str):
@@ -250,8 +255,10 @@ def read_state(place: _Place, files: int, batches: int) -> _State:
         failed = sum(1 for r in rows if r.get("error") or r.get("error_status"))
         if failed:
             problems.append(f"{name}: {failed} row(s) with an error")
-        tables[name] = sorted(json.dumps({k: clean(v) for k, v in r.items() if k not in TIME_COLUMNS},
-                                         sort_keys=True, default=str) for r in rows)
+        tables[name] = sorted(
+            json.dumps({k: clean(v) for k, v in r.items() if k not in TIME_COLUMNS}, sort_keys=True, default=str)
+            for r in rows
+        )
     return _State(tables[layout.CONVERSIONS], tables[layout.PARTITION_STATUS], problems)
 
 
@@ -261,8 +268,10 @@ def compare(state: _State, baseline: _State | None) -> tuple[bool, str | None]:
     if baseline is None:
         problems.append("no 1-worker state to compare with")
     else:
-        for name, got, expected in (("lineage", state.lineage, baseline.lineage),
-                                    ("status", state.status, baseline.status)):
+        for name, got, expected in (
+            ("lineage", state.lineage, baseline.lineage),
+            ("status", state.status, baseline.status),
+        ):
             if got != expected:
                 extra, missing = len(set(got) - set(expected)), len(set(expected) - set(got))
                 problems.append(f"{name}: {extra} row(s) not in the 1-worker state, {missing} missing")
@@ -275,10 +284,14 @@ def _short(exc: BaseException) -> str:
 
 
 # -- the whole measurement --------------------------------------------------------------------------
-def measure_scale_out(batches: int = 1000, worker_counts: Sequence[int] = WORKERS,
-                      storages: Sequence[str] = STORAGES, modes: Sequence[str] = MODES,
-                      s3_latency_ms: float = 20.0,
-                      progress: Callable[[str], None] | None = None) -> list[ScaleOutRow]:
+def measure_scale_out(
+    batches: int = 1000,
+    worker_counts: Sequence[int] = WORKERS,
+    storages: Sequence[str] = STORAGES,
+    modes: Sequence[str] = MODES,
+    s3_latency_ms: float = 20.0,
+    progress: Callable[[str], None] | None = None,
+) -> list[ScaleOutRow]:
     """One row per storage, mode and worker count (a series not available: one row saying why)."""
     note = progress or (lambda message: None)
     counts = sorted(set(worker_counts))
@@ -314,16 +327,17 @@ def measure_scale_out(batches: int = 1000, worker_counts: Sequence[int] = WORKER
             baseline: _State | None = None
             for mode in modes:
                 if mode in unavailable:
-                    rows.append(ScaleOutRow(storage, mode, None, None, None, None, None, None,
-                                            note=unavailable[mode]))
+                    rows.append(ScaleOutRow(storage, mode, None, None, None, None, None, None, note=unavailable[mode]))
                     continue
                 # untimed: this process's first refresh imports what it uses (Polars, DuckDB, the S3
                 # client, Dagster); that must not count against the 1-worker run (spawned workers pay
                 # theirs in every run). A warm-up that fails is not hidden: the runs fail the same way.
                 note(f"{storage}, {mode}: warming up")
-                warm = (_generate_s3(tmp, f"{storage}-{mode}-warm-up", lake_files(2), endpoint.endpoint_url,
-                                     proxy.url) if storage == "s3" and endpoint is not None and proxy is not None
-                        else _generate_local(tmp, f"{storage}-{mode}-warm-up", lake_files(2)))
+                warm = (
+                    _generate_s3(tmp, f"{storage}-{mode}-warm-up", lake_files(2), endpoint.endpoint_url, proxy.url)
+                    if storage == "s3" and endpoint is not None and proxy is not None
+                    else _generate_local(tmp, f"{storage}-{mode}-warm-up", lake_files(2))
+                )
                 with contextlib.suppress(Exception):
                     calls[mode](warm.config_path, 1)
                 reference: float | None = None
@@ -341,8 +355,9 @@ def measure_scale_out(batches: int = 1000, worker_counts: Sequence[int] = WORKER
                     try:
                         counted = calls[mode](place.config_path, n)
                     except Exception as exc:  # reported, never hidden; the other runs go on
-                        rows.append(ScaleOutRow(storage, mode, n, None, None, None, None, False,
-                                                note=f"failed: {_short(exc)}"))
+                        rows.append(
+                            ScaleOutRow(storage, mode, n, None, None, None, None, False, note=f"failed: {_short(exc)}")
+                        )
                         traceback.print_exc()
                         continue
                     seconds = time.perf_counter() - started
@@ -351,8 +366,20 @@ def measure_scale_out(batches: int = 1000, worker_counts: Sequence[int] = WORKER
                     try:
                         state = read_state(place, len(files), len(files))
                     except Exception as exc:  # a state that cannot be read back is a mismatch, shown
-                        rows.append(ScaleOutRow(storage, mode, n, round(seconds, 3), None, None, None, False,
-                                                requests, note=f"state not readable: {_short(exc)}"))
+                        rows.append(
+                            ScaleOutRow(
+                                storage,
+                                mode,
+                                n,
+                                round(seconds, 3),
+                                None,
+                                None,
+                                None,
+                                False,
+                                requests,
+                                note=f"state not readable: {_short(exc)}",
+                            )
+                        )
                         traceback.print_exc()
                         continue
                     if baseline is None and n == 1:
@@ -368,13 +395,32 @@ def measure_scale_out(batches: int = 1000, worker_counts: Sequence[int] = WORKER
                             why = "; ".join(filter(None, [why, f"{len(failed_runs)} Dagster run(s) failed"]))
                     if (converted, processed) != (len(files), len(files)):
                         same = False
-                        why = "; ".join(filter(None, [why, f"the refresh converted {converted} files and processed "
-                                                           f"{processed} batches of {len(files)}"]))
+                        why = "; ".join(
+                            filter(
+                                None,
+                                [
+                                    why,
+                                    f"the refresh converted {converted} files and processed "
+                                    f"{processed} batches of {len(files)}",
+                                ],
+                            )
+                        )
                     if n == 1:
                         reference = seconds
-                    rows.append(ScaleOutRow(storage, mode, n, round(seconds, 3),
-                                            round(reference / seconds, 2) if reference else None,
-                                            converted, processed, same, requests, why))
+                    rows.append(
+                        ScaleOutRow(
+                            storage,
+                            mode,
+                            n,
+                            round(seconds, 3),
+                            round(reference / seconds, 2) if reference else None,
+                            converted,
+                            processed,
+                            same,
+                            requests,
+                            why,
+                        )
+                    )
     return rows
 
 

@@ -1,4 +1,4 @@
-"""``aperio bench`` (SPEC §11): local mode against shared mode, side by side in one run, on local disk
+"""``aperio bench`` (DESIGN §11): local mode against shared mode, side by side in one run, on local disk
 and on a loopback S3 server, at 1k / 10k / 100k batch keys.
 
 Local mode is the legacy single-node state: the ``.partition_status.duckdb`` store (one connection
@@ -69,8 +69,16 @@ def batch_key(i: int) -> dict[str, str]:
 
 
 def records(start: int, count: int) -> list[dict[str, Any]]:
-    return [{"alternate": ALTERNATE, "source_table": ALTERNATE, "key_values": batch_key(i), "row_count": i,
-             "target_pattern": f"tables/{ALTERNATE}/*.parquet"} for i in range(start, start + count)]
+    return [
+        {
+            "alternate": ALTERNATE,
+            "source_table": ALTERNATE,
+            "key_values": batch_key(i),
+            "row_count": i,
+            "target_pattern": f"tables/{ALTERNATE}/*.parquet",
+        }
+        for i in range(start, start + count)
+    ]
 
 
 class Timings:
@@ -96,8 +104,17 @@ class Timings:
         for op in operations:
             local = statistics.median(self.samples[(op, "local")])
             shared = statistics.median(self.samples[(op, "shared")])
-            rows.append(BenchRow(op, storage, keys, round(local, 3), round(shared, 3), round(shared / local, 3),
-                                 self.requests.get(op, {}) if storage == "s3" else {}))
+            rows.append(
+                BenchRow(
+                    op,
+                    storage,
+                    keys,
+                    round(local, 3),
+                    round(shared, 3),
+                    round(shared / local, 3),
+                    self.requests.get(op, {}) if storage == "s3" else {},
+                )
+            )
         return rows
 
 
@@ -152,14 +169,16 @@ def tracker_rows(place: Place, keys: int, repetitions: int) -> list[BenchRow]:
     for rep in range(repetitions):
         for side in ("local", "shared") if rep % 2 == 0 else ("shared", "local"):
             tracker, probe, n = warm[side], batch_key((rep * 7919) % keys), next_key[side]
-            timings.time("cold_open_lookup", side, lambda s=side, p=probe: opens[s]().is_processed(
-                ALTERNATE, ALTERNATE, p))
+            timings.time(
+                "cold_open_lookup", side, lambda s=side, p=probe: opens[s]().is_processed(ALTERNATE, ALTERNATE, p)
+            )
             timings.time("warm_lookup", side, lambda t=tracker, p=probe: t.is_processed(ALTERNATE, ALTERNATE, p))
             timings.time("single_mark", side, lambda t=tracker, n=n: t.mark_many(records(n, 1)))
             timings.time("batch_1000", side, lambda t=tracker, n=n: t.mark_many(records(n + 1, 1000)))
             next_key[side] = n + 1001
-            timings.time("filter_unprocessed_10k", side,
-                         lambda t=tracker: t.filter_unprocessed(ALTERNATE, ALTERNATE, combos))
+            timings.time(
+                "filter_unprocessed_10k", side, lambda t=tracker: t.filter_unprocessed(ALTERNATE, ALTERNATE, combos)
+            )
     return timings.rows(place.storage, keys, TRACKER_OPERATIONS)
 
 
@@ -267,8 +286,14 @@ def _place(storage: str, root: Path) -> Iterator[Place]:
         yield Place(storage, root, s3)
 
 
-def run_bench(*, quick: bool = False, storages: tuple[str, ...] = STORAGES, keys: tuple[int, ...] | None = None,
-              repetitions: int | None = None, progress: Progress | None = None) -> list[BenchRow]:
+def run_bench(
+    *,
+    quick: bool = False,
+    storages: tuple[str, ...] = STORAGES,
+    keys: tuple[int, ...] | None = None,
+    repetitions: int | None = None,
+    progress: Progress | None = None,
+) -> list[BenchRow]:
     """Every operation on every storage at every key count; returns the rows in that order."""
     keys = keys or (QUICK_KEYS if quick else FULL_KEYS)
     repetitions = repetitions or (5 if quick else 11)

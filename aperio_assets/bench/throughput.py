@@ -75,8 +75,12 @@ def _run(target: dict[str, str], writers: int, marks: int) -> tuple[float, float
     return min(s for s, _ in spans), max(e for _, e in spans)
 
 
-def measure_throughput(marks: int = 100, writers: tuple[int, ...] = WRITERS, series: tuple[str, ...] = SERIES,
-                       progress: Callable[[str], None] | None = None) -> list[ThroughputRow]:
+def measure_throughput(
+    marks: int = 100,
+    writers: tuple[int, ...] = WRITERS,
+    series: tuple[str, ...] = SERIES,
+    progress: Callable[[str], None] | None = None,
+) -> list[ThroughputRow]:
     note = progress or (lambda message: None)
     rows = []
     with tempfile.TemporaryDirectory(prefix="aperio-throughput-") as tmp, contextlib.ExitStack() as stack:
@@ -89,8 +93,11 @@ def measure_throughput(marks: int = 100, writers: tuple[int, ...] = WRITERS, ser
                     target = {"kind": "legacy", "path": str(place / ".partition_status.duckdb")}
                 elif name == "shared/s3":
                     assert endpoint is not None
-                    target = {"kind": "s3", "endpoint": endpoint.endpoint_url,
-                              "root": f"s3://{endpoint.bucket}/throughput-{n}"}
+                    target = {
+                        "kind": "s3",
+                        "endpoint": endpoint.endpoint_url,
+                        "root": f"s3://{endpoint.bucket}/throughput-{n}",
+                    }
                 else:
                     target = {"kind": "local", "root": str(place)}
                 start, end = _run(target, n, marks)

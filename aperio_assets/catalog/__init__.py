@@ -1,4 +1,4 @@
-"""The in-memory DuckDB catalog (SPEC §7). Public entry point: :func:`connect`."""
+"""The in-memory DuckDB catalog (DESIGN §7). Public entry point: :func:`connect`."""
 
 from aperio_assets.catalog.connect import CatalogReport, connect, open_catalog
 from aperio_assets.catalog.views import ViewDefinition, ViewStore

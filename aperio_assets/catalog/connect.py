@@ -1,4 +1,4 @@
-"""The in-memory DuckDB catalog (SPEC §7): one DuckDB schema per aperio schema, one view per view
+"""The in-memory DuckDB catalog (DESIGN §7): one DuckDB schema per aperio schema, one view per view
 definition, and ``aperio`` exposing the state itself.
 
 DuckDB binds a view when it is created, reading its files' metadata: on S3 a LIST and a footer read
@@ -63,8 +63,12 @@ _READER_ROWS: dict[int, tuple[object, pa.Table | None]] = {}
 # The parts the last snapshot was made of, and the snapshot (made again only on a change).
 _PACKED_STATE: dict[str, tuple[tuple[int, ...], pa.Table, object]] = {}
 SNAPSHOT_NAME = "__aperio_state"  # registered on every connection: one row, one list column per view
-STATE_VIEWS = {PARTITION_STATUS.name: PARTITION_STATUS, TABLE_COMPLETION.name: TABLE_COMPLETION,
-               CONVERSIONS.name: CONVERSIONS, "views": VIEWS}
+STATE_VIEWS = {
+    PARTITION_STATUS.name: PARTITION_STATUS,
+    TABLE_COMPLETION.name: TABLE_COMPLETION,
+    CONVERSIONS.name: CONVERSIONS,
+    "views": VIEWS,
+}
 
 
 def _packed(view: str, parts: list[tuple[str | None, pa.Table]]) -> pa.Array:
@@ -74,8 +78,15 @@ def _packed(view: str, parts: list[tuple[str | None, pa.Table]]) -> pa.Array:
     for name, rows in parts:
         if name is not None:
             rows = rows.add_column(0, "schema_name", pa.repeat(pa.scalar(name), rows.num_rows))
-        tables.append(pa.table([rows[f.name].cast(f.type) if f.name in rows.column_names
-                                else pa.nulls(rows.num_rows, f.type) for f in schema], schema=schema))
+        tables.append(
+            pa.table(
+                [
+                    rows[f.name].cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type)
+                    for f in schema
+                ],
+                schema=schema,
+            )
+        )
     rows = pa.concat_tables(tables) if tables else schema.empty_table()
     structs = pa.StructArray.from_arrays([rows[f.name].combine_chunks() for f in schema], fields=list(schema))
     return pa.ListArray.from_arrays(pa.array([0, len(structs)], pa.int32()), structs)
@@ -87,6 +98,8 @@ def _snapshot_schema(view: str) -> pa.Schema:
     if view != "views":
         fields.insert(0, pa.field("schema_name", pa.string()))
     return pa.schema(fields)
+
+
 # Per views directory: the views table's version and its decoded definitions.
 _DEFINITIONS: dict[str, tuple[object, list[ViewDefinition]]] = {}
 
@@ -207,8 +220,10 @@ class _Builder:
         version = table.version
         memo = _DEFINITIONS.get(table.directory)
         if memo is None or memo[0] != version:
-            memo = _DEFINITIONS[table.directory] = (version, sorted(
-                (ViewDefinition.from_row(r) for r in table.rows()), key=lambda v: (v.schema_name, v.view_name)))
+            memo = _DEFINITIONS[table.directory] = (
+                version,
+                sorted((ViewDefinition.from_row(r) for r in table.rows()), key=lambda v: (v.schema_name, v.view_name)),
+            )
         return memo[1]
 
     def connect(self, s3_access: str) -> duckdb.DuckDBPyConnection:
@@ -254,8 +269,9 @@ class _Builder:
         by_key = {f"{v.schema_name}.{v.view_name}": v for v in definitions}
         return any(bind_error(self.con, by_key[key]) is None for key in broken if key in by_key)
 
-    def _build(self, cache: Path, sidecar: Path, names: list[str], definitions: list[ViewDefinition],
-               s3_access: str) -> dict[str, str]:
+    def _build(
+        self, cache: Path, sidecar: Path, names: list[str], definitions: list[ViewDefinition], s3_access: str
+    ) -> dict[str, str]:
         """Bind every view once, into a new cache file (written aside, then renamed into place)."""
         cache.parent.mkdir(parents=True, exist_ok=True)
         temp = cache.with_name(f".{cache.stem}.{uuid.uuid4().hex}.duckdb")
@@ -270,8 +286,10 @@ class _Builder:
             self.register_state(scratch)
             scratch.execute(f"CREATE SCHEMA {SYSTEM_SCHEMA}")
             for view in STATE_VIEWS:
-                scratch.execute(f"CREATE VIEW {SYSTEM_SCHEMA}.{quote_identifier(view)} AS SELECT "
-                                f"unnest({quote_identifier(view)}, recursive := true) FROM {SNAPSHOT_NAME}")
+                scratch.execute(
+                    f"CREATE VIEW {SYSTEM_SCHEMA}.{quote_identifier(view)} AS SELECT "
+                    f"unnest({quote_identifier(view)}, recursive := true) FROM {SNAPSHOT_NAME}"
+                )
             # Generated views first (user views may read them), in parallel: each binds its files.
             failed = self._register_all(scratch, [v for v in definitions if v.origin == "generated"], parallel=True)
             rest = [v for v in definitions if v.origin != "generated"]
@@ -291,16 +309,19 @@ class _Builder:
     def _register(self, con: duckdb.DuckDBPyConnection, view: ViewDefinition) -> str | None:
         cursor = con.cursor()
         try:
-            cursor.execute(f"CREATE OR REPLACE VIEW {quote_identifier(view.schema_name)}."
-                           f"{quote_identifier(view.view_name)} AS {view.sql}")
+            cursor.execute(
+                f"CREATE OR REPLACE VIEW {quote_identifier(view.schema_name)}."
+                f"{quote_identifier(view.view_name)} AS {view.sql}"
+            )
             return None
         except duckdb.Error as exc:
             return first_line(exc)
         finally:
             cursor.close()
 
-    def _register_all(self, con: duckdb.DuckDBPyConnection, views: list[ViewDefinition], *,
-                      parallel: bool) -> list[tuple[ViewDefinition, str]]:
+    def _register_all(
+        self, con: duckdb.DuckDBPyConnection, views: list[ViewDefinition], *, parallel: bool
+    ) -> list[tuple[ViewDefinition, str]]:
         """Create the views; returns those that did not bind, with the reason."""
         if parallel and len(views) > 1:
             with ThreadPoolExecutor(max_workers=self.workers) as pool:
@@ -329,14 +350,22 @@ def _cache_path(schemas: list[str], definitions: list[ViewDefinition]) -> Path:
 
 @functools.lru_cache(maxsize=64)
 def _fingerprint(schemas: tuple[str, ...], definitions: tuple[ViewDefinition, ...]) -> str:
-    return hashlib.sha256(json.dumps({
-        "duckdb": duckdb.__version__, "schemas": schemas, "state": "snapshots",
-        "views": [[v.schema_name, v.view_name, v.sql, v.origin, list(v.columns)] for v in definitions],
-    }, sort_keys=True).encode()).hexdigest()[:32]
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "duckdb": duckdb.__version__,
+                "schemas": schemas,
+                "state": "snapshots",
+                "views": [[v.schema_name, v.view_name, v.sql, v.origin, list(v.columns)] for v in definitions],
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:32]
 
 
-def open_catalog(config_or_path: ConfigLike | Lake = None, *, s3_access: str = "auto",
-                 workers: int = 8) -> tuple[duckdb.DuckDBPyConnection, CatalogReport]:
+def open_catalog(
+    config_or_path: ConfigLike | Lake = None, *, s3_access: str = "auto", workers: int = 8
+) -> tuple[duckdb.DuckDBPyConnection, CatalogReport]:
     """:func:`connect`, plus a report: views registered, views that did not bind (and why), how S3
     is read."""
     started = time.perf_counter()

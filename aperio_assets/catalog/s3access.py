@@ -1,4 +1,4 @@
-"""S3 for DuckDB (SPEC §7): the httpfs extension from its pinned wheel (these machines cannot reach
+"""S3 for DuckDB (DESIGN §7): the httpfs extension from its pinned wheel (these machines cannot reach
 DuckDB's extension server) with an in-memory secret built from the storage settings; if httpfs
 cannot load, DuckDB reads through the storage provider's fsspec filesystem instead.
 
@@ -28,8 +28,10 @@ def httpfs_extension_path() -> str:
     root = os.path.join(os.path.dirname(duckdb_extension_httpfs.__file__), "extensions")
     path = os.path.join(root, f"v{duckdb.__version__}", "httpfs.duckdb_extension")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no httpfs extension for DuckDB {duckdb.__version__} in {root} "
-                                "(duckdb and duckdb-extension-httpfs must be the same version)")
+        raise FileNotFoundError(
+            f"no httpfs extension for DuckDB {duckdb.__version__} in {root} "
+            "(duckdb and duckdb-extension-httpfs must be the same version)"
+        )
     return path
 
 
@@ -45,8 +47,11 @@ def _secret_sql(settings: S3Settings) -> str:
             options.append(f"SESSION_TOKEN {quote_literal(frozen.token)}")
     if settings.endpoint_url:
         endpoint = urlparse(settings.endpoint_url)
-        options += [f"ENDPOINT {quote_literal(endpoint.netloc)}", "URL_STYLE 'path'",
-                    f"USE_SSL {'true' if settings.use_ssl else 'false'}"]
+        options += [
+            f"ENDPOINT {quote_literal(endpoint.netloc)}",
+            "URL_STYLE 'path'",
+            f"USE_SSL {'true' if settings.use_ssl else 'false'}",
+        ]
     return f"CREATE OR REPLACE SECRET {SECRET_NAME} ({', '.join(options)})"
 
 

@@ -1,4 +1,4 @@
-"""View definitions: the ``catalog/views`` state table (SPEC §4, §7).
+"""View definitions: the ``catalog/views`` state table (DESIGN §4, §7).
 
 ``generated`` definitions are rebuilt from the schemas' generated models; ``user`` views (added with
 ``aperio views add``) and ``migrated`` ones (from a legacy catalog) are never touched by a rebuild.
@@ -33,9 +33,13 @@ class ViewDefinition:
     columns: tuple[tuple[str, str], ...] = ()
 
     def row(self) -> dict[str, Any]:
-        return {"schema_name": self.schema_name, "view_name": self.view_name, "sql": self.sql,
-                "origin": self.origin, "columns": json.dumps([list(c) for c in self.columns]) if self.columns
-                else None}
+        return {
+            "schema_name": self.schema_name,
+            "view_name": self.view_name,
+            "sql": self.sql,
+            "origin": self.origin,
+            "columns": json.dumps([list(c) for c in self.columns]) if self.columns else None,
+        }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> ViewDefinition:
@@ -80,15 +84,18 @@ def _table_sql(lake: Lake, table: dict[str, Any]) -> str | None:
     for entry in layouts:
         own = tuple(folder_key(k) for k in entry["keys"])
         if entry.get("converted"):
-            pattern = lake.storage.join(escape_glob(table["location"]), *map(partition_pattern, entry["keys"]),
-                                        "*.parquet")
+            pattern = lake.storage.join(
+                escape_glob(table["location"]), *map(partition_pattern, entry["keys"]), "*.parquet"
+            )
             scans.setdefault((tuple(hive_keys(table["location"])) + own, own), []).append(pattern)
         for path in entry.get("inPlace") or []:
             literal = literal_pattern(path, s3=is_s3_url(path))
             if literal is not None:
                 scans.setdefault((tuple(hive_keys(path.rsplit("/", 1)[0])), own), []).append(literal)
-    selects = [table_scan_sql(sources, [k for k in dict.fromkeys(read) if k not in own])
-               for (read, own), sources in sorted(scans.items())]
+    selects = [
+        table_scan_sql(sources, [k for k in dict.fromkeys(read) if k not in own])
+        for (read, own), sources in sorted(scans.items())
+    ]
     return " UNION ALL BY NAME ".join(selects) if selects else None
 
 
@@ -118,8 +125,9 @@ class ViewStore:
         self.table = views_table(lake)
 
     def list(self) -> list[ViewDefinition]:
-        return sorted((ViewDefinition.from_row(r) for r in self.table.rows()),
-                      key=lambda v: (v.schema_name, v.view_name))
+        return sorted(
+            (ViewDefinition.from_row(r) for r in self.table.rows()), key=lambda v: (v.schema_name, v.view_name)
+        )
 
     def plan_rebuild(self) -> tuple[list[dict[str, Any]], list[tuple[str, str]], dict[str, int]]:
         """What a rebuild writes (generated definitions that changed), deletes (generated ones no
@@ -134,10 +142,15 @@ class ViewStore:
             elif existing != view:
                 upserts.append(view.row())
         stale = [key for key, v in current.items() if v.origin == "generated" and key not in wanted]
-        summary = {"written": len(upserts), "removed": len(stale),
-                   "unchanged": len(wanted) - len(upserts) - kept, "shadowedByUserViews": kept,
-                   "views": len(current) - len(stale) + sum(1 for v in upserts
-                                                            if (v["schema_name"], v["view_name"]) not in current)}
+        summary = {
+            "written": len(upserts),
+            "removed": len(stale),
+            "unchanged": len(wanted) - len(upserts) - kept,
+            "shadowedByUserViews": kept,
+            "views": len(current)
+            - len(stale)
+            + sum(1 for v in upserts if (v["schema_name"], v["view_name"]) not in current),
+        }
         return upserts, stale, summary
 
     def rebuild(self) -> dict[str, int]:

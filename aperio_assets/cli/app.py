@@ -36,14 +36,19 @@ class _OneLineFormatter(logging.Formatter):
 def build_parser() -> argparse.ArgumentParser:
     # Options every command accepts, before or after the command name.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
-                        help="aperio.yaml to use (default: $APERIO_CONFIG, else ./aperio.yaml)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks and debug logging")
-    parser = argparse.ArgumentParser(prog="aperio", parents=[common],
-                                     description="Shared, lock-free metadata for a file lake.")
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="aperio.yaml to use (default: $APERIO_CONFIG, else ./aperio.yaml)",
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logging"
+    )
+    parser = argparse.ArgumentParser(
+        prog="aperio", parents=[common], description="Shared, lock-free metadata for a file lake."
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.register(commands, common)

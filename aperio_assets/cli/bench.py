@@ -1,4 +1,4 @@
-"""`aperio bench`: local mode against shared mode (SPEC §11)."""
+"""`aperio bench`: local mode against shared mode (DESIGN §11)."""
 
 from __future__ import annotations
 
@@ -13,30 +13,57 @@ from aperio_assets.cli.output import console, print_json
 
 
 def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser("bench", parents=[parent],
-                                 help="measure local mode against shared mode, on local disk and a loopback S3")
+    parser = commands.add_parser(
+        "bench", parents=[parent], help="measure local mode against shared mode, on local disk and a loopback S3"
+    )
     parser.add_argument("--quick", action="store_true", help="10k keys only, fewer repetitions")
-    parser.add_argument("--storage", choices=("local", "s3"), action="append",
-                        help="only this storage (repeatable; default: both)")
+    parser.add_argument(
+        "--storage", choices=("local", "s3"), action="append", help="only this storage (repeatable; default: both)"
+    )
     parser.add_argument("--repetitions", type=int, metavar="N", help="interleaved repetitions per operation")
-    parser.add_argument("--throughput", metavar="PNG",
-                        help="instead: aggregate marks per second of 1, 2, 4, 8 writer processes on one state "
-                             "table (shared mode on local disk and S3, the legacy store on local disk), "
-                             "plotted into PNG")
-    parser.add_argument("--marks", type=int, default=100, metavar="N",
-                        help="marks per writer for --throughput (default: 100)")
-    parser.add_argument("--scale-out", metavar="PNG",
-                        help="instead: seconds of a full first refresh with 1, 2, 4, 8 workers, on local disk and "
-                             "on the loopback S3 with an injected per-request latency, plotted into PNG")
-    parser.add_argument("--batches", type=int, default=1000, metavar="N",
-                        help="batches (one small CSV each) in the --scale-out lake (default: 1000)")
-    parser.add_argument("--worker-counts", default="1,2,4,8", metavar="LIST",
-                        help="worker counts for --scale-out, including 1 (default: 1,2,4,8)")
-    parser.add_argument("--modes", default="cli,dagster", metavar="LIST",
-                        help="--scale-out modes: cli (refresh(lake, workers=N)) and/or dagster (refresh_with_runs) "
-                             "(default: cli,dagster)")
-    parser.add_argument("--s3-latency", type=float, default=20.0, metavar="MS",
-                        help="--scale-out: delay added to every S3 request, in ms (default: 20)")
+    parser.add_argument(
+        "--throughput",
+        metavar="PNG",
+        help="instead: aggregate marks per second of 1, 2, 4, 8 writer processes on one state "
+        "table (shared mode on local disk and S3, the legacy store on local disk), "
+        "plotted into PNG",
+    )
+    parser.add_argument(
+        "--marks", type=int, default=100, metavar="N", help="marks per writer for --throughput (default: 100)"
+    )
+    parser.add_argument(
+        "--scale-out",
+        metavar="PNG",
+        help="instead: seconds of a full first refresh with 1, 2, 4, 8 workers, on local disk and "
+        "on the loopback S3 with an injected per-request latency, plotted into PNG",
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="batches (one small CSV each) in the --scale-out lake (default: 1000)",
+    )
+    parser.add_argument(
+        "--worker-counts",
+        default="1,2,4,8",
+        metavar="LIST",
+        help="worker counts for --scale-out, including 1 (default: 1,2,4,8)",
+    )
+    parser.add_argument(
+        "--modes",
+        default="cli,dagster",
+        metavar="LIST",
+        help="--scale-out modes: cli (refresh(lake, workers=N)) and/or dagster (refresh_with_runs) "
+        "(default: cli,dagster)",
+    )
+    parser.add_argument(
+        "--s3-latency",
+        type=float,
+        default=20.0,
+        metavar="MS",
+        help="--scale-out: delay added to every S3 request, in ms (default: 20)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -47,8 +74,11 @@ def run_throughput(args: argparse.Namespace) -> int:
         args.parser.error("--marks must be at least 1")
     with console.status("measuring throughput…") as status:
         rows = measure_throughput(args.marks, progress=lambda message: status.update(f"throughput: {message}"))
-    plot(rows, args.throughput, f"aperio: marks/s over writers ({platform.node()}, {os.cpu_count()} cores, "
-                                f"{args.marks} marks per writer)")
+    plot(
+        rows,
+        args.throughput,
+        f"aperio: marks/s over writers ({platform.node()}, {os.cpu_count()} cores, {args.marks} marks per writer)",
+    )
     if args.json:
         print_json([r.to_dict() for r in rows])
         return 0
@@ -86,24 +116,41 @@ def run_scale_out(args: argparse.Namespace) -> int:
     if args.s3_latency < 0:
         args.parser.error("--s3-latency must not be negative")
     storages = list(dict.fromkeys(args.storage)) if args.storage else list(STORAGES)
-    measure = dict(batches=args.batches, worker_counts=counts, storages=storages, modes=modes,
-                   s3_latency_ms=args.s3_latency)
+    measure = dict(
+        batches=args.batches, worker_counts=counts, storages=storages, modes=modes, s3_latency_ms=args.s3_latency
+    )
     if args.json or not sys.stderr.isatty():
         rows = measure_scale_out(**measure)
     else:
         with console.status("measuring scale-out…") as status:
             rows = measure_scale_out(**measure, progress=lambda message: status.update(f"scale-out: {message}"))
-    plot(rows, args.scale_out, f"aperio: full first refresh over workers ({platform.node()}, {os.cpu_count()} "
-                               f"cores, {args.batches:,} batches, S3 latency {args.s3_latency:g} ms)")
+    plot(
+        rows,
+        args.scale_out,
+        f"aperio: full first refresh over workers ({platform.node()}, {os.cpu_count()} "
+        f"cores, {args.batches:,} batches, S3 latency {args.s3_latency:g} ms)",
+    )
     measured_wrong = any(r.same_state is False for r in rows)
     if args.json:
         print_json([r.to_dict() for r in rows])
         return 1 if measured_wrong else 0
-    table = Table(title=f"full first refresh over workers ({args.batches:,} batches, S3 latency "
-                        f"{args.s3_latency:g} ms; plot: {args.scale_out})")
+    table = Table(
+        title=f"full first refresh over workers ({args.batches:,} batches, S3 latency "
+        f"{args.s3_latency:g} ms; plot: {args.scale_out})"
+    )
     notes = any(r.note for r in rows)
-    for column in ("storage", "mode", "workers", "seconds", "speed-up", "files", "batches", "same state",
-                   "S3 requests", *(("note",) if notes else ())):
+    for column in (
+        "storage",
+        "mode",
+        "workers",
+        "seconds",
+        "speed-up",
+        "files",
+        "batches",
+        "same state",
+        "S3 requests",
+        *(("note",) if notes else ()),
+    ):
         table.add_column(column, justify="left" if column in ("storage", "mode", "note") else "right")
 
     def shown(value: object, fmt: str = "{}") -> str:
@@ -111,9 +158,18 @@ def run_scale_out(args: argparse.Namespace) -> int:
 
     for r in rows:
         same = shown(r.same_state) if r.same_state is not False else "[bold red]False[/]"
-        table.add_row(r.storage, r.mode, shown(r.workers), shown(r.seconds, "{:.2f}"), shown(r.speedup, "{:.2f}x"),
-                      shown(r.files, "{:,}"), shown(r.batches, "{:,}"), same, shown(r.requests, "{:,}"),
-                      *((r.note or "",) if notes else ()))
+        table.add_row(
+            r.storage,
+            r.mode,
+            shown(r.workers),
+            shown(r.seconds, "{:.2f}"),
+            shown(r.speedup, "{:.2f}x"),
+            shown(r.files, "{:,}"),
+            shown(r.batches, "{:,}"),
+            same,
+            shown(r.requests, "{:,}"),
+            *((r.note or "",) if notes else ()),
+        )
     console.print(table)
     if measured_wrong:
         print("aperio: bench: a run did not leave the 1-worker state (see same state / note)", file=sys.stderr)
@@ -134,20 +190,26 @@ def run(args: argparse.Namespace) -> int:
         rows = run_bench(quick=args.quick, storages=storages, repetitions=args.repetitions)
     else:
         with console.status("benchmarking…") as status:
-            rows = run_bench(quick=args.quick, storages=storages, repetitions=args.repetitions,
-                             progress=lambda message: status.update(f"benchmarking: {message}"))
+            rows = run_bench(
+                quick=args.quick,
+                storages=storages,
+                repetitions=args.repetitions,
+                progress=lambda message: status.update(f"benchmarking: {message}"),
+            )
     if args.json:
         print_json([r.to_dict() for r in rows])
         return 0
     table = Table(title=f"aperio bench ({platform.node()}, ratio = shared / local; medians)")
     for column in ("operation", "storage", "keys", "local ms", "shared ms", "ratio", "shared-mode requests"):
-        table.add_column(column, justify="left" if column in ("operation", "storage", "shared-mode requests")
-                         else "right")
+        table.add_column(
+            column, justify="left" if column in ("operation", "storage", "shared-mode requests") else "right"
+        )
     for r in rows:
         requests = " ".join(f"{k} {v}" for k, v in r.s3_requests.items())
         if r.detail:
             requests = (requests + " " if requests else "") + " ".join(f"({k} {v})" for k, v in r.detail.items())
-        table.add_row(r.operation, r.storage, f"{r.keys:,}", f"{r.local_ms:.2f}", f"{r.shared_ms:.2f}",
-                      f"{r.ratio:.2f}", requests)
+        table.add_row(
+            r.operation, r.storage, f"{r.keys:,}", f"{r.local_ms:.2f}", f"{r.shared_ms:.2f}", f"{r.ratio:.2f}", requests
+        )
     console.print(table)
     return 0

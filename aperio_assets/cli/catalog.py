@@ -16,9 +16,10 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     views = commands.add_parser("views", parents=[parent], help="view definitions of the catalog")
     actions = views.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser("list", parents=[parent], help="every view definition").set_defaults(handler=run_list)
-    actions.add_parser("rebuild", parents=[parent], help="regenerate the generated views from the models") \
-        .set_defaults(handler=run_rebuild)
-    add = actions.add_parser("add", parents=[parent], help="add or replace a user view: SCHEMA.NAME \"SQL\"")
+    actions.add_parser("rebuild", parents=[parent], help="regenerate the generated views from the models").set_defaults(
+        handler=run_rebuild
+    )
+    add = actions.add_parser("add", parents=[parent], help='add or replace a user view: SCHEMA.NAME "SQL"')
     add.add_argument("name", metavar="SCHEMA.NAME")
     add.add_argument("sql", metavar="SQL")
     add.set_defaults(handler=run_add)
@@ -28,8 +29,12 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
 
     sql = commands.add_parser("sql", parents=[parent], help="run a query against the catalog")
     sql.add_argument("query")
-    sql.add_argument("--format", choices=("table", "csv", "json"), default=None,
-                     help="output format (default: table; json with --json)")
+    sql.add_argument(
+        "--format",
+        choices=("table", "csv", "json"),
+        default=None,
+        help="output format (default: table; json with --json)",
+    )
     sql.set_defaults(handler=run_sql)
 
 

@@ -10,14 +10,15 @@ from aperio_assets.state.maintenance import compact_lake, doctor
 
 
 def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    compact = commands.add_parser("compact", parents=[parent],
-                                  help="merge each shared state table's files into one")
+    compact = commands.add_parser("compact", parents=[parent], help="merge each shared state table's files into one")
     compact.add_argument("--schema", metavar="S", help="only this schema (default: all, and the catalog)")
     compact.set_defaults(handler=run_compact)
-    check = commands.add_parser("doctor", parents=[parent],
-                                help="find unreadable state files and other problems (exit 1 if any remain)")
-    check.add_argument("--repair", action="store_true",
-                       help="quarantine unreadable files into _quarantine/ and compact crowded tables")
+    check = commands.add_parser(
+        "doctor", parents=[parent], help="find unreadable state files and other problems (exit 1 if any remain)"
+    )
+    check.add_argument(
+        "--repair", action="store_true", help="quarantine unreadable files into _quarantine/ and compact crowded tables"
+    )
     check.set_defaults(handler=run_doctor)
 
 
@@ -32,13 +33,14 @@ def run_compact(args: argparse.Namespace) -> int:
     for r in results:
         where = f"{r['schema'] or 'catalog'}/{r['table']}"
         if r["output"]:
-            line = (f"{where}: {r['files_read']} files → 1, {r['rows_written']} rows, "
-                    f"{r['tombstones_dropped']} expired tombstones dropped")
+            line = (
+                f"{where}: {r['files_read']} files → 1, {r['rows_written']} rows, "
+                f"{r['tombstones_dropped']} expired tombstones dropped"
+            )
         else:
             line = f"{where}: nothing to compact ({r['files_read']} file(s))"
         if r["files_deleted"] or r["files_kept"]:
-            line += (f"; {r['files_deleted']} superseded file(s) deleted, {r['files_kept']} kept for the "
-                     "grace period")
+            line += f"; {r['files_deleted']} superseded file(s) deleted, {r['files_kept']} kept for the grace period"
         console.print(line)
     return 0
 

@@ -13,8 +13,9 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     parser = commands.add_parser("migrate", parents=[parent], help="move legacy local state into shared state")
     parser.add_argument("--schema", metavar="S", help="only this schema (default: all, and the legacy catalog)")
     parser.add_argument("--dry-run", action="store_true", help="print what would happen; write nothing")
-    parser.add_argument("--no-archive", action="store_true",
-                        help="leave the legacy files in place (a copy still goes to _archive/)")
+    parser.add_argument(
+        "--no-archive", action="store_true", help="leave the legacy files in place (a copy still goes to _archive/)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -24,8 +25,13 @@ def run(args: argparse.Namespace) -> int:
     lake = open_lake(args.config)
     lake.check()
     with console.status("migrating legacy state…") as spinner:
-        report = migrate(lake, args.schema, dry_run=args.dry_run, archive=not args.no_archive,
-                         progress=lambda message: spinner.update(message))
+        report = migrate(
+            lake,
+            args.schema,
+            dry_run=args.dry_run,
+            archive=not args.no_archive,
+            progress=lambda message: spinner.update(message),
+        )
     if args.json:
         print_json(report.to_dict())
     else:
@@ -33,8 +39,11 @@ def run(args: argparse.Namespace) -> int:
             console.print("no legacy state to migrate")
         for schema in report.schemas:
             for kind in schema.kinds:
-                console.print(f"{schema.schema}: {kind.kind}: {kind.rows} rows {kind.status.replace('-', ' ')} "
-                              f"from {kind.source}", markup=False)
+                console.print(
+                    f"{schema.schema}: {kind.kind}: {kind.rows} rows {kind.status.replace('-', ' ')} "
+                    f"from {kind.source}",
+                    markup=False,
+                )
             for note in schema.notes:
                 console.print(f"{schema.schema}: {note}", markup=False)
             if schema.archived:

@@ -16,12 +16,14 @@ _VALUE = r"""(?:'[^']*'|"[^"]*"|[^'"\\&\r\n]+)"""
 _PATTERNS = (
     # Authorization and X-Amz-Security-Token headers (SigV4, SigV2 "AWS key:signature", bearer
     # tokens; ``x-amz-security-token:…`` in a canonical request), X-Amz-Credential in presigned URLs.
-    re.compile(r"((?:Authorization|X-Amz-Security-Token|X-Amz-Credential)['\"]?\s*[:=]\s*b?)" + _VALUE,
-               re.IGNORECASE),
+    re.compile(r"((?:Authorization|X-Amz-Security-Token|X-Amz-Credential)['\"]?\s*[:=]\s*b?)" + _VALUE, re.IGNORECASE),
     re.compile(r"(Credential=)[^/,\s'\"&]+"),  # SigV4 Authorization header (and presigned URLs)
     re.compile(r"(Signature=)[0-9a-fA-F]+"),
-    re.compile(r"((?:aws_)?(?:access_key(?:_id)?|secret(?:_access)?_key|secret|session_token|token)['\"]?\s*[:=]\s*"
-               r"b?['\"]?)[^'\"\s,}&]+", re.IGNORECASE),
+    re.compile(
+        r"((?:aws_)?(?:access_key(?:_id)?|secret(?:_access)?_key|secret|session_token|token)['\"]?\s*[:=]\s*"
+        r"b?['\"]?)[^'\"\s,}&]+",
+        re.IGNORECASE,
+    ),
     re.compile(r"()\b(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|APKA)[A-Z0-9]{16}\b"),  # AWS key id shapes
 )
 
@@ -56,8 +58,10 @@ class RedactCredentials(logging.Filter):
 def install_redaction() -> None:
     """Put a :class:`RedactCredentials` filter on every handler there is: the root logger's and
     those of any logger that has its own (each once)."""
-    loggers = [logging.getLogger(), *(logger for logger in logging.Logger.manager.loggerDict.values()
-                                      if isinstance(logger, logging.Logger))]
+    loggers = [
+        logging.getLogger(),
+        *(logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)),
+    ]
     for logger in loggers:
         for handler in logger.handlers:
             if not any(isinstance(f, RedactCredentials) for f in handler.filters):

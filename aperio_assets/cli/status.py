@@ -10,8 +10,9 @@ from aperio_assets.status import lake_status
 
 
 def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
-    parser = commands.add_parser("status", parents=[parent],
-                                 help="configuration, schemas, modes and what exists under .aperio/")
+    parser = commands.add_parser(
+        "status", parents=[parent], help="configuration, schemas, modes and what exists under .aperio/"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -22,8 +23,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console.print(f"[bold]config[/bold]      {report['config']}")
     console.print(f"[bold]lake[/bold]        {report['baseDirectory']}")
-    console.print(f"[bold].aperio[/bold]     {report['aperioDirectory']}"
-                  + ("" if report["aperioDirectoryExists"] else "  (not created yet)"))
+    console.print(
+        f"[bold].aperio[/bold]     {report['aperioDirectory']}"
+        + ("" if report["aperioDirectoryExists"] else "  (not created yet)")
+    )
     console.print(f"[bold]storage[/bold]     {report['storage']}")
     console.print(f"[bold]mode[/bold]        {report['stateStorage']} (default)")
     if report["migrations"]:
@@ -34,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[bold]{name}[/bold]  {summary['files']} files, {human_bytes(summary['bytes'])}")
     _print_tables("catalog", report["catalogStateTables"])
     for schema in report["schemas"]:
-        console.print(f"\n[bold]schema {schema['name']}[/bold]  ({schema['stateStorage']})  "
-                      f"{schema['directory']}")
+        console.print(f"\n[bold]schema {schema['name']}[/bold]  ({schema['stateStorage']})  {schema['directory']}")
         console.print(f"  legacy state:     {', '.join(schema['legacyFiles']) or '-'}")
         _print_tables("", schema["stateTables"])
         other = [f"{name} ({s['files']} files, {human_bytes(s['bytes'])})" for name, s in schema["other"].items()]
@@ -51,5 +53,7 @@ def _print_tables(title: str, tables: dict) -> None:
     for name, t in tables.items():
         unreadable = f", [red]{len(t['unreadableFiles'])} unreadable[/red]" if t["unreadableFiles"] else ""
         small = f"{t['smallFiles']} small" + (f" (limit {t['smallFileLimit']})" if t["smallFileLimit"] else "")
-        console.print(f"  {name + ':':18s}{t['liveRows']} rows, {t['files']} files, {small}, "
-                      f"{human_bytes(t['bytes'])}{unreadable}")
+        console.print(
+            f"  {name + ':':18s}{t['liveRows']} rows, {t['files']} files, {small}, "
+            f"{human_bytes(t['bytes'])}{unreadable}"
+        )

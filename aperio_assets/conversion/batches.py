@@ -77,8 +77,7 @@ def select_batches(run: SchemaRefresh, keys: Collection[str]) -> tuple[dict[str,
     return {key: batches[key] for key in keys if key in batches}, [key for key in keys if key not in batches]
 
 
-def convert_batches(run: SchemaRefresh, batches: dict[str, Batch], lineage: dict[str, Row],
-                    sink: LineageSink) -> None:
+def convert_batches(run: SchemaRefresh, batches: dict[str, Batch], lineage: dict[str, Row], sink: LineageSink) -> None:
     """Convert what needs converting in ``batches`` (as :meth:`SchemaRefresh.convert_files` does for
     the whole schema, but forgetting nothing: that is :func:`finish_schema`'s)."""
     # only these batches' files are looked at: no listing of tables/ when none of them is converted yet
@@ -87,8 +86,9 @@ def convert_batches(run: SchemaRefresh, batches: dict[str, Batch], lineage: dict
     run.delete_replaced(replaced, lineage)
 
 
-def mark_batches(run: SchemaRefresh, batches: dict[str, Batch], lineage: dict[str, Row],
-                 status: list[Row]) -> tuple[list[Row], dict[str, str]]:
+def mark_batches(
+    run: SchemaRefresh, batches: dict[str, Batch], lineage: dict[str, Row], status: list[Row]
+) -> tuple[list[Row], dict[str, str]]:
     """The status rows to write for ``batches``, and the batches in error (key → why)."""
     marks, _ = run.process_batches(lineage, status, only={(b.table.name, b.batch) for b in batches.values()})
     failed = {}

@@ -1,4 +1,4 @@
-"""Which tables a schema folder holds (SPEC §1), from one recursive listing.
+"""Which tables a schema folder holds (DESIGN §1), from one recursive listing.
 
 - A raw file at the top of the schema folder is a table named after its stem (``planes.csv`` →
   ``planes``), one batch ``{}``.
@@ -131,7 +131,7 @@ def discover_tables(storage: StorageProvider, schema_directory: str) -> Discover
     for info in storage.list(root, recursive=True):
         if not info.path.startswith(root + "/"):
             continue
-        relative = info.path[len(root) + 1:]  # only the separator: an S3 key may hold empty segments
+        relative = info.path[len(root) + 1 :]  # only the separator: an S3 key may hold empty segments
         parts = relative.split("/")
         refusal = _refusal(parts)
         if refusal is not None:
@@ -173,8 +173,10 @@ def discover_tables(storage: StorageProvider, schema_directory: str) -> Discover
         what = f"the folder {owner.name!r}" if owner.folder else f"the file {owner.files[0].relative!r}"
         for f in table.files:
             ignored.append(f.path)
-            reasons[f.path] = (f"its table name {table.name!r} is already the name of the table from {what} "
-                               "(DuckDB names ignore ASCII case)")
+            reasons[f.path] = (
+                f"its table name {table.name!r} is already the name of the table from {what} "
+                "(DuckDB names ignore ASCII case)"
+            )
     tables.sort(key=lambda t: t.name)
     for table in tables:
         table.files.sort(key=lambda f: f.relative)

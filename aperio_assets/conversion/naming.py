@@ -1,4 +1,4 @@
-"""Names of converted files (SPEC §4, §6): injective, stable, and safe in a DuckDB file pattern.
+"""Names of converted files (DESIGN §4, §6): injective, stable, and safe in a DuckDB file pattern.
 
 A raw file's target is a function of its path below its table alone, so adding or removing another
 file never moves it, and two raw files never share one:

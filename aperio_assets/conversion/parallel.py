@@ -77,8 +77,13 @@ def shares(todo: Sequence[tuple[RawTable, RawFile]], workers: int, *, remote: bo
     return [share for share in out if share]
 
 
-def convert_in_workers(run: SchemaRefresh, todo: Sequence[tuple[RawTable, RawFile]], lineage: dict[str, Row],
-                       sink: LineageSink, workers: int) -> tuple[set[str], set[Key]]:
+def convert_in_workers(
+    run: SchemaRefresh,
+    todo: Sequence[tuple[RawTable, RawFile]],
+    lineage: dict[str, Row],
+    sink: LineageSink,
+    workers: int,
+) -> tuple[set[str], set[Key]]:
     """Convert ``todo`` in worker processes; ``lineage`` and ``run.result`` are updated as if the
     parent had converted them. Returns the replaced targets and the batches the workers marked."""
     parts = shares(todo, workers, remote=run.files_in_flight > 1)
@@ -87,8 +92,17 @@ def convert_in_workers(run: SchemaRefresh, todo: Sequence[tuple[RawTable, RawFil
     discovery = run.discovery
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=len(parts), mp_context=context) as pool:
-        futures = [pool.submit(convert_share, run.lake.config, run.schema, discovery, part,
-                               {p: lineage[p] for p in part if p in lineage}) for part in parts]
+        futures = [
+            pool.submit(
+                convert_share,
+                run.lake.config,
+                run.schema,
+                discovery,
+                part,
+                {p: lineage[p] for p in part if p in lineage},
+            )
+            for part in parts
+        ]
         results = [f.result() for f in futures]  # a worker's error is raised here, after all finished
     replaced: set[str] = set()
     marked: set[Key] = set()
@@ -101,8 +115,9 @@ def convert_in_workers(run: SchemaRefresh, todo: Sequence[tuple[RawTable, RawFil
     return replaced, marked
 
 
-def convert_share(config: AperioConfig, schema: SchemaConfig, discovery: Discovery, share: list[str],
-                  previous: dict[str, Row]) -> ShareResult:
+def convert_share(
+    config: AperioConfig, schema: SchemaConfig, discovery: Discovery, share: list[str], previous: dict[str, Row]
+) -> ShareResult:
     """One worker: convert the files of ``share``, record their lineage, and mark the batches
     whose every file is in it."""
     lake = Lake(replace(config, configured_schemas=(schema,)))  # (no LIST of the base to find the schema)
@@ -113,8 +128,12 @@ def convert_share(config: AperioConfig, schema: SchemaConfig, discovery: Discove
     lineage = dict(previous)
     conversions = open_state(lake, schema.name, layout.CONVERSIONS)
     replaced = run.convert(todo, lineage, lambda rows, removed: conversions.apply(rows, [(p,) for p in removed]))
-    whole = {(table.name, batch) for table in discovery.tables for batch, files in table.batches().items()
-             if all(f.path in wanted for f in files)}
+    whole = {
+        (table.name, batch)
+        for table in discovery.tables
+        for batch, files in table.batches().items()
+        if all(f.path in wanted for f in files)
+    }
     status = open_state(lake, schema.name, layout.PARTITION_STATUS)
     marks, _ = run.process_batches(lineage, status.rows(), only=whole)
     if marks:

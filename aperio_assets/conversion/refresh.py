@@ -1,4 +1,4 @@
-"""Refreshing a schema (SPEC §6): convert new or changed raw files, forget removed ones, (re)process
+"""Refreshing a schema (DESIGN §6): convert new or changed raw files, forget removed ones, (re)process
 the batches they belong to, and regenerate the schema's model.
 
 A raw file is reconverted only when its size, modification time or etag changed, or when its
@@ -108,15 +108,18 @@ class RefreshResult:
         return [o for o in self.files if o.status == "failed"]
 
 
-
 def _mtime_ms(mtime: float) -> int:
     return round(mtime * 1000)
 
 
 def unchanged(raw: RawFile, row: Row | None) -> bool:
     """Size, modification time and etag as recorded when the file was last converted."""
-    return row is not None and row["source_size"] == raw.info.size \
-        and row["source_modified"] == _mtime_ms(raw.info.mtime) and row["source_etag"] == raw.info.etag
+    return (
+        row is not None
+        and row["source_size"] == raw.info.size
+        and row["source_modified"] == _mtime_ms(raw.info.mtime)
+        and row["source_etag"] == raw.info.etag
+    )
 
 
 def lineage_columns(row: Row) -> list[tuple[str, str]] | None:
@@ -160,8 +163,10 @@ class SchemaRefresh:
         """Conversions at once in this process: several when either side is S3 (a file is mostly
         waiting on requests there), one on local disk (a conversion is CPU, and Polars already
         uses every core for it)."""
-        remote = self.raw_storage.local_path(self.schema.directory) is None \
+        remote = (
+            self.raw_storage.local_path(self.schema.directory) is None
             or self.storage.local_path(self.tables_root) is None
+        )
         if not remote:
             return 1
         configured = os.environ.get(FILES_IN_FLIGHT_ENV, "")
@@ -212,8 +217,10 @@ class SchemaRefresh:
         """Why this file cannot be converted whatever its contents (None if it can be)."""
         if target is None:
             owner = self._target_owners()[self.named_target(table, raw)]
-            return (f"its converted name {self.named_target(table, raw)} is already the target of {owner}; "
-                    "rename one of the two files")
+            return (
+                f"its converted name {self.named_target(table, raw)} is already the target of {owner}; "
+                "rename one of the two files"
+            )
         if raw.format == "parquet":
             reason = unreadable_path_reason(raw.path, s3=is_s3_url(raw.path))
             return f"it cannot be read in place: {reason}; rename the file" if reason else None
@@ -221,10 +228,19 @@ class SchemaRefresh:
 
     def _convert(self, table: RawTable, raw: RawFile, workdir: Path) -> tuple[Row, Converted | None]:
         target = self.target_path(table, raw)
-        row: Row = {"source_path": raw.path, "target_path": target, "source_modified": _mtime_ms(raw.info.mtime),
-                    "converted_at": now_ms(), "conversion_type": f"{raw.format}->parquet",
-                    "row_count": None, "source_size": raw.info.size, "source_etag": raw.info.etag,
-                    "table_name": table.name, "error": None, "extra": None}
+        row: Row = {
+            "source_path": raw.path,
+            "target_path": target,
+            "source_modified": _mtime_ms(raw.info.mtime),
+            "converted_at": now_ms(),
+            "conversion_type": f"{raw.format}->parquet",
+            "row_count": None,
+            "source_size": raw.info.size,
+            "source_etag": raw.info.etag,
+            "table_name": table.name,
+            "error": None,
+            "extra": None,
+        }
         reason = self._unconvertible_reason(table, raw, target)
         if reason is not None:
             row.update(error=reason, target_path=None)
@@ -236,7 +252,9 @@ class SchemaRefresh:
             if raw.format == "parquet" and local_source is None:
                 converted = inspect_parquet_remote(
                     lambda start, length: self.raw_storage.read_range(raw.path, start, length),
-                    raw.info.size, raw.path.rsplit("/", 1)[-1])
+                    raw.info.size,
+                    raw.path.rsplit("/", 1)[-1],
+                )
                 row["conversion_type"] = "parquet (read in place)"
             elif raw.format == "parquet":
                 converted = inspect_parquet(Path(local_source))
@@ -282,8 +300,7 @@ class SchemaRefresh:
         try:
             self.storage.upload(local_file, target)
         except OSError as exc:
-            if exc.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EINVAL,
-                             errno.EILSEQ):
+            if exc.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EINVAL, errno.EILSEQ):
                 raise StorageError(f"cannot write {target}: {exc.strerror}") from exc
             raise
 
@@ -302,8 +319,9 @@ class SchemaRefresh:
         root = self.schema.directory.rstrip("/") + "/"
         return [row for path, row in lineage.items() if path.startswith(root) and path not in present]
 
-    def plan(self, lineage: dict[str, Row], only: Collection[str] | None = None
-             ) -> tuple[list[Row], list[tuple[RawTable, RawFile]]]:
+    def plan(
+        self, lineage: dict[str, Row], only: Collection[str] | None = None
+    ) -> tuple[list[Row], list[tuple[RawTable, RawFile]]]:
         """The lineage rows of raw files that are gone, and the files to convert: new, changed,
         failed before (tried again until they convert), converted under another name (moved to
         their own, injective one), or whose converted file is gone. The rest are recorded skipped.
@@ -317,8 +335,11 @@ class SchemaRefresh:
                 if only is not None and raw.path not in only:
                     continue
                 previous = lineage.get(raw.path)
-                if unchanged(raw, previous) and not previous.get("error") \
-                        and previous.get("target_path") == self.target_path(table, raw):
+                if (
+                    unchanged(raw, previous)
+                    and not previous.get("error")
+                    and previous.get("target_path") == self.target_path(table, raw)
+                ):
                     if stored is None and self._owned(previous["target_path"]):
                         stored = {i.path for i in self.storage.list(self.tables_root, recursive=True)}
                     if not self._owned(previous["target_path"]) or previous["target_path"] in stored:
@@ -337,15 +358,22 @@ class SchemaRefresh:
             del lineage[row["source_path"]]
         return [row["source_path"] for row in gone]
 
-    def convert(self, todo: Sequence[tuple[RawTable, RawFile]], lineage: dict[str, Row], sink: LineageSink,
-                removed: Sequence[str] = ()) -> set[str]:
+    def convert(
+        self,
+        todo: Sequence[tuple[RawTable, RawFile]],
+        lineage: dict[str, Row],
+        sink: LineageSink,
+        removed: Sequence[str] = (),
+    ) -> set[str]:
         """Convert ``todo``, recording each file's lineage row in ``lineage`` and handing rows (and
         ``removed``) to ``sink`` in groups; returns the earlier targets that new ones replaced."""
         pending: list[Row] = []
         gone = list(removed)
         replaced: set[str] = set()
-        with tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp, \
-                ThreadPoolExecutor(max_workers=self.files_in_flight) as pool:
+        with (
+            tempfile.TemporaryDirectory(prefix="aperio-refresh-") as tmp,
+            ThreadPoolExecutor(max_workers=self.files_in_flight) as pool,
+        ):
             # Files in flight at once: on S3 a file is mostly waiting (a GET and a PUT of a few ms of
             # work each), so several overlap; the results are taken in order, in this thread.
             results = pool.map(lambda item: self._convert(item[0], item[1], Path(tmp)), todo)
@@ -356,8 +384,11 @@ class SchemaRefresh:
                     replaced.add(previous["target_path"])
                 lineage[raw.path] = row
                 pending.append(row)
-                self.result.files.append(FileOutcome(table.name, raw.path, "failed" if row["error"] else
-                                                     "converted", row["row_count"], row["error"]))
+                self.result.files.append(
+                    FileOutcome(
+                        table.name, raw.path, "failed" if row["error"] else "converted", row["row_count"], row["error"]
+                    )
+                )
                 if len(pending) >= FLUSH_EVERY_FILES:
                     sink(pending, gone)
                     pending, gone = [], []
@@ -374,9 +405,14 @@ class SchemaRefresh:
                 self.storage.delete(target)
 
     # -- step 2: partition status ----------------------------------------------------------------
-    def process_batches(self, lineage: dict[str, Row], status: Sequence[Row], *,
-                        only: Collection[Key] | None = None,
-                        exclude: Collection[Key] = ()) -> tuple[list[Row], list[Key]]:
+    def process_batches(
+        self,
+        lineage: dict[str, Row],
+        status: Sequence[Row],
+        *,
+        only: Collection[Key] | None = None,
+        exclude: Collection[Key] = (),
+    ) -> tuple[list[Row], list[Key]]:
         """The status rows to write (one per batch that changed) and the ``(alternate, key)`` pairs
         to delete (batches aperio marked whose files are all gone). Writes nothing. ``only``: look
         at these ``(table, batch)`` keys alone, and delete nothing; ``exclude``: leave these out
@@ -393,19 +429,31 @@ class SchemaRefresh:
                     # changed since its conversion (or not converted yet): the next refresh takes it
                     self.result.batches.append(BatchOutcome(table.name, batch, "pending"))
                     continue
-                errors = "; ".join(f"{f.relative}: {r['error']}" for f, r in zip(files, rows, strict=True)
-                                   if r.get("error"))
-                mark = status_row({"alternate": table.name, "source_table": table.name, "key_values": batch,
-                                   "target_pattern": self.target_pattern(table, files),
-                                   "row_count": sum(r.get("row_count") or 0 for r in rows),
-                                   "error_message": errors or None, "phase": REFRESH_PHASE}, stamp)
+                errors = "; ".join(
+                    f"{f.relative}: {r['error']}" for f, r in zip(files, rows, strict=True) if r.get("error")
+                )
+                mark = status_row(
+                    {
+                        "alternate": table.name,
+                        "source_table": table.name,
+                        "key_values": batch,
+                        "target_pattern": self.target_pattern(table, files),
+                        "row_count": sum(r.get("row_count") or 0 for r in rows),
+                        "error_message": errors or None,
+                        "phase": REFRESH_PHASE,
+                    },
+                    stamp,
+                )
                 previous = current.get((table.name, batch))
                 if previous is not None and not _outdated(previous, mark, rows):
                     self.result.batches.append(BatchOutcome(table.name, batch, "skipped"))
                     continue
                 marks.append(mark)
-                self.result.batches.append(BatchOutcome(table.name, batch, "failed" if errors else "processed",
-                                                        mark["row_count"], errors or None))
+                self.result.batches.append(
+                    BatchOutcome(
+                        table.name, batch, "failed" if errors else "processed", mark["row_count"], errors or None
+                    )
+                )
         deletes = [] if only is not None else self.vanished_batches(status)
         return marks, deletes
 
@@ -413,9 +461,13 @@ class SchemaRefresh:
         """The ``(alternate, key)`` of batches this refresh marked whose files are all gone (status
         rows of other pipelines are theirs to manage); recorded as removed."""
         live = {(table.name, batch) for table in self.discovery.tables for batch in table.batches()}
-        deletes = [(r["alternate_name"], r["incremental_key_values"]) for r in status
-                   if (r["alternate_name"], r["incremental_key_values"]) not in live
-                   and r.get("phase") == REFRESH_PHASE and r.get("source_table") == r["alternate_name"]]
+        deletes = [
+            (r["alternate_name"], r["incremental_key_values"])
+            for r in status
+            if (r["alternate_name"], r["incremental_key_values"]) not in live
+            and r.get("phase") == REFRESH_PHASE
+            and r.get("source_table") == r["alternate_name"]
+        ]
         self.result.batches.extend(BatchOutcome(alternate, batch, "removed") for alternate, batch in deletes)
         return deletes
 
@@ -431,24 +483,27 @@ class SchemaRefresh:
         tables = []
         for table in self.discovery.tables:
             rows = [lineage.get(f.path) or {} for f in table.files]
-            converted = sorted((r for r in rows if lineage_columns(r) is not None),
-                               key=lambda r: r.get("converted_at") or 0)
+            converted = sorted(
+                (r for r in rows if lineage_columns(r) is not None), key=lambda r: r.get("converted_at") or 0
+            )
             if converted:  # the newest conversion's columns
                 cols = lineage_columns(converted[-1]) or []
             else:  # nothing recorded them (e.g. migrated lineage): the columns are what they were
                 cols = [(c["name"], c["type"]) for c in old_tables.get(table.name, {}).get("columns", [])]
-            tables.append({
-                "name": table.name,
-                "location": self.storage.join(self.tables_root, storage_name(table.name)),
-                "sourceFormats": list(table.formats),
-                "partitionColumns": list(table.partition_columns),
-                "columns": [{"name": name, "type": dtype} for name, dtype in cols],
-                "rowCount": sum(r.get("row_count") or 0 for r in rows),
-                "files": len(table.files),
-                "failedFiles": sum(1 for r in rows if r.get("error")),
-                "parquetInPlace": [f.path for f in table.files if f.format == "parquet"],
-                "layouts": _layouts(table, rows),
-            })
+            tables.append(
+                {
+                    "name": table.name,
+                    "location": self.storage.join(self.tables_root, storage_name(table.name)),
+                    "sourceFormats": list(table.formats),
+                    "partitionColumns": list(table.partition_columns),
+                    "columns": [{"name": name, "type": dtype} for name, dtype in cols],
+                    "rowCount": sum(r.get("row_count") or 0 for r in rows),
+                    "files": len(table.files),
+                    "failedFiles": sum(1 for r in rows if r.get("error")),
+                    "parquetInPlace": [f.path for f in table.files if f.format == "parquet"],
+                    "layouts": _layouts(table, rows),
+                }
+            )
         model = {"schema": self.schema.name, "directory": self.schema.directory, "tables": tables}
         self.model = model  # what the file says now (callers need not read it back)
         if {k: v for k, v in previous.items() if k != "generatedAt"} == model:
@@ -483,8 +538,9 @@ def _outdated(previous: Row, mark: Row, lineage_rows: list[Row | None]) -> bool:
     return any((r or {}).get("converted_at", 0) > (previous.get("processed_at") or 0) for r in lineage_rows)
 
 
-def refresh_schema(lake: Lake, schema: SchemaConfig, progress: Progress | None = None,
-                   workers: int = 1) -> RefreshResult:
+def refresh_schema(
+    lake: Lake, schema: SchemaConfig, progress: Progress | None = None, workers: int = 1
+) -> RefreshResult:
     """The three steps in one call, each writing its state before the next reads it. With
     ``workers`` > 1 (shared mode), the files to convert are shared out to that many processes, each
     recording its own lineage and marking the batches it converted whole
@@ -515,8 +571,9 @@ def refresh_schema(lake: Lake, schema: SchemaConfig, progress: Progress | None =
     return run.result
 
 
-def refresh(lake: Lake, schema: str | None = None, progress: Progress | None = None,
-            workers: int = 1) -> list[RefreshResult]:
+def refresh(
+    lake: Lake, schema: str | None = None, progress: Progress | None = None, workers: int = 1
+) -> list[RefreshResult]:
     """Refresh every schema (or one), then the view definitions: the library call behind
     `aperio refresh`; the Dagster assets run the same steps one by one."""
     results = [refresh_schema(lake, s, progress, workers) for s in lake.select_schemas(schema)]

@@ -1,4 +1,4 @@
-"""The state assets, generated from the configuration at load time (SPEC §9): per schema ``S``,
+"""The state assets, generated from the configuration at load time (DESIGN §9): per schema ``S``,
 ``S/conversion_lineage`` → ``S/partition_status`` (both partitioned by the schema's batches, see
 ``defs/partitions.py``) → ``S/generated_model``, and ``aperio/catalog_views`` over every schema.
 Each runs one step of the library's refresh (``conversion.batches``, the same code as
@@ -64,23 +64,32 @@ def _refresh(context: dg.AssetExecutionContext, aperio: AperioResource, schema: 
 # wave has finished, failed batches included: one bad file must not hold back the catalog), run by
 # Dagster's automation sensor (``aperio_automation_sensor``), or at the end of
 # ``python -m aperio_assets.defs.launch``.
-AFTER_BATCHES = (dg.AutomationCondition.any_deps_updated().since_last_handled()
-                 & ~dg.AutomationCondition.any_deps_in_progress()
-                 & ~dg.AutomationCondition.in_progress()).with_label("after its batches")
+AFTER_BATCHES = (
+    dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("after its batches")
 
 
 def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
     """The three assets of one schema: lineage and status partitioned by batch, the model not."""
     name = schema.name
-    common = {"group_name": name, "kinds": {"parquet", "polars"} if schema.state_storage == "shared"
-              else {"duckdb", "json"}}
+    common = {
+        "group_name": name,
+        "kinds": {"parquet", "polars"} if schema.state_storage == "shared" else {"duckdb", "json"},
+    }
     batches = batches_partitions(name)
 
-    @dg.asset(key=lineage_key(name), io_manager_key=STATE_IO_MANAGER, partitions_def=batches,
-              backfill_policy=batch_policy(), metadata=state_table_metadata(name, CONVERSIONS.name),
-              description=f"Conversion lineage of schema {name}, per batch: converts the batch's new and changed "
-                          "raw files to Parquet and records source → target, size, mtime, etag and row count.",
-              **common)
+    @dg.asset(
+        key=lineage_key(name),
+        io_manager_key=STATE_IO_MANAGER,
+        partitions_def=batches,
+        backfill_policy=batch_policy(),
+        metadata=state_table_metadata(name, CONVERSIONS.name),
+        description=f"Conversion lineage of schema {name}, per batch: converts the batch's new and changed "
+        "raw files to Parquet and records source → target, size, mtime, etag and row count.",
+        **common,
+    )
     def conversion_lineage(context: dg.AssetExecutionContext, aperio: AperioResource) -> dg.Output[pl.DataFrame]:
         run = _refresh(context, aperio, name)
         state = aperio.state(name, CONVERSIONS.name)
@@ -103,37 +112,53 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
         summary = _markdown_table(("batches", *FILE_STATES), [(len(selected), *counts.values())])
         failed = [o for o in outcomes if o.status == "failed"]
         if failed:
-            context.log.warning(f"{len(failed)} file(s) of schema {name} failed to convert; their batches are "
-                                "marked failed")
+            context.log.warning(
+                f"{len(failed)} file(s) of schema {name} failed to convert; their batches are marked failed"
+            )
         recorded = {"rows written": written["rows"], "rows deleted": written["deletes"]}
         if files_before is not None:
             recorded["state files before"] = files_before
         if unknown:
             recorded["batches gone"] = dg.MetadataValue.json(unknown)
         # Nothing is left for the IO manager to write: it adds the table's row count and file count.
-        return dg.Output(to_frame(CONVERSIONS, [], []),
-                         metadata={**counts, "batches": len(selected), **recorded,
-                                   "summary": dg.MetadataValue.md(summary + _failures_markdown(failed))})
+        return dg.Output(
+            to_frame(CONVERSIONS, [], []),
+            metadata={
+                **counts,
+                "batches": len(selected),
+                **recorded,
+                "summary": dg.MetadataValue.md(summary + _failures_markdown(failed)),
+            },
+        )
 
-    @dg.asset(key=status_key(name), io_manager_key=STATE_IO_MANAGER, partitions_def=batches,
-              backfill_policy=batch_policy(), deps=[lineage_key(name)],
-              metadata=state_table_metadata(name, PARTITION_STATUS.name),
-              description=f"Partition status of schema {name}: one row per batch (Hive partition) of every "
-                          "table, re-marked when its files changed. A batch with a file that failed to convert "
-                          "is marked in error and its partition fails.", **common)
+    @dg.asset(
+        key=status_key(name),
+        io_manager_key=STATE_IO_MANAGER,
+        partitions_def=batches,
+        backfill_policy=batch_policy(),
+        deps=[lineage_key(name)],
+        metadata=state_table_metadata(name, PARTITION_STATUS.name),
+        description=f"Partition status of schema {name}: one row per batch (Hive partition) of every "
+        "table, re-marked when its files changed. A batch with a file that failed to convert "
+        "is marked in error and its partition fails.",
+        **common,
+    )
     def partition_status(context: dg.AssetExecutionContext, aperio: AperioResource) -> dg.Output[pl.DataFrame]:
         run = _refresh(context, aperio, name)
         lineage = {r["source_path"]: r for r in aperio.state(name, CONVERSIONS.name).rows()}
         selected, _ = select_batches(run, context.partition_keys)
         status = aperio.state(name, PARTITION_STATUS.name)
         marks, failed = mark_batches(run, selected, lineage, status.rows())
-        counts: dict[str, object] = {f"batches {s}": sum(1 for o in run.result.batches if o.status == s)
-                                     for s in BATCH_STATES}
+        counts: dict[str, object] = {
+            f"batches {s}": sum(1 for o in run.result.batches if o.status == s) for s in BATCH_STATES
+        }
         per_table: dict[str, dict[str, int]] = {}
         for outcome in run.result.batches:
             per_table.setdefault(outcome.table, dict.fromkeys(BATCH_STATES, 0))[outcome.status] += 1
-        counts["summary"] = dg.MetadataValue.md(_markdown_table(
-            ("table", *BATCH_STATES), [(t, *c.values()) for t, c in sorted(per_table.items())]) or "no batches")
+        counts["summary"] = dg.MetadataValue.md(
+            _markdown_table(("table", *BATCH_STATES), [(t, *c.values()) for t, c in sorted(per_table.items())])
+            or "no batches"
+        )
         if failed:
             # The marks (errors included) are recorded, the good batches reported materialized, and
             # the step fails: the failed batches show as failed partitions, to be retried alone.
@@ -141,54 +166,91 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
             for key in context.partition_keys:
                 if key not in failed:
                     context.log_event(dg.AssetMaterialization(context.asset_key, partition=key))
-            raise dg.Failure(description=f"{len(failed)} batch(es) of schema {name} failed: "
-                                         + "; ".join(f"{k}: {e}" for k, e in sorted(failed.items())[:10]),
-                             metadata={"failed batches": dg.MetadataValue.json(failed), **counts})
+            raise dg.Failure(
+                description=f"{len(failed)} batch(es) of schema {name} failed: "
+                + "; ".join(f"{k}: {e}" for k, e in sorted(failed.items())[:10]),
+                metadata={"failed batches": dg.MetadataValue.json(failed), **counts},
+            )
         return dg.Output(to_frame(PARTITION_STATUS, marks, []), metadata=counts)
 
-    @dg.asset(key=model_key(name), deps=[status_key(name)], automation_condition=AFTER_BATCHES,
-              description=f"generated-model.json of schema {name}: tables, columns, row counts. Runs after "
-                          "its batches: forgets raw files and batches that are gone, then writes the model.",
-              **common)
+    @dg.asset(
+        key=model_key(name),
+        deps=[status_key(name)],
+        automation_condition=AFTER_BATCHES,
+        description=f"generated-model.json of schema {name}: tables, columns, row counts. Runs after "
+        "its batches: forgets raw files and batches that are gone, then writes the model.",
+        **common,
+    )
     def generated_model(context: dg.AssetExecutionContext, aperio: AperioResource) -> dg.MaterializeResult:
         run = _refresh(context, aperio, name)
         removed, vanished = finish_schema(run)
         path = aperio.storage().aperio_path(name, layout.GENERATED_MODEL)
         tables = run.model["tables"] if run.model else []
         rows = [(t["name"], t["rowCount"], len(t["columns"]), t["files"], t["failedFiles"]) for t in tables]
-        return dg.MaterializeResult(metadata={
-            "model written": run.result.model_written, "tables": len(tables),
-            "dagster/row_count": sum(t["rowCount"] for t in tables), "files removed": len(removed),
-            "batches removed": vanished, "ignored files": len(run.result.ignored_files),
-            "path": dg.MetadataValue.path(path),
-            "summary": dg.MetadataValue.md(_markdown_table(("table", "rows", "columns", "files", "failed files"),
-                                                           rows) if rows else "no tables")})
+        return dg.MaterializeResult(
+            metadata={
+                "model written": run.result.model_written,
+                "tables": len(tables),
+                "dagster/row_count": sum(t["rowCount"] for t in tables),
+                "files removed": len(removed),
+                "batches removed": vanished,
+                "ignored files": len(run.result.ignored_files),
+                "path": dg.MetadataValue.path(path),
+                "summary": dg.MetadataValue.md(
+                    _markdown_table(("table", "rows", "columns", "files", "failed files"), rows)
+                    if rows
+                    else "no tables"
+                ),
+            }
+        )
 
     return [conversion_lineage, partition_status, generated_model]
 
 
 def batches_job(schema: str) -> AssetJob:
     """Converts and marks a range of the schema's batches (the sensor's and the launcher's runs)."""
-    return dg.define_asset_job(batches_job_name(schema),
-                               selection=dg.AssetSelection.assets(lineage_key(schema), status_key(schema)),
-                               description=f"Convert and mark a range of schema {schema}'s batches.")
+    return dg.define_asset_job(
+        batches_job_name(schema),
+        selection=dg.AssetSelection.assets(lineage_key(schema), status_key(schema)),
+        description=f"Convert and mark a range of schema {schema}'s batches.",
+    )
 
 
 def catalog_views_asset(schemas: Sequence[SchemaConfig]) -> dg.AssetsDefinition:
-    @dg.asset(key=CATALOG_VIEWS, io_manager_key=STATE_IO_MANAGER, group_name="aperio", kinds={"duckdb", "parquet"},
-              deps=[model_key(s.name) for s in schemas], metadata=state_table_metadata(None, VIEWS.name),
-              automation_condition=AFTER_BATCHES,
-              description="View definitions of the catalog: one generated view per table of every generated "
-                          "model, beside user and migrated views (which are kept).")
+    @dg.asset(
+        key=CATALOG_VIEWS,
+        io_manager_key=STATE_IO_MANAGER,
+        group_name="aperio",
+        kinds={"duckdb", "parquet"},
+        deps=[model_key(s.name) for s in schemas],
+        metadata=state_table_metadata(None, VIEWS.name),
+        automation_condition=AFTER_BATCHES,
+        description="View definitions of the catalog: one generated view per table of every generated "
+        "model, beside user and migrated views (which are kept).",
+    )
     def catalog_views(context: dg.AssetExecutionContext, aperio: AperioResource) -> dg.Output[pl.DataFrame]:
         upserts, stale, summary = ViewStore(aperio.lake()).plan_rebuild()
-        table = _markdown_table(("views", "written", "removed", "unchanged", "shadowed by user views"),
-                                [(summary["views"], summary["written"], summary["removed"], summary["unchanged"],
-                                  summary["shadowedByUserViews"])])
-        return dg.Output(to_frame(VIEWS, upserts, stale),
-                         metadata={"views written": summary["written"], "views removed": summary["removed"],
-                                   "views unchanged": summary["unchanged"],
-                                   "views shadowed by user views": summary["shadowedByUserViews"],
-                                   "summary": dg.MetadataValue.md(table)})
+        table = _markdown_table(
+            ("views", "written", "removed", "unchanged", "shadowed by user views"),
+            [
+                (
+                    summary["views"],
+                    summary["written"],
+                    summary["removed"],
+                    summary["unchanged"],
+                    summary["shadowedByUserViews"],
+                )
+            ],
+        )
+        return dg.Output(
+            to_frame(VIEWS, upserts, stale),
+            metadata={
+                "views written": summary["written"],
+                "views removed": summary["removed"],
+                "views unchanged": summary["unchanged"],
+                "views shadowed by user views": summary["shadowedByUserViews"],
+                "summary": dg.MetadataValue.md(table),
+            },
+        )
 
     return catalog_views

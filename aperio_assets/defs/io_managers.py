@@ -41,8 +41,10 @@ class SharedParquetIOManager(dg.ConfigurableIOManager):
     def _state(self, metadata: Mapping[str, Any], asset: str) -> StateAccess:
         table = _value(metadata, TABLE_KEY)
         if table is None:
-            raise dg.Failure(f"{asset} has no {TABLE_KEY!r} metadata: SharedParquetIOManager does not know "
-                             "which state table it writes")
+            raise dg.Failure(
+                f"{asset} has no {TABLE_KEY!r} metadata: SharedParquetIOManager does not know "
+                "which state table it writes"
+            )
         return self.aperio.state(_value(metadata, SCHEMA_KEY), table)
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
@@ -53,8 +55,12 @@ class SharedParquetIOManager(dg.ConfigurableIOManager):
         files_before = state.file_count()
         state.apply(upserts, deletes)
         files_after = state.file_count()
-        metadata: dict[str, Any] = {"dagster/row_count": len(state.rows()), "state mode": state.mode,
-                                    "rows written": len(upserts), "rows deleted": len(deletes)}
+        metadata: dict[str, Any] = {
+            "dagster/row_count": len(state.rows()),
+            "state mode": state.mode,
+            "rows written": len(upserts),
+            "rows deleted": len(deletes),
+        }
         if files_before is not None and files_after is not None:
             metadata.update({"state files before": files_before, "state files after": files_after})
         # An asset that recorded its rows as it went (conversion lineage) reports what it wrote, and

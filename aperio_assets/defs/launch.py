@@ -48,18 +48,25 @@ def _definitions(config_path: str) -> dg.Definitions:
     return build_defs(config_path, AperioResource(config_path=config_path))
 
 
-def _execute(config_path: str, instance_ref: dg.InstanceRef | None, job_name: str,
-             partition_key: str | None, tags: dict[str, str]) -> bool:
+def _execute(
+    config_path: str,
+    instance_ref: dg.InstanceRef | None,
+    job_name: str,
+    partition_key: str | None,
+    tags: dict[str, str],
+) -> bool:
     job = _definitions(config_path).resolve_job_def(job_name)
     if instance_ref is None:
         raise ValueError("the instance has no reference worker processes can open")
     with dg.DagsterInstance.from_ref(instance_ref) as instance:
-        return job.execute_in_process(instance=instance, partition_key=partition_key, tags=tags,
-                                      raise_on_error=False).success
+        return job.execute_in_process(
+            instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
+        ).success
 
 
-def refresh_with_runs(config_path: str | None = None, workers: int = 1,
-                      instance: dg.DagsterInstance | None = None) -> LaunchResult:
+def refresh_with_runs(
+    config_path: str | None = None, workers: int = 1, instance: dg.DagsterInstance | None = None
+) -> LaunchResult:
     """Refresh the lake at ``config_path`` as Dagster runs on ``instance`` (default: the one in
     ``$DAGSTER_HOME``, else a temporary one), ``workers`` batch runs at a time."""
     config = str(find_config_path(config_path).resolve())
@@ -85,15 +92,29 @@ def refresh_with_runs(config_path: str | None = None, workers: int = 1,
             context = multiprocessing.get_context("spawn")
             ref = instance.get_ref()
             with ProcessPoolExecutor(max_workers=min(workers, len(requests)), mp_context=context) as pool:
-                outcomes = list(pool.map(_execute, *zip(*[(config, ref, job, key, tags)
-                                                            for job, key, tags in requests], strict=True)))
+                outcomes = list(
+                    pool.map(
+                        _execute, *zip(*[(config, ref, job, key, tags) for job, key, tags in requests], strict=True)
+                    )
+                )
         else:
-            result.results = [defs.resolve_job_def(job).execute_in_process(
-                instance=instance, partition_key=key, tags=tags, raise_on_error=False) for job, key, tags in requests]
+            result.results = [
+                defs.resolve_job_def(job).execute_in_process(
+                    instance=instance, partition_key=key, tags=tags, raise_on_error=False
+                )
+                for job, key, tags in requests
+            ]
             outcomes = [r.success for r in result.results]
-        result.runs = [(job, key or f"{tags.get('dagster/asset_partition_range_start')}..."
-                        f"{tags.get('dagster/asset_partition_range_end')}", ok)
-                       for (job, key, tags), ok in zip(requests, outcomes, strict=True)]
+        result.runs = [
+            (
+                job,
+                key
+                or f"{tags.get('dagster/asset_partition_range_start')}..."
+                f"{tags.get('dagster/asset_partition_range_end')}",
+                ok,
+            )
+            for (job, key, tags), ok in zip(requests, outcomes, strict=True)
+        ]
         catalog = defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance, raise_on_error=False)
         result.results.append(catalog)
         result.runs.append((CATALOG_JOB, "", catalog.success))
@@ -106,13 +127,16 @@ def refresh_with_runs(config_path: str | None = None, workers: int = 1,
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aperio_assets.defs.launch", description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="aperio.yaml (default: $APERIO_CONFIG, else ./aperio.yaml)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="batch runs at a time (default: the number of cores)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="batch runs at a time (default: the number of cores)"
+    )
     args = parser.parse_args(argv)
     result = refresh_with_runs(args.config, max(1, args.workers))
     batch_runs = [r for r in result.runs if r[0] != CATALOG_JOB]
-    print(f"aperio: {len(batch_runs)} batch run(s) ({result.batches_added} batch(es) registered, "
-          f"{result.batches_removed} removed), then {CATALOG_JOB}; {len(result.failed)} failed")
+    print(
+        f"aperio: {len(batch_runs)} batch run(s) ({result.batches_added} batch(es) registered, "
+        f"{result.batches_removed} removed), then {CATALOG_JOB}; {len(result.failed)} failed"
+    )
     for job, what, _ in result.failed:
         print(f"aperio: failed run: {job} {what}", file=sys.stderr)
     return 1 if result.failed else 0

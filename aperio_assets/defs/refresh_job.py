@@ -1,4 +1,4 @@
-"""``aperio_refresh_job``: the whole lake refreshed in ONE run (SPEC §9), as ``aperio refresh
+"""``aperio_refresh_job``: the whole lake refreshed in ONE run (DESIGN §9), as ``aperio refresh
 --workers N`` does it, for an operator who wants "refresh everything now" from the launchpad or
 ``dagster job execute``. It registers every batch as a partition, and reports what it did as
 materializations of the state assets: a partition of ``S/conversion_lineage`` and
@@ -52,16 +52,21 @@ def refresh_lake(context: dg.OpExecutionContext, aperio: AperioResource, config:
                 processed += 1
                 for asset in (lineage_key(result.schema), status_key(result.schema)):
                     yield dg.AssetMaterialization(asset, partition=key, metadata={"rows": outcome.row_count or 0})
-        yield dg.AssetMaterialization(model_key(result.schema), metadata={
-            "model written": result.model_written, "tables": result.tables})
+        yield dg.AssetMaterialization(
+            model_key(result.schema), metadata={"model written": result.model_written, "tables": result.tables}
+        )
     yield dg.AssetMaterialization(CATALOG_VIEWS)
     if failed:
-        raise dg.Failure(description=f"{len(failed)} batch(es) failed; every other batch was refreshed",
-                         metadata={"failed batches": dg.MetadataValue.json(failed)})
+        raise dg.Failure(
+            description=f"{len(failed)} batch(es) failed; every other batch was refreshed",
+            metadata={"failed batches": dg.MetadataValue.json(failed)},
+        )
     yield dg.Output(processed, metadata={"batches processed": processed, "schemas": len(results)})
 
 
-@dg.job(description="Refresh the whole lake in one run (as `aperio refresh`); the lake sensor's partitioned "
-                    "batch runs do the same work spread over many runs.")
+@dg.job(
+    description="Refresh the whole lake in one run (as `aperio refresh`); the lake sensor's partitioned "
+    "batch runs do the same work spread over many runs."
+)
 def aperio_refresh_job() -> None:
     refresh_lake()

@@ -1,5 +1,5 @@
 """``lake_change_sensor``: registers the lake's batches as dynamic partitions and requests runs for
-the batches that are new or changed, and only those (SPEC §9).
+the batches that are new or changed, and only those (DESIGN §9).
 
 Each tick lists each schema once (paged LISTs) and reads its conversion lineage once. The cursor
 keeps a digest of each schema's listing: a schema whose listing did not change since the last tick
@@ -50,29 +50,32 @@ class SchemaPlan:
     runs: list[dg.RunRequest]
 
 
-def plan_schema(lake: Lake, schema: SchemaConfig, registered: Sequence[str], *,
-                retry_failed: bool) -> SchemaPlan:
+def plan_schema(lake: Lake, schema: SchemaConfig, registered: Sequence[str], *, retry_failed: bool) -> SchemaPlan:
     """The partitions to add and delete and the runs to request for ``schema``."""
     changes = batch_changes(SchemaRefresh(lake, schema), registered, retry_failed=retry_failed)
     runs = []
     position = {key: i for i, key in enumerate(changes.ordered)}  # (not list.index: O(batches) per range)
     for first, last in ranges(changes.ordered, set(changes.requested), batches_per_run()):
-        keys = changes.ordered[position[first]: position[last] + 1]
+        keys = changes.ordered[position[first] : position[last] + 1]
         digest = hashlib.sha256("\n".join(f"{k}\0{changes.requested[k]}" for k in keys).encode()).hexdigest()[:16]
         run_key = f"{schema.name}:{first}...{last}:{digest}"
         if first == last:
             runs.append(dg.RunRequest(run_key=run_key, job_name=batches_job_name(schema.name), partition_key=first))
         else:
-            runs.append(dg.RunRequest(run_key=run_key, job_name=batches_job_name(schema.name),
-                                      tags=range_tags(first, last)))
+            runs.append(
+                dg.RunRequest(run_key=run_key, job_name=batches_job_name(schema.name), tags=range_tags(first, last))
+            )
     return SchemaPlan(schema.name, changes, runs)
 
 
-def lake_change_sensor(schemas: Sequence[SchemaConfig], jobs: Sequence[AssetJob]
-                       ) -> dg.SensorDefinition:
-    @dg.sensor(name="lake_change_sensor", jobs=list(jobs), minimum_interval_seconds=60,
-               description="Registers new batches as partitions (and removes vanished ones) and requests runs "
-                           "for the batches whose files are new or changed.")
+def lake_change_sensor(schemas: Sequence[SchemaConfig], jobs: Sequence[AssetJob]) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="lake_change_sensor",
+        jobs=list(jobs),
+        minimum_interval_seconds=60,
+        description="Registers new batches as partitions (and removes vanished ones) and requests runs "
+        "for the batches whose files are new or changed.",
+    )
     def lake_change(context: dg.SensorEvaluationContext, aperio: AperioResource) -> dg.SensorResult:
         cursor = json.loads(context.cursor) if context.cursor else {}
         lake = aperio.lake()
@@ -83,8 +86,7 @@ def lake_change_sensor(schemas: Sequence[SchemaConfig], jobs: Sequence[AssetJob]
             partitions = batches_partitions(schema.name)
             registered = context.instance.get_dynamic_partitions(partitions.name)
             plan = plan_schema(lake, schema, registered, retry_failed=False)
-            if cursor.get(schema.name) == plan.changes.listing and not plan.changes.added \
-                    and not plan.changes.removed:
+            if cursor.get(schema.name) == plan.changes.listing and not plan.changes.added and not plan.changes.removed:
                 continue  # nothing changed since the last tick
             cursor[schema.name] = plan.changes.listing
             if plan.changes.added:
@@ -93,14 +95,19 @@ def lake_change_sensor(schemas: Sequence[SchemaConfig], jobs: Sequence[AssetJob]
                 partition_requests.append(partitions.build_delete_request(plan.changes.removed))
                 gone += [f"{schema.name}:{key}" for key in plan.changes.removed]
             runs += plan.runs
-            context.log.info(f"{schema.name}: {len(plan.changes.added)} batch(es) new, "
-                             f"{len(plan.changes.removed)} gone, {len(plan.changes.requested)} to run "
-                             f"in {len(plan.runs)} run(s)")
+            context.log.info(
+                f"{schema.name}: {len(plan.changes.added)} batch(es) new, "
+                f"{len(plan.changes.removed)} gone, {len(plan.changes.requested)} to run "
+                f"in {len(plan.runs)} run(s)"
+            )
         if gone and not runs:
             digest = hashlib.sha256("\n".join(gone).encode()).hexdigest()[:16]
             runs.append(dg.RunRequest(run_key=f"gone:{digest}", job_name=CATALOG_JOB))
-        return dg.SensorResult(run_requests=runs, dynamic_partitions_requests=partition_requests,
-                               cursor=json.dumps(cursor, sort_keys=True),
-                               skip_reason=None if runs or partition_requests else "no batch changed")
+        return dg.SensorResult(
+            run_requests=runs,
+            dynamic_partitions_requests=partition_requests,
+            cursor=json.dumps(cursor, sort_keys=True),
+            skip_reason=None if runs or partition_requests else "no batch changed",
+        )
 
     return lake_change

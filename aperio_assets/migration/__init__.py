@@ -1,4 +1,4 @@
-"""Migration of legacy single-node state into shared state (SPEC §8)."""
+"""Migration of legacy single-node state into shared state (DESIGN §8)."""
 
 from aperio_assets.migration.migrate import MIGRATION_WRITER, MigrationReport, legacy_fingerprint, migrate
 

@@ -1,4 +1,4 @@
-"""Reading legacy single-node state (SPEC §4) in every shape it comes in, from copies: a legacy file
+"""Reading legacy single-node state (DESIGN §4) in every shape it comes in, from copies: a legacy file
 is never opened for writing, never locked against its old owner, never changed."""
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from aperio_assets.storage import StorageProvider
 
 # A view the legacy catalog generated: a plain SELECT * over one scan of files. Anything else is a
 # user's view and is kept.
-GENERATED_VIEW = re.compile(r"^\s*SELECT\s+\*\s+FROM\s+(read_parquet|parquet_scan|read_csv_auto|read_csv|"
-                            r"read_json_auto|read_json|read_ndjson|iceberg_scan)\s*\(", re.IGNORECASE)
+GENERATED_VIEW = re.compile(
+    r"^\s*SELECT\s+\*\s+FROM\s+(read_parquet|parquet_scan|read_csv_auto|read_csv|"
+    r"read_json_auto|read_json|read_ndjson|iceberg_scan)\s*\(",
+    re.IGNORECASE,
+)
 _VIEW_BODY = re.compile(r"\bAS\s+(?=(SELECT|WITH|FROM|VALUES|\()\b)", re.IGNORECASE)
 
 
@@ -118,7 +121,7 @@ def view_body(create_sql: str) -> str:
     match = _VIEW_BODY.search(create_sql)
     if match is None:
         raise ValueError(f"cannot find the query of {create_sql[:80]!r}")
-    return create_sql[match.end():].strip().rstrip(";").strip()
+    return create_sql[match.end() :].strip().rstrip(";").strip()
 
 
 def read_catalog(copy: Path, what: str) -> LegacyCatalog:
@@ -126,16 +129,21 @@ def read_catalog(copy: Path, what: str) -> LegacyCatalog:
     con = _open(copy, what)
     try:
         catalog = LegacyCatalog()
-        for schema, name, sql in con.execute("SELECT schema_name, view_name, sql FROM duckdb_views() "
-                                             "WHERE NOT internal ORDER BY ALL").fetchall():
+        for schema, name, sql in con.execute(
+            "SELECT schema_name, view_name, sql FROM duckdb_views() WHERE NOT internal ORDER BY ALL"
+        ).fetchall():
             body = view_body(sql)
             if GENERATED_VIEW.match(body):
                 catalog.generated_views.append((schema, name))
             else:
                 catalog.user_views.append((schema, name, body))
-        catalog.macros = [f"{s}.{n}" for s, n in con.execute(
-            "SELECT DISTINCT schema_name, function_name FROM duckdb_functions() WHERE function_type LIKE '%macro' "
-            "AND NOT internal ORDER BY ALL").fetchall()]
+        catalog.macros = [
+            f"{s}.{n}"
+            for s, n in con.execute(
+                "SELECT DISTINCT schema_name, function_name FROM duckdb_functions() WHERE function_type LIKE '%macro' "
+                "AND NOT internal ORDER BY ALL"
+            ).fetchall()
+        ]
         return catalog
     except (duckdb.Error, ValueError) as exc:
         raise CorruptLegacyFile(f"{what} cannot be read: {str(exc).strip().splitlines()[0]}") from None

@@ -1,4 +1,4 @@
-"""Migration of legacy local state into shared state (SPEC §8).
+"""Migration of legacy local state into shared state (DESIGN §8).
 
 Per shared-mode schema with legacy files (under ``aperioDirectory`` or ``legacyDirectory``):
 
@@ -90,8 +90,9 @@ def _stamp() -> str:
 
 
 class Migrator:
-    def __init__(self, lake: Lake, *, dry_run: bool = False, archive: bool = True,
-                 progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, lake: Lake, *, dry_run: bool = False, archive: bool = True, progress: Callable[[str], None] | None = None
+    ) -> None:
         self.lake, self.dry_run, self.archive = lake, dry_run, archive
         self.progress = progress or (lambda message: None)
         self.storage = lake.storage
@@ -165,12 +166,20 @@ class Migrator:
         if self.dry_run:
             return KindResult(kind, source.location, len(rows), "would-migrate")
         self.progress(f"{schema}: writing and verifying {len(rows)} {kind} rows")
-        versions = [{**{c: r.get(c) for c in spec.keys + spec.value_names}, TS: (r.get(stamp_column) or 0) * 1000}
-                    for r in rows]
+        versions = [
+            {**{c: r.get(c) for c in spec.keys + spec.value_names}, TS: (r.get(stamp_column) or 0) * 1000} for r in rows
+        ]
         state_file = self._state_table(schema, spec).write_versions(versions, MIGRATION_WRITER)
         self._verify(schema, spec, versions)
-        self._record(record, schema=schema, kind=kind, source=source.location, checksum=source.checksum,
-                     rows=len(rows), stateFile=state_file)
+        self._record(
+            record,
+            schema=schema,
+            kind=kind,
+            source=source.location,
+            checksum=source.checksum,
+            rows=len(rows),
+            stateFile=state_file,
+        )
         return KindResult(kind, source.location, len(rows), "migrated", state_file)
 
     def _verify(self, schema: str, spec: TableSpec, versions: list[dict[str, Any]]) -> None:
@@ -243,12 +252,18 @@ class Migrator:
             try:
                 catalog = read_catalog(fetch(file, Path(tmp), with_wal=True), file.location)
                 views = [(s, v, sql) for s, v, sql in catalog.user_views if s in names]
-                result.notes += [f"view {s}.{v} skipped: schema {s} is not in the configuration"
-                                 for s, v, _ in catalog.user_views if s not in names]
-                result.notes += [f"generated view {s}.{v} is regenerated from the generated models"
-                                 for s, v in catalog.generated_views]
-                result.notes += [f"macro {m} is not migrated (re-create it in a user view if needed)"
-                                 for m in catalog.macros]
+                result.notes += [
+                    f"view {s}.{v} skipped: schema {s} is not in the configuration"
+                    for s, v, _ in catalog.user_views
+                    if s not in names
+                ]
+                result.notes += [
+                    f"generated view {s}.{v} is regenerated from the generated models"
+                    for s, v in catalog.generated_views
+                ]
+                result.notes += [
+                    f"macro {m} is not migrated (re-create it in a user view if needed)" for m in catalog.macros
+                ]
                 if self._recorded("catalog-views", file.checksum):
                     status = "already-migrated"
                 elif self.dry_run:
@@ -276,8 +291,14 @@ class Migrator:
         return result
 
 
-def migrate(lake: Lake, schema: str | None = None, *, dry_run: bool = False, archive: bool = True,
-            progress: Callable[[str], None] | None = None) -> MigrationReport:
+def migrate(
+    lake: Lake,
+    schema: str | None = None,
+    *,
+    dry_run: bool = False,
+    archive: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> MigrationReport:
     """Migrate the legacy state of every shared-mode schema (or one); safe to run from many workers."""
     migrator = Migrator(lake, dry_run=dry_run, archive=archive, progress=progress)
     report = MigrationReport(dry_run)
@@ -307,4 +328,3 @@ def legacy_fingerprint(lake: Lake) -> str | None:
     if not parts:
         return None
     return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:16]
-

@@ -1,4 +1,4 @@
-"""aperio's state: the state-table protocol and the trackers built on it (SPEC §5, §6).
+"""aperio's state: the state-table protocol and the trackers built on it (DESIGN §5, §6).
 
 Public entry points: :func:`open_tracker` (and, with the conversion issue, ``open_lineage``).
 """
@@ -29,8 +29,9 @@ __all__ = [
 ]
 
 
-def open_tracker(config_or_path: ConfigLike | Lake, schema: str, *,
-                 max_staleness_seconds: float = 0.0) -> IncrementalTracker:
+def open_tracker(
+    config_or_path: ConfigLike | Lake, schema: str, *, max_staleness_seconds: float = 0.0
+) -> IncrementalTracker:
     """The tracker for ``schema``: shared (Parquet state tables) or local (legacy DuckDB file), as
     the schema's ``stateStorage`` says. In shared mode every read re-lists the state directory
     unless ``max_staleness_seconds`` allows a recent listing to be reused (one LIST per read adds up
@@ -39,8 +40,9 @@ def open_tracker(config_or_path: ConfigLike | Lake, schema: str, *,
     schema_config = lake.schema(schema)
     if schema_config.state_storage == "local":
         return DuckDBPartitionStatusStore(lake.local_state_path(schema, layout.LEGACY_PARTITION_STATUS))
-    return ParquetPartitionStatusStore(lake.storage, schema, lake.config.compaction,
-                                       max_staleness_seconds=max_staleness_seconds)
+    return ParquetPartitionStatusStore(
+        lake.storage, schema, lake.config.compaction, max_staleness_seconds=max_staleness_seconds
+    )
 
 
 def open_lineage(config_or_path: ConfigLike | Lake, schema: str) -> ConversionLineage:

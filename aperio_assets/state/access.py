@@ -107,15 +107,17 @@ def open_state(lake: Lake, schema: str | None, name: str) -> StateAccess:
         raise ValueError(f"unknown state table {name!r} (one of {', '.join(SPECS)})")
     spec = SPECS[name]
     if spec is VIEWS:
-        return SharedStateAccess(open_state_table(lake.storage, lake.storage.aperio_path(None, layout.VIEWS),
-                                                  VIEWS, lake.config.compaction))
+        return SharedStateAccess(
+            open_state_table(lake.storage, lake.storage.aperio_path(None, layout.VIEWS), VIEWS, lake.config.compaction)
+        )
     if schema is None:
         raise ValueError(f"state table {name} belongs to a schema")
     if lake.schema(schema).state_storage == "local":
         if spec is CONVERSIONS:
             return LocalLineageAccess(JsonLineage(lake.local_state_path(schema, layout.LEGACY_CONVERSIONS)))
-        return LocalStatusAccess(DuckDBPartitionStatusStore(
-            lake.local_state_path(schema, layout.LEGACY_PARTITION_STATUS)), spec)
+        return LocalStatusAccess(
+            DuckDBPartitionStatusStore(lake.local_state_path(schema, layout.LEGACY_PARTITION_STATUS)), spec
+        )
     directory = lake.storage.aperio_path(schema, spec.name)
     return SharedStateAccess(open_state_table(lake.storage, directory, spec, lake.config.compaction))
 
@@ -133,8 +135,7 @@ def to_frame(spec: TableSpec, upserts: Sequence[Row] = (), deletes: Sequence[Key
     """Upserts and deletes as one frame; deletes are rows with ``_deleted`` true and only keys set."""
     columns = (*spec.keys, *spec.value_names)
     records = [{**{c: row.get(c) for c in columns}, DELETED: False} for row in upserts]
-    records += [{**dict.fromkeys(columns), **dict(zip(spec.keys, key, strict=True)), DELETED: True}
-                for key in deletes]
+    records += [{**dict.fromkeys(columns), **dict(zip(spec.keys, key, strict=True)), DELETED: True} for key in deletes]
     return pl.DataFrame(records, schema=frame_schema(spec, with_deleted=True), orient="row")
 
 

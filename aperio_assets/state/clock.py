@@ -1,4 +1,4 @@
-"""The hybrid logical clock and writer identity of SPEC §5."""
+"""The hybrid logical clock and writer identity of DESIGN §5."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Local mode: the legacy single-node store, ``<schema>/.partition_status.duckdb`` (SPEC §4).
+"""Local mode: the legacy single-node store, ``<schema>/.partition_status.duckdb`` (DESIGN §4).
 
 The DuckDB file lock is held only for one operation (connect, work, close), so several processes on
 one host can share the file; a process that finds it locked waits and retries. A damaged file is
@@ -31,10 +31,19 @@ from aperio_assets.state.tracker import IncrementalTracker, Row
 
 _STATUS_SELECT = f"SELECT {', '.join(PARTITION_STATUS_COLUMNS)} FROM partition_status"
 _COMPLETION_SELECT = f"SELECT {', '.join(TABLE_COMPLETION_COLUMNS)} FROM table_completion"
-_PS_SCHEMA = pa.schema([("alternate_name", pa.string()), ("incremental_key_values", pa.string()),
-                        ("source_table", pa.string()), ("target_pattern", pa.string()),
-                        ("processed_at", pa.int64()), ("row_count", pa.int64()),
-                        ("error_status", pa.bool_()), ("error_message", pa.string()), ("phase", pa.string())])
+_PS_SCHEMA = pa.schema(
+    [
+        ("alternate_name", pa.string()),
+        ("incremental_key_values", pa.string()),
+        ("source_table", pa.string()),
+        ("target_pattern", pa.string()),
+        ("processed_at", pa.int64()),
+        ("row_count", pa.int64()),
+        ("error_status", pa.bool_()),
+        ("error_message", pa.string()),
+        ("phase", pa.string()),
+    ]
+)
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -68,8 +77,7 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
                         time.sleep(delay * (0.5 + random.random()))
                         delay = min(delay * 2, 0.25)
                         continue
-                    raise StorageError(f"cannot open {self.path}: {exc} (the file is left as it is)") \
-                        from None
+                    raise StorageError(f"cannot open {self.path}: {exc} (the file is left as it is)") from None
             try:
                 if not self._ready and not read_only:
                     self._prepare(con)
@@ -84,8 +92,12 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
     def _prepare(con: duckdb.DuckDBPyConnection) -> None:
         """Create the tables, upgrade an old file in place, and canonicalise legacy batch keys
         (merging rows that differ only in key order: the latest ``processed_at`` wins)."""
-        tables = {r[0] for r in con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+        tables = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+            ).fetchall()
+        }
         con.execute("BEGIN TRANSACTION")
         if "partition_status" not in tables:
             con.execute(PARTITION_STATUS_DDL)
@@ -97,31 +109,44 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
         k = "incremental_key_values"
         unsorted = con.execute(
             f"{_STATUS_SELECT} WHERE json_valid({k}) AND (json_keys({k}) <> list_sort(json_keys({k})) "
-            f"OR {k} LIKE '%\": %' OR {k} LIKE '%, \"%' OR {k} LIKE '{{ %')").fetchall()
+            f"OR {k} LIKE '%\": %' OR {k} LIKE '%, \"%' OR {k} LIKE '{{ %')"
+        ).fetchall()
         where = "WHERE alternate_name = ? AND incremental_key_values = ?"
         for values in unsorted:
             row = dict(zip(PARTITION_STATUS_COLUMNS, values, strict=True))
             legacy = row["incremental_key_values"]
             row["incremental_key_values"] = canonical_key(legacy)
             con.execute(f"DELETE FROM partition_status {where}", [row["alternate_name"], legacy])
-            current = con.execute(f"SELECT processed_at FROM partition_status {where}",
-                                  [row["alternate_name"], row["incremental_key_values"]]).fetchone()
+            current = con.execute(
+                f"SELECT processed_at FROM partition_status {where}",
+                [row["alternate_name"], row["incremental_key_values"]],
+            ).fetchone()
             if current is None or current[0] < row["processed_at"]:
-                con.execute(f"INSERT OR REPLACE INTO partition_status ({', '.join(row)}) "
-                            f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
+                con.execute(
+                    f"INSERT OR REPLACE INTO partition_status ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                    list(row.values()),
+                )
         con.execute("COMMIT")
 
     def stats(self) -> list[TableStats]:
         """Rows per table and the file's size (the file is only read)."""
         with self._connect(read_only=True) as con:
-            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
-                                                "WHERE table_schema = 'main'").fetchall()}
-            counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                      for t in ("partition_status", "table_completion") if t in tables}
-        size = sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + ".wal"))
-                   if p.exists())
-        return [TableStats(table, rows, 0, 1, 0, size if table == "partition_status" else 0)
-                for table, rows in counts.items()]
+            tables = {
+                r[0]
+                for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+                ).fetchall()
+            }
+            counts = {
+                t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("partition_status", "table_completion")
+                if t in tables
+            }
+        size = sum(p.stat().st_size for p in (self.path, self.path.with_name(self.path.name + ".wal")) if p.exists())
+        return [
+            TableStats(table, rows, 0, 1, 0, size if table == "partition_status" else 0)
+            for table, rows in counts.items()
+        ]
 
     def all_rows(self, table: str) -> list[Row]:
         """Every row of ``partition_status`` or ``table_completion`` (read-only; for the catalog)."""
@@ -129,8 +154,12 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
         if not self.path.exists():
             return []  # nothing tracked yet (a read never creates the file)
         with self._connect(read_only=True) as con:
-            present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
-                                                 "WHERE table_schema = 'main'").fetchall()}
+            present = {
+                r[0]
+                for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+                ).fetchall()
+            }
             if table not in present:
                 return []
             have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
@@ -141,8 +170,9 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
     # -- primitives ------------------------------------------------------------------------------
     def _status_row(self, alternate: str, key: str) -> Row | None:
         with self._connect() as con:
-            cur = con.execute(f"{_STATUS_SELECT} WHERE alternate_name = ? AND incremental_key_values = ?",
-                              [alternate, key])
+            cur = con.execute(
+                f"{_STATUS_SELECT} WHERE alternate_name = ? AND incremental_key_values = ?", [alternate, key]
+            )
             values = cur.fetchone()
         return dict(zip(PARTITION_STATUS_COLUMNS, values, strict=True)) if values else None
 
@@ -155,9 +185,11 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
         wanted = pa.table({"k": pa.array(list(keys), pa.string())})
         with self._connect() as con:
             con.register("wanted_keys", wanted)
-            found = con.execute("SELECT p.incremental_key_values FROM partition_status p JOIN wanted_keys w "
-                                "ON p.incremental_key_values = w.k WHERE p.alternate_name = ?",
-                                [alternate]).fetchall()
+            found = con.execute(
+                "SELECT p.incremental_key_values FROM partition_status p JOIN wanted_keys w "
+                "ON p.incremental_key_values = w.k WHERE p.alternate_name = ?",
+                [alternate],
+            ).fetchall()
         return {r[0] for r in found}
 
     def _write_status(self, rows: list[Row]) -> None:
@@ -166,17 +198,22 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
         with self._connect() as con:
             con.register("status_batch", batch)
             # One statement per batch; rows repeated within the batch: the last one wins.
-            con.execute(f"INSERT OR REPLACE INTO partition_status ({columns}) SELECT {columns} FROM "
-                        "(SELECT *, row_number() OVER (PARTITION BY alternate_name, incremental_key_values "
-                        "ORDER BY ord DESC) AS rn FROM (SELECT *, row_number() OVER () AS ord "
-                        "FROM status_batch)) WHERE rn = 1")
+            con.execute(
+                f"INSERT OR REPLACE INTO partition_status ({columns}) SELECT {columns} FROM "
+                "(SELECT *, row_number() OVER (PARTITION BY alternate_name, incremental_key_values "
+                "ORDER BY ord DESC) AS rn FROM (SELECT *, row_number() OVER () AS ord "
+                "FROM status_batch)) WHERE rn = 1"
+            )
 
     def _delete_status(self, alternate: str, keys: Sequence[str]) -> None:
         doomed = pa.table({"k": pa.array(list(keys), pa.string())})
         with self._connect() as con:
             con.register("doomed_keys", doomed)
-            con.execute("DELETE FROM partition_status WHERE alternate_name = ? AND incremental_key_values "
-                        "IN (SELECT k FROM doomed_keys)", [alternate])
+            con.execute(
+                "DELETE FROM partition_status WHERE alternate_name = ? AND incremental_key_values "
+                "IN (SELECT k FROM doomed_keys)",
+                [alternate],
+            )
 
     def _completion_row(self, pipeline: str) -> Row | None:
         with self._connect() as con:
@@ -185,13 +222,14 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
 
     def _write_completion(self, row: Row) -> None:
         with self._connect() as con:
-            con.execute(f"INSERT OR REPLACE INTO table_completion ({', '.join(row)}) "
-                        f"VALUES ({', '.join('?' * len(row))})", list(row.values()))
+            con.execute(
+                f"INSERT OR REPLACE INTO table_completion ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
 
     def _delete_completions(self, pipelines: Sequence[str] | None) -> None:
         with self._connect() as con:
             if pipelines is None:
                 con.execute("DELETE FROM table_completion")
             else:
-                con.executemany("DELETE FROM table_completion WHERE pipeline_name = ?",
-                                [[p] for p in pipelines])
+                con.executemany("DELETE FROM table_completion WHERE pipeline_name = ?", [[p] for p in pipelines])

@@ -1,4 +1,4 @@
-"""Batch keys: flat ``str → str`` maps, serialised canonically everywhere (SPEC §4)."""
+"""Batch keys: flat ``str → str`` maps, serialised canonically everywhere (DESIGN §4)."""
 
 from __future__ import annotations
 

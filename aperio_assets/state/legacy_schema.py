@@ -1,4 +1,4 @@
-"""The legacy single-node formats (SPEC §4), exactly: the local-mode store writes them, migration
+"""The legacy single-node formats (DESIGN §4), exactly: the local-mode store writes them, migration
 and the demo's legacy state read and write them."""
 
 from __future__ import annotations
@@ -39,8 +39,23 @@ UPGRADE_STATEMENTS = (
     "ALTER TABLE partition_status ADD COLUMN IF NOT EXISTS phase VARCHAR DEFAULT NULL",
 )
 
-PARTITION_STATUS_COLUMNS = ("alternate_name", "incremental_key_values", "source_table", "target_pattern",
-                            "processed_at", "row_count", "error_status", "error_message", "phase")
-TABLE_COMPLETION_COLUMNS = ("pipeline_name", "signature", "config_hash", "row_count",
-                            "source_file_watermark", "completed_at")
+PARTITION_STATUS_COLUMNS = (
+    "alternate_name",
+    "incremental_key_values",
+    "source_table",
+    "target_pattern",
+    "processed_at",
+    "row_count",
+    "error_status",
+    "error_message",
+    "phase",
+)
+TABLE_COMPLETION_COLUMNS = (
+    "pipeline_name",
+    "signature",
+    "config_hash",
+    "row_count",
+    "source_file_watermark",
+    "completed_at",
+)
 ERROR_MESSAGE_LIMIT = 1000

@@ -1,4 +1,4 @@
-"""Conversion lineage (SPEC §6): which raw file became which converted file, and when.
+"""Conversion lineage (DESIGN §6): which raw file became which converted file, and when.
 
 Shared mode keeps it in the ``conversions`` state table (no lock at all). Local mode keeps the
 legacy ``.conversions.json``: reads take a shared lock on ``.conversions.json.lock``, writes an
@@ -24,18 +24,50 @@ Row = dict[str, Any]
 
 # Legacy record field → lineage column (first listed wins when a record has several).
 LEGACY_FIELDS: tuple[tuple[str, str], ...] = (
-    ("sourceFile", "source_path"), ("originalFile", "source_path"),
-    ("targetPath", "target_path"), ("convertedFile", "target_path"),
+    ("sourceFile", "source_path"),
+    ("originalFile", "source_path"),
+    ("targetPath", "target_path"),
+    ("convertedFile", "target_path"),
     ("sourceModified", "source_modified"),
-    ("convertedAt", "converted_at"), ("timestamp", "converted_at"),
-    ("conversionType", "conversion_type"), ("rowCount", "row_count"), ("contentLength", "source_size"),
-    ("etag", "source_etag"), ("tableName", "table_name"), ("error", "error"),
+    ("convertedAt", "converted_at"),
+    ("timestamp", "converted_at"),
+    ("conversionType", "conversion_type"),
+    ("rowCount", "row_count"),
+    ("contentLength", "source_size"),
+    ("etag", "source_etag"),
+    ("tableName", "table_name"),
+    ("error", "error"),
 )
-RECORD_FIELDS = frozenset({name for name, _ in LEGACY_FIELDS} | {
-    "tableType", "sourceType", "parquetCacheFile", "viewScanPattern", "refreshEnabled", "refreshInterval",
-    "contentType", "tableConfig", "snapshotId", "baseline", "lastChangeCheck", "viewNeedsRefresh"})
-COLUMNS = ("source_path", "target_path", "source_modified", "converted_at", "conversion_type", "row_count",
-           "source_size", "source_etag", "table_name", "error", "extra")
+RECORD_FIELDS = frozenset(
+    {name for name, _ in LEGACY_FIELDS}
+    | {
+        "tableType",
+        "sourceType",
+        "parquetCacheFile",
+        "viewScanPattern",
+        "refreshEnabled",
+        "refreshInterval",
+        "contentType",
+        "tableConfig",
+        "snapshotId",
+        "baseline",
+        "lastChangeCheck",
+        "viewNeedsRefresh",
+    }
+)
+COLUMNS = (
+    "source_path",
+    "target_path",
+    "source_modified",
+    "converted_at",
+    "conversion_type",
+    "row_count",
+    "source_size",
+    "source_etag",
+    "table_name",
+    "error",
+    "extra",
+)
 _INTEGER_COLUMNS = frozenset({"source_modified", "converted_at", "row_count", "source_size"})
 
 
@@ -49,7 +81,7 @@ def _integer(value: Any) -> int | None:
 
 
 def row_from_record(key: str, record: Mapping[str, Any]) -> Row:
-    """A legacy record (any of the fields of SPEC §4, any may be missing) as a lineage row; fields
+    """A legacy record (any of the fields of DESIGN §4, any may be missing) as a lineage row; fields
     without a column are kept, as JSON, in ``extra``."""
     row: Row = dict.fromkeys(COLUMNS)
     used = set()
@@ -68,12 +100,21 @@ def row_from_record(key: str, record: Mapping[str, Any]) -> Row:
 def record_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """A lineage row in the legacy record shape (the extra fields restored)."""
     record = json.loads(row["extra"]) if row.get("extra") else {}
-    record.update({"sourceFile": row["source_path"], "convertedFile": row.get("target_path"),
-                   "tableName": row.get("table_name"), "conversionType": row.get("conversion_type"),
-                   "rowCount": row.get("row_count"), "contentLength": row.get("source_size"),
-                   "etag": row.get("source_etag"), "sourceModified": row.get("source_modified"),
-                   "convertedAt": row.get("converted_at"), "timestamp": row.get("converted_at"),
-                   "error": row.get("error")})
+    record.update(
+        {
+            "sourceFile": row["source_path"],
+            "convertedFile": row.get("target_path"),
+            "tableName": row.get("table_name"),
+            "conversionType": row.get("conversion_type"),
+            "rowCount": row.get("row_count"),
+            "contentLength": row.get("source_size"),
+            "etag": row.get("source_etag"),
+            "sourceModified": row.get("source_modified"),
+            "convertedAt": row.get("converted_at"),
+            "timestamp": row.get("converted_at"),
+            "error": row.get("error"),
+        }
+    )
     return record
 
 
@@ -82,7 +123,7 @@ def _looks_like_record(value: Any) -> bool:
 
 
 def parse_legacy_conversions(document: Any, *, source: str = ".conversions.json") -> dict[str, Row]:
-    """Every shape of ``.conversions.json`` (SPEC §4) → lineage rows by source path.
+    """Every shape of ``.conversions.json`` (DESIGN §4) → lineage rows by source path.
 
     ``{"conversions": {path: {...}}}``, the record map ``{key: record}`` and the namespaced
     ``{"s3://bucket": {key: record}}``. Raises ValueError naming ``source`` for anything else.
@@ -178,8 +219,7 @@ class JsonLineage(ConversionLineage):
         try:
             return parse_legacy_conversions(json.loads(text) if text.strip() else {}, source=str(self.path))
         except (json.JSONDecodeError, ValueError) as exc:
-            raise StorageError(f"{self.path} is not a valid conversions file ({exc}); it is left as it is") \
-                from None
+            raise StorageError(f"{self.path} is not a valid conversions file ({exc}); it is left as it is") from None
 
     def _write(self, rows: dict[str, Row]) -> None:
         document = {path: record_from_row(row) for path, row in sorted(rows.items())}

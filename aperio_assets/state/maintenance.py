@@ -1,4 +1,4 @@
-"""Whole-lake state maintenance: compaction, health, and the doctor (SPEC §5 "Bad files", §10)."""
+"""Whole-lake state maintenance: compaction, health, and the doctor (DESIGN §5 "Bad files", §10)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ def shared_state_tables(lake: Lake, schema: str | None = None) -> list[LakeState
             table = open_state_table(lake.storage, directory, spec, lake.config.compaction)
             found.append(LakeStateTable(schema_config.name, table))
     if schema is None:
-        views = open_state_table(lake.storage, lake.storage.aperio_path(ROOT, layout.VIEWS), VIEWS,
-                                 lake.config.compaction)
+        views = open_state_table(
+            lake.storage, lake.storage.aperio_path(ROOT, layout.VIEWS), VIEWS, lake.config.compaction
+        )
         found.append(LakeStateTable(ROOT, views))
     return found
 
@@ -49,10 +50,16 @@ def compact_lake(lake: Lake, schema: str | None = None) -> list[dict[str, Any]]:
 
 
 def _stats_dict(stats: TableStats, limit: int) -> dict[str, Any]:
-    return {"liveRows": stats.live_rows, "tombstones": stats.tombstones, "files": stats.files,
-            "smallFiles": stats.small_files, "smallFileLimit": limit, "bytes": stats.bytes,
-            "supersededFiles": stats.superseded_files,
-            "unreadableFiles": sorted(stats.bad_files)}
+    return {
+        "liveRows": stats.live_rows,
+        "tombstones": stats.tombstones,
+        "files": stats.files,
+        "smallFiles": stats.small_files,
+        "smallFileLimit": limit,
+        "bytes": stats.bytes,
+        "supersededFiles": stats.superseded_files,
+        "unreadableFiles": sorted(stats.bad_files),
+    }
 
 
 def state_health(lake: Lake, schema: str | None = None) -> dict[str | None, dict[str, dict[str, Any]]]:
@@ -61,7 +68,8 @@ def state_health(lake: Lake, schema: str | None = None) -> dict[str | None, dict
     report: dict[str | None, dict[str, dict[str, Any]]] = {}
     for entry in shared_state_tables(lake, schema):
         report.setdefault(entry.schema, {})[entry.table.spec.name] = _stats_dict(
-            entry.table.stats(), entry.table.max_small_files)
+            entry.table.stats(), entry.table.max_small_files
+        )
     for schema_config in lake.select_schemas(schema):
         if schema_config.state_storage == "local":
             path = lake.local_state_path(schema_config.name, layout.LEGACY_PARTITION_STATUS)
@@ -92,13 +100,13 @@ class DoctorReport:
         return [p for p in self.problems if not p.repaired]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"problems": [asdict(p) for p in self.problems], "warnings": self.warnings,
-                "ok": not self.unrepaired}
+        return {"problems": [asdict(p) for p in self.problems], "warnings": self.warnings, "ok": not self.unrepaired}
 
 
 def quarantine_path(lake: Lake, entry: LakeStateTable, name: str) -> str:
-    return lake.storage.aperio_path(ROOT, f"{layout.QUARANTINE_DIR}/{entry.schema or 'catalog'}/"
-                                          f"{entry.table.spec.name}/{name}")
+    return lake.storage.aperio_path(
+        ROOT, f"{layout.QUARANTINE_DIR}/{entry.schema or 'catalog'}/{entry.table.spec.name}/{name}"
+    )
 
 
 def doctor(lake: Lake, *, repair: bool = False) -> DoctorReport:
@@ -118,8 +126,13 @@ def doctor(lake: Lake, *, repair: bool = False) -> DoctorReport:
             report.problems.append(problem)
         small = table.small_file_count()
         if small > table.max_small_files:
-            problem = Problem(entry.schema, table.spec.name, "too-many-small-files",
-                              f"{small} small files (limit {table.max_small_files})", table.directory)
+            problem = Problem(
+                entry.schema,
+                table.spec.name,
+                "too-many-small-files",
+                f"{small} small files (limit {table.max_small_files})",
+                table.directory,
+            )
             if repair:
                 result = table.compact()
                 problem.repaired, problem.repair = True, f"compacted {result.files_read} files into one"
@@ -131,12 +144,17 @@ def doctor(lake: Lake, *, repair: bool = False) -> DoctorReport:
                 try:
                     DuckDBPartitionStatusStore(path).stats()
                 except AperioError as exc:
-                    report.problems.append(Problem(schema_config.name, layout.PARTITION_STATUS,
-                                                   "damaged-local-store", str(exc), path))
+                    report.problems.append(
+                        Problem(schema_config.name, layout.PARTITION_STATUS, "damaged-local-store", str(exc), path)
+                    )
         else:
-            legacy = [name for name in (layout.LEGACY_PARTITION_STATUS, layout.LEGACY_CONVERSIONS)
-                      if lake.storage.exists(lake.storage.aperio_path(schema_config.name, name))]
+            legacy = [
+                name
+                for name in (layout.LEGACY_PARTITION_STATUS, layout.LEGACY_CONVERSIONS)
+                if lake.storage.exists(lake.storage.aperio_path(schema_config.name, name))
+            ]
             if legacy:
-                report.warnings.append(f"schema {schema_config.name}: legacy state not migrated yet "
-                                       f"({', '.join(legacy)})")
+                report.warnings.append(
+                    f"schema {schema_config.name}: legacy state not migrated yet ({', '.join(legacy)})"
+                )
     return report

@@ -1,4 +1,4 @@
-"""Shared mode: partition status and table completion as state tables (SPEC §5)."""
+"""Shared mode: partition status and table completion as state tables (DESIGN §5)."""
 
 from __future__ import annotations
 
@@ -15,27 +15,43 @@ from aperio_assets.state.tracker import IncrementalTracker, Row
 from aperio_assets.storage import StorageProvider
 
 
-def open_state_table(storage: StorageProvider, directory: str, spec: TableSpec, compaction: CompactionSettings,
-                     **kwargs: Any) -> StateTable:
+def open_state_table(
+    storage: StorageProvider, directory: str, spec: TableSpec, compaction: CompactionSettings, **kwargs: Any
+) -> StateTable:
     """A state table with the lake's compaction settings (the one way every caller opens one)."""
-    return StateTable(storage, directory, spec, max_small_files=compaction.max_small_files,
-                      tombstone_retention_seconds=compaction.tombstone_retention_seconds,
-                      grace_seconds=compaction.grace_period_seconds, **kwargs)
+    return StateTable(
+        storage,
+        directory,
+        spec,
+        max_small_files=compaction.max_small_files,
+        tombstone_retention_seconds=compaction.tombstone_retention_seconds,
+        grace_seconds=compaction.grace_period_seconds,
+        **kwargs,
+    )
 
 
 class ParquetPartitionStatusStore(IncrementalTracker):
     mode = "shared"
 
-    def __init__(self, storage: StorageProvider, schema: str,
-                 compaction: CompactionSettings | None = None, *, clock: HybridClock | None = None,
-                 writer: str | None = None, max_staleness_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        storage: StorageProvider,
+        schema: str,
+        compaction: CompactionSettings | None = None,
+        *,
+        clock: HybridClock | None = None,
+        writer: str | None = None,
+        max_staleness_seconds: float = 0.0,
+    ) -> None:
         compaction = compaction or CompactionSettings()
         options = {"clock": clock, "writer": writer, "max_staleness_seconds": max_staleness_seconds}
         self.schema = schema
-        self.status = open_state_table(storage, storage.aperio_path(schema, layout.PARTITION_STATUS),
-                                       PARTITION_STATUS, compaction, **options)
-        self.completion = open_state_table(storage, storage.aperio_path(schema, layout.TABLE_COMPLETION),
-                                           TABLE_COMPLETION, compaction, **options)
+        self.status = open_state_table(
+            storage, storage.aperio_path(schema, layout.PARTITION_STATUS), PARTITION_STATUS, compaction, **options
+        )
+        self.completion = open_state_table(
+            storage, storage.aperio_path(schema, layout.TABLE_COMPLETION), TABLE_COMPLETION, compaction, **options
+        )
 
     @property
     def tables(self) -> tuple[StateTable, StateTable]:

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 TS, WRITER, DELETED = "_ts", "_writer", "_deleted"
-PROTOCOL_FIELDS = (pa.field(TS, pa.int64(), nullable=False), pa.field(WRITER, pa.string(), nullable=False),
-                   pa.field(DELETED, pa.bool_(), nullable=False))
+PROTOCOL_FIELDS = (
+    pa.field(TS, pa.int64(), nullable=False),
+    pa.field(WRITER, pa.string(), nullable=False),
+    pa.field(DELETED, pa.bool_(), nullable=False),
+)
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,11 @@ class TableSpec:
 
     @property
     def schema(self) -> pa.Schema:
-        return pa.schema([pa.field(k, pa.string(), nullable=False) for k in self.keys]
-                         + [pa.field(n, t) for n, t in self.values] + list(PROTOCOL_FIELDS))
+        return pa.schema(
+            [pa.field(k, pa.string(), nullable=False) for k in self.keys]
+            + [pa.field(n, t) for n, t in self.values]
+            + list(PROTOCOL_FIELDS)
+        )
 
     @property
     def value_names(self) -> tuple[str, ...]:

@@ -20,6 +20,8 @@ def current_state_sql(spec: TableSpec, files: Sequence[str] | str, *, include_de
     source = quote_literal(files) if isinstance(files, str) else "[" + ", ".join(quote_literal(f) for f in files) + "]"
     keys = ", ".join(quote_identifier(k) for k in spec.keys)
     hidden = "" if include_deleted else f" AND NOT {DELETED}"
-    ranked = (f"SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY {TS} DESC, {WRITER} DESC) "
-              f"AS __rank FROM read_parquet({source}, union_by_name = true)")
+    ranked = (
+        f"SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY {TS} DESC, {WRITER} DESC) "
+        f"AS __rank FROM read_parquet({source}, union_by_name = true)"
+    )
     return f"SELECT * EXCLUDE (__rank) FROM ({ranked}) WHERE __rank = 1{hidden}"

@@ -1,4 +1,4 @@
-"""The state-table protocol (SPEC §5), written once and used by every kind of aperio state.
+"""The state-table protocol (DESIGN §5), written once and used by every kind of aperio state.
 
 A state table is a directory of immutable Parquet files. Each write is one new, uniquely named file
 created with create-if-absent; a row's version is ``(_ts, _writer)`` and the greatest wins per key;
@@ -153,10 +153,19 @@ def parquet_bytes(table: pa.Table, supersedes: Iterable[str] = ()) -> bytes:
 class StateTable:
     """One state table directory. Thread-safe; one instance per process and table is the intent."""
 
-    def __init__(self, storage: StorageProvider, directory: str, spec: TableSpec, *,
-                 clock: HybridClock | None = None, writer: str | None = None, max_small_files: int = 64,
-                 tombstone_retention_seconds: int = 7 * 86400, max_staleness_seconds: float = 0.0,
-                 grace_seconds: float = DEFAULT_GRACE_SECONDS) -> None:
+    def __init__(
+        self,
+        storage: StorageProvider,
+        directory: str,
+        spec: TableSpec,
+        *,
+        clock: HybridClock | None = None,
+        writer: str | None = None,
+        max_small_files: int = 64,
+        tombstone_retention_seconds: int = 7 * 86400,
+        max_staleness_seconds: float = 0.0,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    ) -> None:
         self.storage = storage
         self.directory = directory.rstrip("/")
         self.spec = spec
@@ -222,8 +231,9 @@ class StateTable:
                     try:
                         column = column.cast(target.type)
                     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                        raise BadStateFile(f"column {target.name} has type {column.type}, "
-                                           f"expected {target.type}") from None
+                        raise BadStateFile(
+                            f"column {target.name} has type {column.type}, expected {target.type}"
+                        ) from None
             else:
                 column = pa.nulls(table.num_rows, target.type)
             columns.append(column)
@@ -237,6 +247,7 @@ class StateTable:
     # -- refresh ---------------------------------------------------------------------------------
     def _fetch(self, infos: list[FileInfo]) -> tuple[list[Segment], list[str]]:
         """GET and parse files (in parallel when several); returns segments and vanished names."""
+
         def one(info: FileInfo) -> Segment | str | BadStateFile:
             try:
                 data = self.storage.read_bytes(info.path)
@@ -299,8 +310,10 @@ class StateTable:
                 if not vanished and not gone:
                     break
             else:
-                raise StorageError(f"state table {self.directory} kept changing while being read "
-                                   f"({MAX_LIST_ROUNDS} listings); try again")
+                raise StorageError(
+                    f"state table {self.directory} kept changing while being read "
+                    f"({MAX_LIST_ROUNDS} listings); try again"
+                )
             # Every listed file is loaded, so the rows of files that vanished (compacted away) are
             # represented by the compaction output we now hold: drop them.
             for held in (self._segments, self.bad_files, self._superseded):
@@ -347,16 +360,30 @@ class StateTable:
                 continue
             found = positions.filter(present)
             versions = segment.table.select([TS, WRITER, DELETED]).take(found)
-            parts.append(pa.table({"probe": pc.indices_nonzero(present), "segment": pa.repeat(number, len(found)),
-                                   "position": found, TS: versions[TS], WRITER: versions[WRITER],
-                                   DELETED: versions[DELETED]}))
+            parts.append(
+                pa.table(
+                    {
+                        "probe": pc.indices_nonzero(present),
+                        "segment": pa.repeat(number, len(found)),
+                        "position": found,
+                        TS: versions[TS],
+                        WRITER: versions[WRITER],
+                        DELETED: versions[DELETED],
+                    }
+                )
+            )
         if not parts:
-            return pa.table({"probe": pa.array([], pa.uint64()), "segment": pa.array([], pa.int64()),
-                             "position": pa.array([], pa.int32()), DELETED: pa.array([], pa.bool_())})
+            return pa.table(
+                {
+                    "probe": pa.array([], pa.uint64()),
+                    "segment": pa.array([], pa.int64()),
+                    "position": pa.array([], pa.int32()),
+                    DELETED: pa.array([], pa.bool_()),
+                }
+            )
         if len(parts) == 1:
             return parts[0]  # one file holds each key at most once
-        located = pa.concat_tables(parts).sort_by([("probe", "ascending"), (TS, "descending"),
-                                                   (WRITER, "descending")])
+        located = pa.concat_tables(parts).sort_by([("probe", "ascending"), (TS, "descending"), (WRITER, "descending")])
         probes = located["probe"].combine_chunks()
         first = pa.concat_arrays([pa.array([True]), pc.not_equal(probes.slice(1), probes.slice(0, len(probes) - 1))])
         return located.filter(first)
@@ -437,8 +464,7 @@ class StateTable:
         out[DELETED] = deleted
         return out
 
-    def write(self, upserts: Iterable[Mapping[str, Any]] = (),
-              deletes: Iterable[Key | str] = ()) -> str | None:
+    def write(self, upserts: Iterable[Mapping[str, Any]] = (), deletes: Iterable[Key | str] = ()) -> str | None:
         """Write a batch of upserts and deletes as ONE new file (one PUT); durable when this returns.
 
         Within a batch the last row for a key wins. Returns the new file's name (None if empty).
@@ -449,8 +475,7 @@ class StateTable:
             batch[composite_key(tuple(normalized[k] for k in self.spec.keys))] = normalized
         for key in deletes:
             parts = self._key(key)
-            batch[composite_key(parts)] = self._normalize(dict(zip(self.spec.keys, parts, strict=True)),
-                                                          deleted=True)
+            batch[composite_key(parts)] = self._normalize(dict(zip(self.spec.keys, parts, strict=True)), deleted=True)
         if not batch:
             return None
         ts = self.clock.tick()
@@ -543,8 +568,9 @@ class StateTable:
                 dropped = pc.sum(expired).as_py() or 0
             if len(inputs) <= 1 and not dropped:
                 deleted, kept = self._vacuum()
-                return CompactionResult(self.spec.name, len(inputs), deleted, winners.num_rows, 0, None, kept,
-                                        len(self._segments))
+                return CompactionResult(
+                    self.spec.name, len(inputs), deleted, winners.num_rows, 0, None, kept, len(self._segments)
+                )
             if dropped:
                 winners = winners.filter(pc.invert(expired))
             output = None
@@ -560,8 +586,9 @@ class StateTable:
                 for n in names:
                     self._segments.pop(n, None)
             deleted, kept = self._vacuum()
-            return CompactionResult(self.spec.name, len(inputs), deleted, winners.num_rows, dropped, output, kept,
-                                    len(self._segments))
+            return CompactionResult(
+                self.spec.name, len(inputs), deleted, winners.num_rows, dropped, output, kept, len(self._segments)
+            )
 
     @property
     def version(self) -> tuple[frozenset[str], frozenset[str]]:
@@ -583,7 +610,13 @@ class StateTable:
             self.refresh()
             winners, _ = self._resolve_all()
             tombstones = (pc.sum(winners[DELETED]).as_py() or 0) if winners.num_rows else 0
-            return TableStats(self.spec.name, winners.num_rows - tombstones, tombstones,
-                              len(self._segments), self.small_file_count(),
-                              sum(s.size for s in self._segments.values()), dict(self.bad_files),
-                              len(self._superseded))
+            return TableStats(
+                self.spec.name,
+                winners.num_rows - tombstones,
+                tombstones,
+                len(self._segments),
+                self.small_file_count(),
+                sum(s.size for s in self._segments.values()),
+                dict(self.bad_files),
+                len(self._superseded),
+            )

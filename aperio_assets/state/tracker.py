@@ -1,4 +1,4 @@
-"""The ``IncrementalTracker`` interface (SPEC §6) and the semantics both stores share.
+"""The ``IncrementalTracker`` interface (DESIGN §6) and the semantics both stores share.
 
 Each store supplies a handful of storage primitives; everything users call — and so every rule of
 the legacy store (error rows still count as processed, TTL on ``processed_at``, canonical batch
@@ -102,19 +102,43 @@ class IncrementalTracker(ABC):
             self._write_status(rows)
         return len(rows)
 
-    def mark_processed(self, alternate: str, source_table: str, key_values: BatchKey,
-                       target_pattern: str | None = None, row_count: int | None = None,
-                       phase: str | None = None) -> None:
-        self.mark_many([{"alternate": alternate, "source_table": source_table, "key_values": key_values,
-                         "target_pattern": target_pattern, "row_count": row_count, "phase": phase}])
+    def mark_processed(
+        self,
+        alternate: str,
+        source_table: str,
+        key_values: BatchKey,
+        target_pattern: str | None = None,
+        row_count: int | None = None,
+        phase: str | None = None,
+    ) -> None:
+        self.mark_many(
+            [
+                {
+                    "alternate": alternate,
+                    "source_table": source_table,
+                    "key_values": key_values,
+                    "target_pattern": target_pattern,
+                    "row_count": row_count,
+                    "phase": phase,
+                }
+            ]
+        )
 
-    def mark_processed_with_error(self, alternate: str, source_table: str, key_values: BatchKey,
-                                  error_message: str) -> None:
-        self.mark_many([{"alternate": alternate, "source_table": source_table, "key_values": key_values,
-                         "error_message": error_message or "error"}])
+    def mark_processed_with_error(
+        self, alternate: str, source_table: str, key_values: BatchKey, error_message: str
+    ) -> None:
+        self.mark_many(
+            [
+                {
+                    "alternate": alternate,
+                    "source_table": source_table,
+                    "key_values": key_values,
+                    "error_message": error_message or "error",
+                }
+            ]
+        )
 
-    def filter_unprocessed(self, alternate: str, source_table: str,
-                           combos: Sequence[BatchKey]) -> list[int]:
+    def filter_unprocessed(self, alternate: str, source_table: str, combos: Sequence[BatchKey]) -> list[int]:
         """Indices of the combos that are not processed yet, in order."""
         keys = [canonical_key(c) for c in combos]
         existing = self._existing_keys(alternate, keys) if keys else set()
@@ -153,12 +177,24 @@ class IncrementalTracker(ABC):
         row = self._completion_row(pipeline)
         return row is not None and row["signature"] == signature
 
-    def mark_table_complete(self, pipeline: str, signature: str, config_hash: str | None = None,
-                            row_count: int = 0, source_file_watermark: int = 0) -> None:
-        self._write_completion({"pipeline_name": pipeline, "signature": signature,
-                                "config_hash": config_hash, "row_count": row_count,
-                                "source_file_watermark": source_file_watermark,
-                                "completed_at": now_ms()})
+    def mark_table_complete(
+        self,
+        pipeline: str,
+        signature: str,
+        config_hash: str | None = None,
+        row_count: int = 0,
+        source_file_watermark: int = 0,
+    ) -> None:
+        self._write_completion(
+            {
+                "pipeline_name": pipeline,
+                "signature": signature,
+                "config_hash": config_hash,
+                "row_count": row_count,
+                "source_file_watermark": source_file_watermark,
+                "completed_at": now_ms(),
+            }
+        )
 
     def invalidate_table_completion(self, pipeline: str) -> None:
         self._delete_completions([pipeline])

@@ -1,4 +1,4 @@
-"""One abstraction for every read and write of the lake and of ``.aperio/`` (SPEC §3)."""
+"""One abstraction for every read and write of the lake and of ``.aperio/`` (DESIGN §3)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ __all__ = [
 ]
 
 
-def open_storage(location: str, s3: S3Settings | None = None, *,
-                 aperio_root: str | None = None) -> StorageProvider:
+def open_storage(location: str, s3: S3Settings | None = None, *, aperio_root: str | None = None) -> StorageProvider:
     """The provider for ``location``'s kind of storage (local path or ``s3://`` URL)."""
     if is_s3_url(location):
         return S3Storage(s3 or S3Settings(), aperio_root=aperio_root)

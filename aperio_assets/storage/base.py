@@ -1,4 +1,4 @@
-"""The storage provider interface: every read and write of the lake and of ``.aperio/`` (SPEC §3)."""
+"""The storage provider interface: every read and write of the lake and of ``.aperio/`` (DESIGN §3)."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ class StorageProvider(ABC):
     def read_range(self, path: str, start: int, length: int) -> bytes:
         """``length`` bytes from offset ``start`` (fewer at the end of the file): one ranged GET on
         S3, so a Parquet footer is read without the file. Raises FileNotFoundError."""
-        return self.read_bytes(path)[start:start + length]
+        return self.read_bytes(path)[start : start + length]
 
     @abstractmethod
     def write_bytes(self, path: str, data: bytes) -> None:

@@ -59,8 +59,9 @@ class LocalStorage(StorageProvider):
                             st = entry.stat()
                         except FileNotFoundError:
                             continue  # removed while we listed
-                        entries.append(FileInfo(entry.path, 0 if entry.is_dir() else st.st_size,
-                                                st.st_mtime, None, entry.is_dir()))
+                        entries.append(
+                            FileInfo(entry.path, 0 if entry.is_dir() else st.st_size, st.st_mtime, None, entry.is_dir())
+                        )
             except (FileNotFoundError, NotADirectoryError):
                 return []
         entries.sort(key=lambda e: e.path)
@@ -122,8 +123,10 @@ class LocalStorage(StorageProvider):
             return False
         except OSError as exc:
             if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise StorageError(f"cannot create {path}: this filesystem does not support hard links, "
-                                   "which aperio needs for create-if-absent") from exc
+                raise StorageError(
+                    f"cannot create {path}: this filesystem does not support hard links, "
+                    "which aperio needs for create-if-absent"
+                ) from exc
             raise
         finally:
             with contextlib.suppress(FileNotFoundError):

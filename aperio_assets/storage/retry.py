@@ -1,4 +1,4 @@
-"""Retry with exponential backoff and full jitter, for transient storage errors only (SPEC §3)."""
+"""Retry with exponential backoff and full jitter, for transient storage errors only (DESIGN §3)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,18 @@ T = TypeVar("T")
 
 # S3 error codes that mean "try again later"; any 5xx status counts too.
 TRANSIENT_CODES = frozenset(
-    {"SlowDown", "RequestTimeout", "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
-     "Throttling", "ThrottlingException", "RequestLimitExceeded", "BandwidthLimitExceeded",
-     "OperationAborted"}
+    {
+        "SlowDown",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "OperationAborted",
+    }
 )
 
 
@@ -48,17 +57,27 @@ def is_transient(exc: BaseException) -> bool:
         ClientConnectionError = ClientPayloadError = ()  # type: ignore[assignment,misc]
     return isinstance(
         exc,
-        BotoConnectionError | HTTPClientError | ConnectionError | TimeoutError | asyncio.TimeoutError
-        | ClientConnectionError | ClientPayloadError,
+        BotoConnectionError
+        | HTTPClientError
+        | ConnectionError
+        | TimeoutError
+        | asyncio.TimeoutError
+        | ClientConnectionError
+        | ClientPayloadError,
     )
 
 
 class RetryPolicy:
     """``attempts`` tries in all; before try n+1 sleep a random time in [0, min(cap, base * 2**n)]."""
 
-    def __init__(self, attempts: int = 6, base_delay: float = 0.05, max_delay: float = 2.0,
-                 sleep: Callable[[float], None] = time.sleep,
-                 rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        attempts: int = 6,
+        base_delay: float = 0.05,
+        max_delay: float = 2.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -74,7 +93,13 @@ class RetryPolicy:
                 if n == self.attempts - 1 or not is_transient(exc):
                     raise
                 delay = self.rand() * min(self.max_delay, self.base_delay * 2**n)
-                log.debug("transient error on %s (try %d of %d), retrying in %.3fs: %s",
-                          what, n + 1, self.attempts, delay, exc)
+                log.debug(
+                    "transient error on %s (try %d of %d), retrying in %.3fs: %s",
+                    what,
+                    n + 1,
+                    self.attempts,
+                    delay,
+                    exc,
+                )
                 self.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover

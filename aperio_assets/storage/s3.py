@@ -18,8 +18,9 @@ from aperio_assets.errors import LocationNotFound, StorageError, StorageUnavaila
 from aperio_assets.storage.base import FileInfo, StorageProvider
 from aperio_assets.storage.retry import RetryPolicy, error_code, http_status, is_transient
 
-ACCESS_DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                                 "InvalidToken", "ExpiredToken", "AllAccessDisabled"})
+ACCESS_DENIED_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
+)
 # Requests that change the bucket: when every try of one fails without a clear "not applied", the
 # change may still have been made, and the error must say so.
 MUTATING_OPERATIONS = frozenset({"put_object", "copy_object", "delete_object", "delete_objects"})
@@ -59,8 +60,7 @@ def split_s3_url(location: str) -> tuple[str, str]:
 class S3Storage(StorageProvider):
     scheme = "s3"
 
-    def __init__(self, settings: S3Settings, aperio_root: str | None = None,
-                 retry: RetryPolicy | None = None) -> None:
+    def __init__(self, settings: S3Settings, aperio_root: str | None = None, retry: RetryPolicy | None = None) -> None:
         super().__init__(aperio_root)
         self.settings = settings
         self.retry = retry or RetryPolicy(attempts=settings.max_attempts)
@@ -109,8 +109,15 @@ class S3Storage(StorageProvider):
                 result = {**result, "Body": await body.read()}
         return result
 
-    def _request(self, kind: str, operation: str, *, passthrough: tuple[int, ...] = (),
-                 errors: list[BaseException] | None = None, **params: Any) -> dict[str, Any]:
+    def _request(
+        self,
+        kind: str,
+        operation: str,
+        *,
+        passthrough: tuple[int, ...] = (),
+        errors: list[BaseException] | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
         """Make one API call with retries; errors with a status in ``passthrough`` are re-raised as
         is. ``errors`` collects the error of every failed try."""
         from fsspec.asyn import sync
@@ -126,22 +133,23 @@ class S3Storage(StorageProvider):
                 raise
 
         try:
-            return self.retry.run(attempt, what=f"{operation} s3://{params.get('Bucket')}/"
-                                               f"{params.get('Key', params.get('Prefix', ''))}")
+            return self.retry.run(
+                attempt, what=f"{operation} s3://{params.get('Bucket')}/{params.get('Key', params.get('Prefix', ''))}"
+            )
         except Exception as exc:
             if http_status(exc) in passthrough:
                 raise
             error = self._translate(exc, operation, params)
-            if operation in MUTATING_OPERATIONS and is_transient(exc) \
-                    and not all(surely_not_applied(e) for e in tries):
+            if operation in MUTATING_OPERATIONS and is_transient(exc) and not all(surely_not_applied(e) for e in tries):
                 raise self._outcome_unknown(error, operation, params) from exc
             raise error from exc
 
     @staticmethod
     def _outcome_unknown(error: StorageError, operation: str, params: dict[str, Any]) -> WriteOutcomeUnknown:
         where = f"s3://{params.get('Bucket')}/{params.get('Key', '')}".rstrip("/")
-        return WriteOutcomeUnknown(f"{error}; {operation} {where} may or may not have been applied "
-                                   "(a try failed after the request was sent)")
+        return WriteOutcomeUnknown(
+            f"{error}; {operation} {where} may or may not have been applied (a try failed after the request was sent)"
+        )
 
     def _translate(self, exc: Exception, operation: str, params: dict[str, Any]) -> StorageError:
         from botocore.exceptions import NoCredentialsError, PartialCredentialsError
@@ -153,17 +161,23 @@ class S3Storage(StorageProvider):
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
             return StorageUnavailable(
                 f"no AWS credentials for bucket '{bucket}' at {endpoint}: set AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+            )
         if code in ACCESS_DENIED_CODES or status == 403:
-            return StorageUnavailable(f"access denied to bucket '{bucket}' at {endpoint} ({code}): "
-                                      "check the AWS credentials and the bucket policy")
+            return StorageUnavailable(
+                f"access denied to bucket '{bucket}' at {endpoint} ({code}): "
+                "check the AWS credentials and the bucket policy"
+            )
         if code == "NoSuchBucket":
             return LocationNotFound(f"bucket '{bucket}' does not exist at {endpoint}")
         if is_transient(exc):
-            return StorageUnavailable(f"cannot reach {endpoint} for bucket '{bucket}' "
-                                      f"({self.retry.attempts} tries): {code or type(exc).__name__}")
-        return StorageError(f"{operation} {where} failed at {endpoint}: "
-                            f"{code or type(exc).__name__} {status or ''}".rstrip())
+            return StorageUnavailable(
+                f"cannot reach {endpoint} for bucket '{bucket}' "
+                f"({self.retry.attempts} tries): {code or type(exc).__name__}"
+            )
+        return StorageError(
+            f"{operation} {where} failed at {endpoint}: {code or type(exc).__name__} {status or ''}".rstrip()
+        )
 
     # -- operations ------------------------------------------------------------------------------
     def list(self, prefix: str, *, recursive: bool = False) -> list[FileInfo]:
@@ -177,11 +191,16 @@ class S3Storage(StorageProvider):
             for obj in page.get("Contents", ()):
                 if obj["Key"].endswith("/"):
                     continue  # a zero-byte "folder" marker, not a file
-                entries.append(FileInfo(f"s3://{bucket}/{obj['Key']}", obj["Size"],
-                                        obj["LastModified"].timestamp(), obj.get("ETag", "").strip('"')))
+                entries.append(
+                    FileInfo(
+                        f"s3://{bucket}/{obj['Key']}",
+                        obj["Size"],
+                        obj["LastModified"].timestamp(),
+                        obj.get("ETag", "").strip('"'),
+                    )
+                )
             for common in page.get("CommonPrefixes", ()):
-                entries.append(FileInfo(f"s3://{bucket}/{common['Prefix'].rstrip('/')}", 0, 0.0,
-                                        None, True))
+                entries.append(FileInfo(f"s3://{bucket}/{common['Prefix'].rstrip('/')}", 0, 0.0, None, True))
             if not page.get("IsTruncated"):
                 break
             params["ContinuationToken"] = page["NextContinuationToken"]
@@ -196,8 +215,7 @@ class S3Storage(StorageProvider):
             if http_status(exc) == 404:
                 return None
             raise
-        return FileInfo(path, head["ContentLength"], head["LastModified"].timestamp(),
-                        head.get("ETag", "").strip('"'))
+        return FileInfo(path, head["ContentLength"], head["LastModified"].timestamp(), head.get("ETag", "").strip('"'))
 
     def read_bytes(self, path: str) -> bytes:
         bucket, key = split_s3_url(path)
@@ -215,8 +233,14 @@ class S3Storage(StorageProvider):
         if length <= 0:
             return b""
         try:
-            return self._request("GET", "get_object", passthrough=(404, 416), Bucket=bucket, Key=key,
-                                 Range=f"bytes={start}-{start + length - 1}")["Body"]
+            return self._request(
+                "GET",
+                "get_object",
+                passthrough=(404, 416),
+                Bucket=bucket,
+                Key=key,
+                Range=f"bytes={start}-{start + length - 1}",
+            )["Body"]
         except Exception as exc:
             if http_status(exc) == 416:
                 return b""  # the range starts past the end
@@ -241,8 +265,16 @@ class S3Storage(StorageProvider):
         bucket, key = split_s3_url(path)
         put_id = uuid.uuid4().hex
         try:
-            self._request("PUT", "put_object", passthrough=(412,), Bucket=bucket, Key=key, Body=data,
-                          IfNoneMatch="*", Metadata={PUT_ID_METADATA: put_id})
+            self._request(
+                "PUT",
+                "put_object",
+                passthrough=(412,),
+                Bucket=bucket,
+                Key=key,
+                Body=data,
+                IfNoneMatch="*",
+                Metadata={PUT_ID_METADATA: put_id},
+            )
             return True
         except WriteOutcomeUnknown as unknown:
             # Every try failed after sending: ask the bucket (if it answers) whose object it is.
@@ -259,11 +291,15 @@ class S3Storage(StorageProvider):
             try:
                 exists, stored = self._put_id(bucket, key)
             except StorageError as verify:
-                raise WriteOutcomeUnknown(f"create of {path} met 412 and the object could not be read back "
-                                          f"({verify}); it may or may not be this writer's") from exc
+                raise WriteOutcomeUnknown(
+                    f"create of {path} met 412 and the object could not be read back "
+                    f"({verify}); it may or may not be this writer's"
+                ) from exc
             if not exists:  # there at the 412, gone now (deleted after a compaction, say): whose was it?
-                raise WriteOutcomeUnknown(f"create of {path} met 412 but the object was gone when read back; "
-                                          "the write may or may not have been applied") from exc
+                raise WriteOutcomeUnknown(
+                    f"create of {path} met 412 but the object was gone when read back; "
+                    "the write may or may not have been applied"
+                ) from exc
             return stored == put_id
 
     def _put_id(self, bucket: str, key: str) -> tuple[bool, str | None]:
@@ -288,20 +324,25 @@ class S3Storage(StorageProvider):
             by_bucket.setdefault(bucket, []).append(key)
         for bucket, keys in by_bucket.items():
             for start in range(0, len(keys), 1000):
-                chunk = keys[start:start + 1000]
-                response = self._request("DELETE", "delete_objects", Bucket=bucket,
-                                         Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+                chunk = keys[start : start + 1000]
+                response = self._request(
+                    "DELETE",
+                    "delete_objects",
+                    Bucket=bucket,
+                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+                )
                 errors = [e for e in response.get("Errors", []) if e.get("Code") != "NoSuchKey"]
                 if errors:
                     first = errors[0]
-                    raise StorageError(f"could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} "
-                                       f"{first.get('Message', '')} (and {len(errors) - 1} more)".rstrip())
+                    raise StorageError(
+                        f"could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} "
+                        f"{first.get('Message', '')} (and {len(errors) - 1} more)".rstrip()
+                    )
 
     def move(self, source: str, target: str) -> None:
         src_bucket, src_key = split_s3_url(source)
         bucket, key = split_s3_url(target)
-        self._request("PUT", "copy_object", Bucket=bucket, Key=key,
-                      CopySource={"Bucket": src_bucket, "Key": src_key})
+        self._request("PUT", "copy_object", Bucket=bucket, Key=key, CopySource={"Bucket": src_bucket, "Key": src_key})
         self.delete(source)
 
     def _transfer(self, kind: str, location: str, call: Callable[[], Any], requests: int = 1) -> None:
@@ -352,8 +393,7 @@ class S3Storage(StorageProvider):
             self._request("HEAD", "head_bucket", passthrough=(404,), Bucket=bucket)
         except Exception as exc:
             if http_status(exc) == 404:
-                raise LocationNotFound(f"bucket '{bucket}' does not exist at {self.endpoint_label}") \
-                    from None
+                raise LocationNotFound(f"bucket '{bucket}' does not exist at {self.endpoint_label}") from None
             raise
 
     def set_send_hook(self, hook: Callable[..., Any]) -> None:
