@@ -27,6 +27,9 @@ class Lake:
 
     def __init__(self, config: AperioConfig) -> None:
         self.config = config
+        # The shared state tables opened on this lake, by directory (``state.access`` fills it): a
+        # table read twice in one step (an asset, then its IO manager) fetches only the new files.
+        self.state_tables: dict[str, object] = {}
 
     @cached_property
     def storage(self) -> StorageProvider:

@@ -608,7 +608,7 @@ def run_deployment(
     killed_at = time.time()
     in_progress = [e.step_key for e in instance.all_logs(killed_id, of_type=dg.DagsterEventType.STEP_START)]
     done = [e.step_key for e in instance.all_logs(killed_id, of_type=dg.DagsterEventType.STEP_SUCCESS)]
-    assert in_progress == ["flights__conversion_lineage"] and not done, (in_progress, done)  # killed converting
+    assert in_progress == ["flights__batches"] and not done, (in_progress, done)  # killed converting
     failed = watch.until(
         "the killed run to be marked FAILED",
         lambda: (r := instance.get_run_record_by_id(killed_id)) and r.dagster_run.is_finished and r,
@@ -657,7 +657,7 @@ def run_deployment(
         "why": failure_messages(instance, killed_id),
         "retry": retry[0].dagster_run.run_id,
         "retry worker pid": worker_pid(instance, retry[0].dagster_run.run_id),
-        "retry converted in (s)": step_seconds(instance, retry[0].dagster_run.run_id, "flights__conversion_lineage"),
+        "retry converted in (s)": step_seconds(instance, retry[0].dagster_run.run_id, "flights__batches"),
         "catalog runs after the retry": {r.dagster_run.run_id: checks_passed(instance, [r]) for r in after_retry},
     }
     return proof

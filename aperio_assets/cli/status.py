@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from aperio_assets.cli.output import console, human_bytes, print_json
 from aperio_assets.lake import open_lake
-from aperio_assets.status import lake_status
+from aperio_assets.state.maintenance import TableHealth
+from aperio_assets.status import FilesSummary, LakeStatus, lake_status
 
 
 def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -16,8 +18,59 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     parser.set_defaults(handler=run)
 
 
+def table_json(health: TableHealth) -> dict[str, Any]:
+    stats = health.stats
+    return {
+        "liveRows": stats.live_rows,
+        "tombstones": stats.tombstones,
+        "files": stats.files,
+        "smallFiles": stats.small_files,
+        "smallFileLimit": health.small_file_limit,
+        "bytes": stats.bytes,
+        "supersededFiles": stats.superseded_files,
+        "unreadableFiles": sorted(stats.bad_files),
+    }
+
+
+def _files_json(summary: FilesSummary) -> dict[str, int]:
+    return {"files": summary.files, "bytes": summary.bytes}
+
+
+def status_json(status: LakeStatus) -> dict[str, Any]:
+    """``aperio status --json``: the report's shape (camelCase keys) is the CLI's."""
+    report: dict[str, Any] = {
+        "config": status.config,
+        "baseDirectory": status.base_directory,
+        "aperioDirectory": status.aperio_directory,
+        "legacyDirectory": status.legacy_directory,
+        "stateStorage": status.state_storage,
+        "storage": status.storage,
+    }
+    if status.s3_endpoint is not None:
+        report["s3"] = {"endpoint_url": status.s3_endpoint[0], "region": status.s3_endpoint[1]}
+    report |= {
+        "aperioDirectoryExists": status.aperio_directory_exists,
+        "root": {name: _files_json(s) for name, s in status.root.items()},
+        "legacyCatalog": status.legacy_catalog,
+        "migrations": status.migrations,
+        "catalogStateTables": {name: table_json(h) for name, h in status.catalog_state_tables.items()},
+        "schemas": [
+            {
+                "name": schema.name,
+                "directory": schema.directory,
+                "stateStorage": schema.state_storage,
+                "legacyFiles": schema.legacy_files,
+                "stateTables": {name: table_json(h) for name, h in schema.state_tables.items()},
+                "other": {name: _files_json(s) for name, s in schema.other.items()},
+            }
+            for schema in status.schemas
+        ],
+    }
+    return report
+
+
 def run(args: argparse.Namespace) -> int:
-    report = lake_status(open_lake(args.config))
+    report = status_json(lake_status(open_lake(args.config)))
     if args.json:
         print_json(report)
         return 0

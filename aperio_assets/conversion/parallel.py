@@ -86,7 +86,7 @@ def convert_in_workers(
 ) -> tuple[set[str], set[Key]]:
     """Convert ``todo`` in worker processes; ``lineage`` and ``run.result`` are updated as if the
     parent had converted them. Returns the replaced targets and the batches the workers marked."""
-    parts = shares(todo, workers, remote=run.files_in_flight > 1)
+    parts = shares(todo, workers, remote=run.remote)  # (not files_in_flight: it may be set to 1)
     if len(parts) <= 1:
         return run.convert(todo, lineage, sink), set()
     discovery = run.discovery

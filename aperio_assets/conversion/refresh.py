@@ -159,15 +159,19 @@ class SchemaRefresh:
         return self._discovery
 
     @property
+    def remote(self) -> bool:
+        """The raw files or ``tables/`` are on S3: a conversion is then mostly waiting on requests."""
+        return (
+            self.raw_storage.local_path(self.schema.directory) is None
+            or self.storage.local_path(self.tables_root) is None
+        )
+
+    @property
     def files_in_flight(self) -> int:
         """Conversions at once in this process: several when either side is S3 (a file is mostly
         waiting on requests there), one on local disk (a conversion is CPU, and Polars already
         uses every core for it)."""
-        remote = (
-            self.raw_storage.local_path(self.schema.directory) is None
-            or self.storage.local_path(self.tables_root) is None
-        )
-        if not remote:
+        if not self.remote:
             return 1
         configured = os.environ.get(FILES_IN_FLIGHT_ENV, "")
         return int(configured) if configured.isdigit() and int(configured) > 0 else S3_FILES_IN_FLIGHT

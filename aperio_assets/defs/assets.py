@@ -16,12 +16,13 @@ import polars as pl
 from aperio_assets import layout
 from aperio_assets.catalog.views import ViewStore
 from aperio_assets.config import SchemaConfig
-from aperio_assets.conversion.batches import convert_batches, finish_schema, mark_batches, select_batches
+from aperio_assets.conversion.batches import Batch, convert_batches, finish_schema, mark_batches, select_batches
 from aperio_assets.conversion.refresh import FileOutcome, SchemaRefresh
 from aperio_assets.defs.io_managers import state_table_metadata
 from aperio_assets.defs.partitions import AssetJob, batch_policy, batches_job_name, batches_partitions
 from aperio_assets.defs.resources import AperioResource
-from aperio_assets.state.access import to_frame
+from aperio_assets.state.access import StateAccess, to_frame
+from aperio_assets.state.lineage import Row
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, VIEWS
 
 STATE_IO_MANAGER = "aperio_state_io"
@@ -60,6 +61,99 @@ def _refresh(context: dg.AssetExecutionContext, aperio: AperioResource, schema: 
     return SchemaRefresh(aperio.lake(), aperio.lake().schema(schema), progress=context.log.debug)
 
 
+LINEAGE_OUTPUT = "conversion_lineage"
+STATUS_OUTPUT = "partition_status"
+
+
+def batches_step_name(schema: str) -> str:
+    """The op (and step key) that converts and marks a schema's batches."""
+    return f"{schema}__batches"
+
+
+def _convert_output(
+    context: dg.AssetExecutionContext,
+    run: SchemaRefresh,
+    state: StateAccess,
+    selected: dict[str, Batch],
+    unknown: list[str],
+    lineage: dict[str, Row],
+) -> dg.Output[pl.DataFrame]:
+    """Convert what the selected batches need; ``lineage`` is updated in place."""
+    name = run.schema.name
+    files_before = state.file_count()  # before the groups below are written
+    written = {"rows": 0, "deletes": 0}
+
+    def record(rows: list, gone: list) -> None:
+        # Each group of conversions is recorded as it completes (as the CLI does), so a run
+        # killed midway keeps the lineage of what it converted; the IO manager has nothing left.
+        state.apply(rows, [(p,) for p in gone])
+        written["rows"] += len(rows)
+        written["deletes"] += len(gone)
+
+    convert_batches(run, selected, lineage, record)
+    paths = {f.path for b in selected.values() for f in b.files}
+    outcomes = [o for o in run.result.files if o.source in paths]
+    counts = {f"files {s}": sum(1 for o in outcomes if o.status == s) for s in FILE_STATES}
+    summary = _markdown_table(("batches", *FILE_STATES), [(len(selected), *counts.values())])
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        context.log.warning(
+            f"{len(failed)} file(s) of schema {name} failed to convert; their batches are marked failed"
+        )
+    recorded = {"rows written": written["rows"], "rows deleted": written["deletes"]}
+    if files_before is not None:
+        recorded["state files before"] = files_before
+    if unknown:
+        recorded["batches gone"] = dg.MetadataValue.json(unknown)
+    # Nothing is left for the IO manager to write: it adds the table's row count and file count.
+    return dg.Output(
+        to_frame(CONVERSIONS, [], []),
+        output_name=LINEAGE_OUTPUT,
+        metadata={
+            **counts,
+            "batches": len(selected),
+            **recorded,
+            "summary": dg.MetadataValue.md(summary + _failures_markdown(failed)),
+        },
+    )
+
+
+def _status_output(
+    context: dg.AssetExecutionContext,
+    run: SchemaRefresh,
+    status: StateAccess,
+    selected: dict[str, Batch],
+    lineage: dict[str, Row],
+) -> dg.Output[pl.DataFrame]:
+    """The selected batches' marks, as the output; raises ``dg.Failure`` (the marks recorded, the good
+    batches reported materialized) when a batch has a file that failed."""
+    name = run.schema.name
+    marks, failed = mark_batches(run, selected, lineage, status.rows())
+    counts: dict[str, object] = {
+        f"batches {s}": sum(1 for o in run.result.batches if o.status == s) for s in BATCH_STATES
+    }
+    per_table: dict[str, dict[str, int]] = {}
+    for outcome in run.result.batches:
+        per_table.setdefault(outcome.table, dict.fromkeys(BATCH_STATES, 0))[outcome.status] += 1
+    counts["summary"] = dg.MetadataValue.md(
+        _markdown_table(("table", *BATCH_STATES), [(t, *c.values()) for t, c in sorted(per_table.items())])
+        or "no batches"
+    )
+    if failed:
+        # The marks (errors included) are recorded, the good batches reported materialized, and
+        # the step fails: the failed batches show as failed partitions, to be retried alone.
+        status.apply(marks, [])
+        for key in context.partition_keys:
+            if key not in failed:
+                context.log_event(dg.AssetMaterialization(status_key(name), partition=key))
+        raise dg.Failure(
+            description=f"{len(failed)} batch(es) of schema {name} failed: "
+            + "; ".join(f"{k}: {e}" for k, e in sorted(failed.items())[:10]),
+            metadata={"failed batches": dg.MetadataValue.json(failed), **counts},
+        )
+    return dg.Output(to_frame(PARTITION_STATUS, marks, []), output_name=STATUS_OUTPUT, metadata=counts)
+
+
 # The model and the views follow their batches: once per wave of batch runs (after every run of the
 # wave has finished, failed batches included: one bad file must not hold back the catalog), run by
 # Dagster's automation sensor (``aperio_automation_sensor``), or at the end of
@@ -80,98 +174,48 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
     }
     batches = batches_partitions(name)
 
-    @dg.asset(
-        key=lineage_key(name),
-        io_manager_key=STATE_IO_MANAGER,
+    @dg.multi_asset(
+        name=batches_step_name(name),
+        outs={
+            LINEAGE_OUTPUT: dg.AssetOut(
+                key=lineage_key(name),
+                is_required=False,  # (either asset may be selected alone)
+                io_manager_key=STATE_IO_MANAGER,
+                metadata=state_table_metadata(name, CONVERSIONS.name),
+                description=f"Conversion lineage of schema {name}, per batch: converts the batch's new and changed "
+                "raw files to Parquet and records source → target, size, mtime, etag and row count.",
+                kinds=common["kinds"],
+            ),
+            STATUS_OUTPUT: dg.AssetOut(
+                key=status_key(name),
+                is_required=False,
+                io_manager_key=STATE_IO_MANAGER,
+                metadata=state_table_metadata(name, PARTITION_STATUS.name),
+                description=f"Partition status of schema {name}: one row per batch (Hive partition) of every "
+                "table, re-marked when its files changed. A batch with a file that failed to convert "
+                "is marked in error and its partition fails.",
+                kinds=common["kinds"],
+            ),
+        },
+        internal_asset_deps={STATUS_OUTPUT: {lineage_key(name)}},
         partitions_def=batches,
         backfill_policy=batch_policy(),
-        metadata=state_table_metadata(name, CONVERSIONS.name),
-        description=f"Conversion lineage of schema {name}, per batch: converts the batch's new and changed "
-        "raw files to Parquet and records source → target, size, mtime, etag and row count.",
-        **common,
+        can_subset=True,
+        group_name=name,
+        description=f"Converts and marks a range of schema {name}'s batches in one step: the schema is listed "
+        "once and each state table read once for both assets.",
     )
-    def conversion_lineage(context: dg.AssetExecutionContext, aperio: AperioResource) -> dg.Output[pl.DataFrame]:
+    def batches_step(context: dg.AssetExecutionContext, aperio: AperioResource):  # yields its outputs
+        # One step for both assets: one listing of the schema and one read of each state table serve
+        # the conversions and the marks (DESIGN §9). Either asset may be selected alone.
         run = _refresh(context, aperio, name)
-        state = aperio.state(name, CONVERSIONS.name)
-        files_before = state.file_count()  # before the groups below are written
-        lineage = {r["source_path"]: r for r in state.rows()}
         selected, unknown = select_batches(run, context.partition_keys)
-        written = {"rows": 0, "deletes": 0}
-
-        def record(rows: list, gone: list) -> None:
-            # Each group of conversions is recorded as it completes (as the CLI does), so a run
-            # killed midway keeps the lineage of what it converted; the IO manager has nothing left.
-            state.apply(rows, [(p,) for p in gone])
-            written["rows"] += len(rows)
-            written["deletes"] += len(gone)
-
-        convert_batches(run, selected, lineage, record)
-        paths = {f.path for b in selected.values() for f in b.files}
-        outcomes = [o for o in run.result.files if o.source in paths]
-        counts = {f"files {s}": sum(1 for o in outcomes if o.status == s) for s in FILE_STATES}
-        summary = _markdown_table(("batches", *FILE_STATES), [(len(selected), *counts.values())])
-        failed = [o for o in outcomes if o.status == "failed"]
-        if failed:
-            context.log.warning(
-                f"{len(failed)} file(s) of schema {name} failed to convert; their batches are marked failed"
-            )
-        recorded = {"rows written": written["rows"], "rows deleted": written["deletes"]}
-        if files_before is not None:
-            recorded["state files before"] = files_before
-        if unknown:
-            recorded["batches gone"] = dg.MetadataValue.json(unknown)
-        # Nothing is left for the IO manager to write: it adds the table's row count and file count.
-        return dg.Output(
-            to_frame(CONVERSIONS, [], []),
-            metadata={
-                **counts,
-                "batches": len(selected),
-                **recorded,
-                "summary": dg.MetadataValue.md(summary + _failures_markdown(failed)),
-            },
-        )
-
-    @dg.asset(
-        key=status_key(name),
-        io_manager_key=STATE_IO_MANAGER,
-        partitions_def=batches,
-        backfill_policy=batch_policy(),
-        deps=[lineage_key(name)],
-        metadata=state_table_metadata(name, PARTITION_STATUS.name),
-        description=f"Partition status of schema {name}: one row per batch (Hive partition) of every "
-        "table, re-marked when its files changed. A batch with a file that failed to convert "
-        "is marked in error and its partition fails.",
-        **common,
-    )
-    def partition_status(context: dg.AssetExecutionContext, aperio: AperioResource) -> dg.Output[pl.DataFrame]:
-        run = _refresh(context, aperio, name)
-        lineage = {r["source_path"]: r for r in aperio.state(name, CONVERSIONS.name).rows()}
-        selected, _ = select_batches(run, context.partition_keys)
-        status = aperio.state(name, PARTITION_STATUS.name)
-        marks, failed = mark_batches(run, selected, lineage, status.rows())
-        counts: dict[str, object] = {
-            f"batches {s}": sum(1 for o in run.result.batches if o.status == s) for s in BATCH_STATES
-        }
-        per_table: dict[str, dict[str, int]] = {}
-        for outcome in run.result.batches:
-            per_table.setdefault(outcome.table, dict.fromkeys(BATCH_STATES, 0))[outcome.status] += 1
-        counts["summary"] = dg.MetadataValue.md(
-            _markdown_table(("table", *BATCH_STATES), [(t, *c.values()) for t, c in sorted(per_table.items())])
-            or "no batches"
-        )
-        if failed:
-            # The marks (errors included) are recorded, the good batches reported materialized, and
-            # the step fails: the failed batches show as failed partitions, to be retried alone.
-            status.apply(marks, [])
-            for key in context.partition_keys:
-                if key not in failed:
-                    context.log_event(dg.AssetMaterialization(context.asset_key, partition=key))
-            raise dg.Failure(
-                description=f"{len(failed)} batch(es) of schema {name} failed: "
-                + "; ".join(f"{k}: {e}" for k, e in sorted(failed.items())[:10]),
-                metadata={"failed batches": dg.MetadataValue.json(failed), **counts},
-            )
-        return dg.Output(to_frame(PARTITION_STATUS, marks, []), metadata=counts)
+        conversions = aperio.state(name, CONVERSIONS.name)
+        lineage = {r["source_path"]: r for r in conversions.rows()}
+        if lineage_key(name) in context.selected_asset_keys:
+            yield _convert_output(context, run, conversions, selected, unknown, lineage)
+        if status_key(name) in context.selected_asset_keys:
+            yield _status_output(context, run, aperio.state(name, PARTITION_STATUS.name), selected, lineage)
 
     @dg.asset(
         key=model_key(name),
@@ -204,7 +248,7 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
             }
         )
 
-    return [conversion_lineage, partition_status, generated_model]
+    return [batches_step, generated_model]
 
 
 def batches_job(schema: str) -> AssetJob:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 
 import dagster as dg
 import duckdb
@@ -22,12 +24,21 @@ class AperioResource(dg.ConfigurableResource):
 
     config_path: str
     _lake: Lake | None = PrivateAttr(default=None)
+    _run_id: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._run_id = context.run_id
 
     def lake(self) -> Lake:
-        # One Lake per resource instance (a run, a sensor tick): the config is read and the
-        # schemas discovered once, not per call.
+        # One Lake per run in a process (a sensor tick: per resource instance): the config is read,
+        # the schemas discovered and each state table opened once. Dagster hands the IO manager its
+        # own copy of this resource: keyed by run, both copies share the step's Lake, so the IO
+        # manager's reads of a state table fetch only the files the step did not read.
         if self._lake is None:
-            self._lake = open_lake(self.config_path)
+            if self._run_id is None:
+                self._lake = open_lake(self.config_path)
+            else:
+                self._lake = _run_lake(self._run_id, self.config_path)
         return self._lake
 
     def storage(self) -> StorageProvider:
@@ -46,6 +57,22 @@ class AperioResource(dg.ConfigurableResource):
     def catalog(self) -> tuple[duckdb.DuckDBPyConnection, CatalogReport]:
         """An in-memory DuckDB catalog of the lake, and the report of what registered."""
         return open_catalog(self.lake())
+
+
+_RUN_LAKES: OrderedDict[tuple[str, str], Lake] = OrderedDict()
+_RUN_LAKES_KEPT = 4  # runs executed in one process (in-process runs, the launcher) do not pile up
+_RUN_LAKES_LOCK = threading.Lock()
+
+
+def _run_lake(run_id: str, config_path: str) -> Lake:
+    with _RUN_LAKES_LOCK:
+        key = (run_id, config_path)
+        lake = _RUN_LAKES.get(key)
+        if lake is None:
+            lake = _RUN_LAKES[key] = open_lake(config_path)
+            while len(_RUN_LAKES) > _RUN_LAKES_KEPT:
+                _RUN_LAKES.popitem(last=False)
+        return lake
 
 
 def default_aperio_resource() -> AperioResource:

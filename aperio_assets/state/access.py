@@ -107,9 +107,7 @@ def open_state(lake: Lake, schema: str | None, name: str) -> StateAccess:
         raise ValueError(f"unknown state table {name!r} (one of {', '.join(SPECS)})")
     spec = SPECS[name]
     if spec is VIEWS:
-        return SharedStateAccess(
-            open_state_table(lake.storage, lake.storage.aperio_path(None, layout.VIEWS), VIEWS, lake.config.compaction)
-        )
+        return SharedStateAccess(shared_table(lake, lake.storage.aperio_path(None, layout.VIEWS), VIEWS))
     if schema is None:
         raise ValueError(f"state table {name} belongs to a schema")
     if lake.schema(schema).state_storage == "local":
@@ -118,8 +116,17 @@ def open_state(lake: Lake, schema: str | None, name: str) -> StateAccess:
         return LocalStatusAccess(
             DuckDBPartitionStatusStore(lake.local_state_path(schema, layout.LEGACY_PARTITION_STATUS)), spec
         )
-    directory = lake.storage.aperio_path(schema, spec.name)
-    return SharedStateAccess(open_state_table(lake.storage, directory, spec, lake.config.compaction))
+    return SharedStateAccess(shared_table(lake, lake.storage.aperio_path(schema, spec.name), spec))
+
+
+def shared_table(lake: Lake, directory: str, spec: TableSpec) -> StateTable:
+    """The state table in ``directory``, opened once per Lake: its files are immutable, so a later
+    read costs one LIST and a GET of each file it has not read yet (its own writes included)."""
+    table = lake.state_tables.get(directory)
+    if not isinstance(table, StateTable) or table.spec is not spec:
+        table = open_state_table(lake.storage, directory, spec, lake.config.compaction)
+        lake.state_tables[directory] = table
+    return table
 
 
 # -- Polars frames (what Dagster assets hand to and get from the IO manager) --------------------

@@ -49,25 +49,20 @@ def compact_lake(lake: Lake, schema: str | None = None) -> list[dict[str, Any]]:
     return results
 
 
-def _stats_dict(stats: TableStats, limit: int) -> dict[str, Any]:
-    return {
-        "liveRows": stats.live_rows,
-        "tombstones": stats.tombstones,
-        "files": stats.files,
-        "smallFiles": stats.small_files,
-        "smallFileLimit": limit,
-        "bytes": stats.bytes,
-        "supersededFiles": stats.superseded_files,
-        "unreadableFiles": sorted(stats.bad_files),
-    }
+@dataclass(frozen=True)
+class TableHealth:
+    """A state table's figures and the small-file limit it is held to (0: none, a legacy file)."""
+
+    stats: TableStats
+    small_file_limit: int
 
 
-def state_health(lake: Lake, schema: str | None = None) -> dict[str | None, dict[str, dict[str, Any]]]:
+def state_health(lake: Lake, schema: str | None = None) -> dict[str | None, dict[str, TableHealth]]:
     """Per schema (None: lake-wide) and state table: rows, files, small files, bytes, unreadable
     files. Local-mode schemas report their DuckDB file, without creating or upgrading it."""
-    report: dict[str | None, dict[str, dict[str, Any]]] = {}
+    report: dict[str | None, dict[str, TableHealth]] = {}
     for entry in shared_state_tables(lake, schema):
-        report.setdefault(entry.schema, {})[entry.table.spec.name] = _stats_dict(
+        report.setdefault(entry.schema, {})[entry.table.spec.name] = TableHealth(
             entry.table.stats(), entry.table.max_small_files
         )
     for schema_config in lake.select_schemas(schema):
@@ -75,7 +70,7 @@ def state_health(lake: Lake, schema: str | None = None) -> dict[str | None, dict
             path = lake.local_state_path(schema_config.name, layout.LEGACY_PARTITION_STATUS)
             if os.path.exists(path):
                 for stats in DuckDBPartitionStatusStore(path).stats():
-                    report.setdefault(schema_config.name, {})[stats.table] = _stats_dict(stats, 0)
+                    report.setdefault(schema_config.name, {})[stats.table] = TableHealth(stats, 0)
     return report
 
 
