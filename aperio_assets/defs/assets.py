@@ -21,7 +21,8 @@ from aperio_assets.conversion.refresh import FileOutcome, SchemaRefresh
 from aperio_assets.defs.io_managers import state_table_metadata
 from aperio_assets.defs.partitions import AssetJob, batch_policy, batches_job_name, batches_partitions
 from aperio_assets.defs.resources import AperioResource
-from aperio_assets.state.access import StateAccess, to_frame
+from aperio_assets.state.access import StateAccess
+from aperio_assets.state.frames import to_frame
 from aperio_assets.state.lineage import Row
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, VIEWS
 

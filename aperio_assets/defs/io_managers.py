@@ -17,7 +17,8 @@ import dagster as dg
 import polars as pl
 
 from aperio_assets.defs.resources import AperioResource
-from aperio_assets.state.access import StateAccess, from_frame, rows_frame
+from aperio_assets.state.access import StateAccess
+from aperio_assets.state.frames import from_frame, rows_frame
 
 SCHEMA_KEY = "aperio/schema"
 TABLE_KEY = "aperio/state_table"

@@ -39,7 +39,7 @@ from aperio_assets.migration.legacy import (
     read_conversions,
     read_partition_status,
 )
-from aperio_assets.state.parquet_tracker import open_state_table
+from aperio_assets.state.access import schema_table
 from aperio_assets.state.spec import DELETED, TS, WRITER, TableSpec
 from aperio_assets.state.table import StateTable
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION
@@ -155,8 +155,7 @@ class Migrator:
 
     # -- one kind --------------------------------------------------------------------------------
     def _state_table(self, schema: str, spec: TableSpec) -> StateTable:
-        directory = self.storage.aperio_path(schema, spec.name)
-        return open_state_table(self.storage, directory, spec, self.lake.config.compaction)
+        return schema_table(self.lake, schema, spec)
 
     def _migrate_kind(self, schema: str, kind: str, rows: list[dict[str, Any]], source: LegacyFile) -> KindResult:
         spec, stamp_column = KINDS[kind]

@@ -5,15 +5,20 @@ Public entry points: :func:`open_tracker` (and, with the conversion issue, ``ope
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from aperio_assets import layout
 from aperio_assets.lake import ConfigLike, Lake, open_lake
-from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
+from aperio_assets.state.access import is_shared, schema_table
 from aperio_assets.state.keys import canonical_key
 from aperio_assets.state.lineage import ConversionLineage, JsonLineage, ParquetLineage
-from aperio_assets.state.parquet_tracker import ParquetPartitionStatusStore, open_state_table
+from aperio_assets.state.parquet_tracker import ParquetPartitionStatusStore
 from aperio_assets.state.table import CompactionResult, StateTable, TableStats
 from aperio_assets.state.tables import CONVERSIONS
 from aperio_assets.state.tracker import IncrementalTracker
+
+if TYPE_CHECKING:
+    from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
 
 __all__ = [
     "CompactionResult",
@@ -29,6 +34,16 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    # The legacy store is imported when first named: a shared-mode process never imports DuckDB for
+    # its tracker (a fresh process's first lookup pays every import it makes).
+    if name == "DuckDBPartitionStatusStore":
+        from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
+
+        return DuckDBPartitionStatusStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def open_tracker(
     config_or_path: ConfigLike | Lake, schema: str, *, max_staleness_seconds: float = 0.0
 ) -> IncrementalTracker:
@@ -37,8 +52,9 @@ def open_tracker(
     unless ``max_staleness_seconds`` allows a recent listing to be reused (one LIST per read adds up
     on S3 for a caller that reads in a loop)."""
     lake = open_lake(config_or_path)
-    schema_config = lake.schema(schema)
-    if schema_config.state_storage == "local":
+    if not is_shared(lake, schema):
+        from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
+
         return DuckDBPartitionStatusStore(lake.local_state_path(schema, layout.LEGACY_PARTITION_STATUS))
     return ParquetPartitionStatusStore(
         lake.storage, schema, lake.config.compaction, max_staleness_seconds=max_staleness_seconds
@@ -49,8 +65,6 @@ def open_lineage(config_or_path: ConfigLike | Lake, schema: str) -> ConversionLi
     """The schema's conversion lineage: the ``conversions`` state table (shared) or the legacy
     ``.conversions.json`` with its lock file (local)."""
     lake = open_lake(config_or_path)
-    schema_config = lake.schema(schema)
-    if schema_config.state_storage == "local":
+    if not is_shared(lake, schema):
         return JsonLineage(lake.local_state_path(schema, layout.LEGACY_CONVERSIONS))
-    directory = lake.storage.aperio_path(schema, layout.CONVERSIONS)
-    return ParquetLineage(open_state_table(lake.storage, directory, CONVERSIONS, lake.config.compaction))
+    return ParquetLineage(schema_table(lake, schema, CONVERSIONS))

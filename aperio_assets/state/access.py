@@ -1,25 +1,25 @@
-"""One state table of one schema, in whichever mode the schema uses: read its current rows, apply a
-batch of upserts and deletes. The refresh, the CLI and the Dagster IO manager all read and write
-state through this, so shared mode is the §5 protocol and local mode the legacy stores, everywhere.
+"""The one way to reach state: one state table of one schema, in whichever mode the schema uses
+(read its current rows, apply a batch of upserts and deletes), and the shared tables opened once per
+``Lake``. The refresh, the trackers' lineage, the CLI, the Dagster IO manager, maintenance and
+migration all reach state through this, so shared mode is the §5 protocol and local mode the legacy
+stores, everywhere; the shared-or-local decision is :func:`is_shared`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
-
-import polars as pl
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from aperio_assets import layout
 from aperio_assets.lake import Lake
-from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
 from aperio_assets.state.lineage import JsonLineage
-from aperio_assets.state.parquet_tracker import open_state_table
-from aperio_assets.state.spec import DELETED, TableSpec
-from aperio_assets.state.table import StateTable
+from aperio_assets.state.spec import TableSpec
+from aperio_assets.state.table import StateTable, open_state_table
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION, VIEWS
+
+if TYPE_CHECKING:
+    from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
 
 Row = dict[str, Any]
 Key = tuple[str, ...]
@@ -100,23 +100,41 @@ class LocalLineageAccess(StateAccess):
         self.lineage.remove([k[0] for k in deletes])
 
 
+def is_shared(lake: Lake, schema: str | None) -> bool:
+    """Whether ``schema``'s state is shared (the §5 protocol) or local (the legacy stores); the
+    lake-wide tables (``schema`` None: the view definitions) are always shared."""
+    return schema is None or lake.schema(schema).state_storage == "shared"
+
+
 def open_state(lake: Lake, schema: str | None, name: str) -> StateAccess:
     """State table ``name`` of ``schema`` (``views`` lives at the root: schema None), in the schema's
     mode. View definitions are always shared state."""
     if name not in SPECS:
         raise ValueError(f"unknown state table {name!r} (one of {', '.join(SPECS)})")
     spec = SPECS[name]
+    if (spec is VIEWS) != (schema is None):
+        raise ValueError(f"state table {name} " + ("is lake-wide" if spec is VIEWS else "belongs to a schema"))
+    if is_shared(lake, schema):
+        return SharedStateAccess(schema_table(lake, schema, spec))
+    if spec is CONVERSIONS:
+        return LocalLineageAccess(JsonLineage(lake.local_state_path(schema, layout.LEGACY_CONVERSIONS)))
+    from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore  # (local mode only: DuckDB)
+
+    return LocalStatusAccess(
+        DuckDBPartitionStatusStore(lake.local_state_path(schema, layout.LEGACY_PARTITION_STATUS)), spec
+    )
+
+
+def state_directory(lake: Lake, schema: str | None, spec: TableSpec) -> str:
+    """Where the shared state table ``spec`` of ``schema`` lives (the views: ``catalog/views``)."""
     if spec is VIEWS:
-        return SharedStateAccess(shared_table(lake, lake.storage.aperio_path(None, layout.VIEWS), VIEWS))
-    if schema is None:
-        raise ValueError(f"state table {name} belongs to a schema")
-    if lake.schema(schema).state_storage == "local":
-        if spec is CONVERSIONS:
-            return LocalLineageAccess(JsonLineage(lake.local_state_path(schema, layout.LEGACY_CONVERSIONS)))
-        return LocalStatusAccess(
-            DuckDBPartitionStatusStore(lake.local_state_path(schema, layout.LEGACY_PARTITION_STATUS)), spec
-        )
-    return SharedStateAccess(shared_table(lake, lake.storage.aperio_path(schema, spec.name), spec))
+        return lake.storage.aperio_path(None, layout.VIEWS)
+    return lake.storage.aperio_path(schema, spec.name)
+
+
+def schema_table(lake: Lake, schema: str | None, spec: TableSpec) -> StateTable:
+    """The shared state table ``spec`` of ``schema`` (None: lake-wide), opened once per Lake."""
+    return shared_table(lake, state_directory(lake, schema, spec), spec)
 
 
 def shared_table(lake: Lake, directory: str, spec: TableSpec) -> StateTable:
@@ -127,45 +145,3 @@ def shared_table(lake: Lake, directory: str, spec: TableSpec) -> StateTable:
         table = open_state_table(lake.storage, directory, spec, lake.config.compaction)
         lake.state_tables[directory] = table
     return table
-
-
-# -- Polars frames (what Dagster assets hand to and get from the IO manager) --------------------
-def frame_schema(spec: TableSpec, *, with_deleted: bool = False) -> pl.Schema:
-    arrow = pa.schema([pa.field(k, pa.string()) for k in spec.keys] + [pa.field(n, t) for n, t in spec.values])
-    schema = pl.Schema(pl.from_arrow(arrow.empty_table()).schema)
-    if with_deleted:
-        schema[DELETED] = pl.Boolean
-    return schema
-
-
-def to_frame(spec: TableSpec, upserts: Sequence[Row] = (), deletes: Sequence[Key] = ()) -> pl.DataFrame:
-    """Upserts and deletes as one frame; deletes are rows with ``_deleted`` true and only keys set."""
-    columns = (*spec.keys, *spec.value_names)
-    records = [{**{c: row.get(c) for c in columns}, DELETED: False} for row in upserts]
-    records += [{**dict.fromkeys(columns), **dict(zip(spec.keys, key, strict=True)), DELETED: True} for key in deletes]
-    return pl.DataFrame(records, schema=frame_schema(spec, with_deleted=True), orient="row")
-
-
-def from_frame(spec: TableSpec, frame: pl.DataFrame) -> tuple[list[Row], list[Key]]:
-    """A frame's upserts and deletes. It must hold the key columns; value columns it lacks are null,
-    and a column the table does not have is an error (never dropped silently)."""
-    allowed = {*spec.keys, *spec.value_names, DELETED}
-    unknown = [c for c in frame.columns if c not in allowed]
-    if unknown:
-        raise ValueError(f"state table {spec.name} has no column(s) {', '.join(unknown)}")
-    missing = [k for k in spec.keys if k not in frame.columns]
-    if missing:
-        raise ValueError(f"a frame for state table {spec.name} needs the key column(s) {', '.join(missing)}")
-    upserts, deletes = [], []
-    for row in frame.iter_rows(named=True):
-        if row.pop(DELETED, False):
-            deletes.append(tuple(row[k] for k in spec.keys))
-        else:
-            upserts.append({c: row.get(c) for c in (*spec.keys, *spec.value_names)})
-    return upserts, deletes
-
-
-def rows_frame(spec: TableSpec, rows: Sequence[Row]) -> pl.DataFrame:
-    """Current rows as a frame with the table's columns and types (no ``_deleted``)."""
-    columns = (*spec.keys, *spec.value_names)
-    return pl.DataFrame([{c: r.get(c) for c in columns} for r in rows], schema=frame_schema(spec), orient="row")

@@ -9,8 +9,8 @@ from typing import Any
 from aperio_assets import layout
 from aperio_assets.errors import AperioError
 from aperio_assets.lake import Lake
+from aperio_assets.state.access import is_shared, schema_table
 from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
-from aperio_assets.state.parquet_tracker import open_state_table
 from aperio_assets.state.table import StateTable, TableStats
 from aperio_assets.state.tables import SCHEMA_TABLES, VIEWS
 
@@ -27,17 +27,13 @@ def shared_state_tables(lake: Lake, schema: str | None = None) -> list[LakeState
     """Every shared-mode state table of the lake (or of one schema)."""
     found = []
     for schema_config in lake.select_schemas(schema):
-        if schema_config.state_storage != "shared":
-            continue
-        for spec in SCHEMA_TABLES.values():
-            directory = lake.storage.aperio_path(schema_config.name, spec.name)
-            table = open_state_table(lake.storage, directory, spec, lake.config.compaction)
-            found.append(LakeStateTable(schema_config.name, table))
+        if is_shared(lake, schema_config.name):
+            found += [
+                LakeStateTable(schema_config.name, schema_table(lake, schema_config.name, spec))
+                for spec in SCHEMA_TABLES.values()
+            ]
     if schema is None:
-        views = open_state_table(
-            lake.storage, lake.storage.aperio_path(ROOT, layout.VIEWS), VIEWS, lake.config.compaction
-        )
-        found.append(LakeStateTable(ROOT, views))
+        found.append(LakeStateTable(ROOT, schema_table(lake, ROOT, VIEWS)))
     return found
 
 

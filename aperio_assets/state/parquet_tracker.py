@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from aperio_assets import layout
 from aperio_assets.config import CompactionSettings
 from aperio_assets.state.clock import HybridClock
-from aperio_assets.state.spec import TableSpec
-from aperio_assets.state.table import CompactionResult, StateTable, TableStats
+from aperio_assets.state.table import CompactionResult, StateTable, TableStats, open_state_table
 from aperio_assets.state.tables import PARTITION_STATUS, TABLE_COMPLETION
 from aperio_assets.state.tracker import IncrementalTracker, Row
 from aperio_assets.storage import StorageProvider
-
-
-def open_state_table(
-    storage: StorageProvider, directory: str, spec: TableSpec, compaction: CompactionSettings, **kwargs: Any
-) -> StateTable:
-    """A state table with the lake's compaction settings (the one way every caller opens one)."""
-    return StateTable(
-        storage,
-        directory,
-        spec,
-        max_small_files=compaction.max_small_files,
-        tombstone_retention_seconds=compaction.tombstone_retention_seconds,
-        grace_seconds=compaction.grace_period_seconds,
-        **kwargs,
-    )
 
 
 class ParquetPartitionStatusStore(IncrementalTracker):

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,6 +33,9 @@ from aperio_assets.errors import AperioError, StorageError
 from aperio_assets.state.clock import PROCESS_CLOCK, HybridClock, writer_id
 from aperio_assets.state.spec import DELETED, TS, WRITER, TableSpec
 from aperio_assets.storage import FileInfo, StorageProvider
+
+if TYPE_CHECKING:
+    from aperio_assets.config import CompactionSettings
 
 log = logging.getLogger(__name__)
 
@@ -620,3 +623,18 @@ class StateTable:
                 dict(self.bad_files),
                 len(self._superseded),
             )
+
+
+def open_state_table(
+    storage: StorageProvider, directory: str, spec: TableSpec, compaction: CompactionSettings, **kwargs: Any
+) -> StateTable:
+    """A state table with the lake's compaction settings (the one way every caller opens one)."""
+    return StateTable(
+        storage,
+        directory,
+        spec,
+        max_small_files=compaction.max_small_files,
+        tombstone_retention_seconds=compaction.tombstone_retention_seconds,
+        grace_seconds=compaction.grace_period_seconds,
+        **kwargs,
+    )
