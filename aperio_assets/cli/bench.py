@@ -18,6 +18,12 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     )
     parser.add_argument("--quick", action="store_true", help="10k keys only, fewer repetitions")
     parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every row and mode at a tiny size, one repetition; with --scale-out: no warm-up (for the "
+        "test suite: its timings mean nothing)",
+    )
+    parser.add_argument(
         "--storage", choices=("local", "s3"), action="append", help="only this storage (repeatable; default: both)"
     )
     parser.add_argument("--repetitions", type=int, metavar="N", help="interleaved repetitions per operation")
@@ -59,10 +65,27 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     )
     parser.add_argument(
         "--s3-latency",
-        type=float,
-        default=20.0,
-        metavar="MS",
-        help="--scale-out: delay added to every S3 request, in ms (default: 20)",
+        metavar="MS[,MS...]",
+        help="delay added to every S3 request by a proxy, in ms: the main bench measures every S3 row at "
+        "each value (default: 0); --scale-out and --lake-scale take one value (default: 20)",
+    )
+    parser.add_argument(
+        "--lake-scale",
+        metavar="PNG",
+        help="instead: no-op refresh, status, catalog first/warm/after-a-change connect as the lake grows "
+        "(local disk and S3 behind the latency proxy), checked against their targets, plotted into PNG",
+    )
+    parser.add_argument(
+        "--lake-files",
+        default="1000,10000,100000",
+        metavar="LIST",
+        help="raw files of the --lake-scale lakes on local disk (default: 1000,10000,100000)",
+    )
+    parser.add_argument(
+        "--lake-s3-files",
+        default="1000,10000",
+        metavar="LIST",
+        help="raw files of the --lake-scale lakes on S3; '' for none (default: 1000,10000)",
     )
     parser.set_defaults(handler=run)
 
@@ -98,6 +121,31 @@ def _list(args: argparse.Namespace, option: str, text: str) -> list[str]:
     return items
 
 
+def _latencies(args: argparse.Namespace, default: str, *, single: bool) -> list[float]:
+    text = args.s3_latency if args.s3_latency is not None else default
+    try:
+        values = list(dict.fromkeys(float(v) for v in _list(args, "--s3-latency", text)))
+    except ValueError:
+        args.parser.error("--s3-latency must be a number of ms or a comma-separated list, e.g. 0,20")
+    if any(v < 0 for v in values):
+        args.parser.error("--s3-latency must not be negative")
+    if single and len(values) != 1:
+        args.parser.error("--s3-latency takes one value with --scale-out and --lake-scale")
+    return values
+
+
+def _counts(args: argparse.Namespace, option: str, text: str, *, empty: bool = False) -> list[int]:
+    if empty and not text.strip():
+        return []
+    try:
+        counts = [int(v) for v in _list(args, option, text)]
+    except ValueError:
+        args.parser.error(f"{option} must be a comma-separated list of numbers")
+    if any(n < 10 for n in counts):
+        args.parser.error(f"{option}: a lake needs at least 10 raw files")
+    return counts
+
+
 def run_scale_out(args: argparse.Namespace) -> int:
     from aperio_assets.bench.scaleout import MODES, STORAGES, measure_scale_out, plot
 
@@ -113,11 +161,15 @@ def run_scale_out(args: argparse.Namespace) -> int:
         args.parser.error(f"--modes: unknown mode(s) {', '.join(unknown)} (one of {', '.join(MODES)})")
     if args.batches < 1:
         args.parser.error("--batches must be at least 1")
-    if args.s3_latency < 0:
-        args.parser.error("--s3-latency must not be negative")
+    (latency,) = _latencies(args, "20", single=True)
     storages = list(dict.fromkeys(args.storage)) if args.storage else list(STORAGES)
     measure = dict(
-        batches=args.batches, worker_counts=counts, storages=storages, modes=modes, s3_latency_ms=args.s3_latency
+        batches=args.batches,
+        worker_counts=counts,
+        storages=storages,
+        modes=modes,
+        s3_latency_ms=latency,
+        warm_up=not args.smoke,
     )
     if args.json or not sys.stderr.isatty():
         rows = measure_scale_out(**measure)
@@ -128,7 +180,7 @@ def run_scale_out(args: argparse.Namespace) -> int:
         rows,
         args.scale_out,
         f"aperio: full first refresh over workers ({platform.node()}, {os.cpu_count()} "
-        f"cores, {args.batches:,} batches, S3 latency {args.s3_latency:g} ms)",
+        f"cores, {args.batches:,} batches, S3 latency {latency:g} ms)",
     )
     measured_wrong = any(r.same_state is False for r in rows)
     if args.json:
@@ -136,7 +188,7 @@ def run_scale_out(args: argparse.Namespace) -> int:
         return 1 if measured_wrong else 0
     table = Table(
         title=f"full first refresh over workers ({args.batches:,} batches, S3 latency "
-        f"{args.s3_latency:g} ms; plot: {args.scale_out})"
+        f"{latency:g} ms; plot: {args.scale_out})"
     )
     notes = any(r.note for r in rows)
     for column in (
@@ -176,6 +228,52 @@ def run_scale_out(args: argparse.Namespace) -> int:
     return 1 if measured_wrong else 0
 
 
+def run_lake_scale(args: argparse.Namespace) -> int:
+    from aperio_assets.bench.lakescale import measure_lake_scale, plot
+
+    (latency,) = _latencies(args, "20", single=True)
+    local = _counts(args, "--lake-files", args.lake_files, empty=True)
+    s3 = _counts(args, "--lake-s3-files", args.lake_s3_files, empty=True)
+    if args.storage:
+        local = local if "local" in args.storage else []
+        s3 = s3 if "s3" in args.storage else []
+    if not local and not s3:
+        args.parser.error("--lake-scale: no lake to measure (--lake-files and --lake-s3-files are empty)")
+    measure = dict(local_files=local, s3_files=s3, s3_latency_ms=latency)
+    if args.json or not sys.stderr.isatty():
+        rows = measure_lake_scale(**measure)
+    else:
+        with console.status("measuring costs as the lake grows…") as status:
+            rows = measure_lake_scale(**measure, progress=lambda message: status.update(f"lake scale: {message}"))
+    plot(
+        rows,
+        args.lake_scale,
+        f"aperio: costs as the lake grows ({platform.node()}, {os.cpu_count()} cores; S3: loopback behind "
+        f"{latency:g} ms per request)",
+    )
+    if args.json:
+        print_json([r.to_dict() for r in rows])
+        return 0
+    table = Table(title=f"costs as the lake grows (S3 latency {latency:g} ms; plot: {args.lake_scale})")
+    for column in ("operation", "storage", "files", "tables", "seconds", "requests", "proxy", "target"):
+        table.add_column(column, justify="right" if column in ("files", "tables", "seconds", "proxy") else "left")
+    for r in rows:
+        met = {True: "[green]met[/]", False: "[bold red]not met[/]", None: "—"}[r.target_met]
+        table.add_row(
+            r.operation,
+            r.storage,
+            f"{r.files:,}",
+            str(r.tables),
+            f"{r.seconds:.3f}",
+            " ".join(f"{k} {v}" for k, v in r.requests.items())
+            + (f" (GET raw {r.raw_gets}, converted {r.converted_gets})" if r.raw_gets is not None else ""),
+            "—" if r.proxy_requests is None else f"{r.proxy_requests:,}",
+            f"{met}: {r.verdict}" if r.target else "",
+        )
+    console.print(table)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from aperio_assets.bench.suite import STORAGES, run_bench
 
@@ -183,33 +281,49 @@ def run(args: argparse.Namespace) -> int:
         return run_throughput(args)
     if args.scale_out:
         return run_scale_out(args)
+    if args.lake_scale:
+        return run_lake_scale(args)
     if args.repetitions is not None and args.repetitions < 1:
         args.parser.error("--repetitions must be at least 1")
+    latencies = tuple(_latencies(args, "0", single=False))
     storages = tuple(args.storage) if args.storage else STORAGES
+    options = dict(
+        quick=args.quick, smoke=args.smoke, storages=storages, repetitions=args.repetitions, s3_latencies=latencies
+    )
     if args.json or not sys.stderr.isatty():
-        rows = run_bench(quick=args.quick, storages=storages, repetitions=args.repetitions)
+        rows = run_bench(**options)
     else:
         with console.status("benchmarking…") as status:
-            rows = run_bench(
-                quick=args.quick,
-                storages=storages,
-                repetitions=args.repetitions,
-                progress=lambda message: status.update(f"benchmarking: {message}"),
-            )
+            rows = run_bench(**options, progress=lambda message: status.update(f"benchmarking: {message}"))
     if args.json:
         print_json([r.to_dict() for r in rows])
         return 0
     table = Table(title=f"aperio bench ({platform.node()}, ratio = shared / local; medians)")
-    for column in ("operation", "storage", "keys", "local ms", "shared ms", "ratio", "shared-mode requests"):
+    columns = ("operation", "storage", "keys", "local ms", "shared ms", "ratio", "shared-mode requests", "minimum")
+    for column in columns:
         table.add_column(
-            column, justify="left" if column in ("operation", "storage", "shared-mode requests") else "right"
+            column, justify="left" if column in ("operation", "storage", "shared-mode requests", "minimum") else "right"
         )
     for r in rows:
         requests = " ".join(f"{k} {v}" for k, v in r.s3_requests.items())
+        if r.proxy_requests is not None:
+            requests += f" [proxy saw {r.proxy_requests}]"
         if r.detail:
             requests = (requests + " " if requests else "") + " ".join(f"({k} {v})" for k, v in r.detail.items())
+        minimum = ""
+        if r.min_requests:
+            shown = " ".join(f"{k} {v}" for k, v in r.min_requests.items())
+            minimum = f"{shown}: met" if r.min_met else f"{shown}: [bold red]+{r.requests_over_min}[/]"
+        storage = r.storage if r.s3_latency_ms is None else f"{r.storage} {r.s3_latency_ms:g} ms"
         table.add_row(
-            r.operation, r.storage, f"{r.keys:,}", f"{r.local_ms:.2f}", f"{r.shared_ms:.2f}", f"{r.ratio:.2f}", requests
+            r.operation,
+            storage,
+            f"{r.keys:,}",
+            f"{r.local_ms:.2f}",
+            f"{r.shared_ms:.2f}",
+            f"{r.ratio:.2f}",
+            requests,
+            minimum,
         )
     console.print(table)
     return 0

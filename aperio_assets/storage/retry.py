@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -55,6 +54,8 @@ def is_transient(exc: BaseException) -> bool:
         from aiohttp import ClientConnectionError, ClientPayloadError
     except ImportError:  # pragma: no cover - aiohttp comes with s3fs
         ClientConnectionError = ClientPayloadError = ()  # type: ignore[assignment,misc]
+    import asyncio  # here, not at the top: a process that never retries never pays its import
+
     return isinstance(
         exc,
         BotoConnectionError
