@@ -130,9 +130,20 @@ def test_lake_size_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
         assert usage.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("instance", ["sqlite", "postgres"])
 def test_dagster_runs_leave_the_state_the_library_call_leaves(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, instance: str
 ) -> None:
+    from aperio_assets.defs import launch
+
+    storages: list[str] = []
+    real = launch.refresh_with_runs
+
+    def recording(config_path, workers, instance):
+        storages.append(type(instance.run_storage).__name__)
+        return real(config_path, workers, instance=instance)
+
+    monkeypatch.setattr(launch, "refresh_with_runs", recording)
     png = tmp_path / "scaleout.png"
     code = main(
         [
@@ -147,12 +158,16 @@ def test_dagster_runs_leave_the_state_the_library_call_leaves(
             "local",
             "--modes",
             "cli,dagster",
+            "--dagster-instance",
+            instance,
             "--smoke",
             "--json",
         ]
     )
     rows = json.loads(capsys.readouterr().out)
     assert code == 0, rows
+    # every Dagster run on a new instance of the kind asked for (PostgreSQL: a server of its own)
+    assert storages == [{"sqlite": "SqliteRunStorage", "postgres": "PostgresRunStorage"}[instance]] * 2
     assert [(r["mode"], r["workers"]) for r in rows] == [("cli", 1), ("cli", 2), ("dagster", 1), ("dagster", 2)]
     # the Dagster rows are compared with the library call's 1-worker state
     assert all(r["same_state"] is True and (r["files"], r["batches"]) == (20, 20) for r in rows), rows

@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from aperio_assets.bench.pginstance import InstanceFactory, PostgresUnavailable, instance_factory
 from aperio_assets.bench.s3server import loopback_s3
 
 STORAGES = ("local", "s3")
@@ -194,17 +195,16 @@ def _run_cli(config_path: str, workers: int) -> tuple[int, int]:
     return (sum(r.count("files", "converted") for r in results), sum(r.count("batches", "processed") for r in results))
 
 
-def _dagster_call() -> tuple[Callable[[str, int], object] | None, str | None]:
-    """``refresh_with_runs``, or None and why it is not available."""
+def _dagster_call(instances: InstanceFactory) -> tuple[Callable[[str, int], object] | None, str | None]:
+    """``refresh_with_runs`` on a new instance of ``instances`` per run, or None and why it is not
+    available."""
     try:
-        import dagster as dg
-
         from aperio_assets.defs.launch import refresh_with_runs
     except Exception as exc:  # ImportError, or the module failing while it loads
         return None, f"{type(exc).__name__}: {exc}"
 
     def call(config_path: str, workers: int) -> object:
-        with dg.DagsterInstance.local_temp() as instance:  # never the user's $DAGSTER_HOME
+        with instances.instance() as instance:  # never the user's $DAGSTER_HOME
             return refresh_with_runs(config_path, workers, instance=instance)
 
     return call, None
@@ -292,10 +292,13 @@ def measure_scale_out(
     s3_latency_ms: float = 20.0,
     progress: Callable[[str], None] | None = None,
     warm_up: bool = True,
+    dagster_instance: str = "sqlite",
 ) -> list[ScaleOutRow]:
     """One row per storage, mode and worker count (a series not available: one row saying why).
     ``warm_up=False`` (the smoke size, for the test suite) skips the untimed warm-up refreshes: every
-    row and check is still made, but the 1-worker times then include this process's first imports."""
+    row and check is still made, but the 1-worker times then include this process's first imports.
+    ``dagster_instance``: where the Dagster runs keep their runs and events, ``sqlite`` (Dagster's
+    default) or ``postgres`` (a PostgreSQL server from the ``pgserver`` wheel, as a deployment)."""
     note = progress or (lambda message: None)
     counts = sorted(set(worker_counts))
     if not counts or counts[0] < 1 or 1 not in counts:
@@ -303,23 +306,27 @@ def measure_scale_out(
     if batches < 1:
         raise ValueError("batches must be at least 1")
     files = lake_files(batches)
-    calls: dict[str, Callable[[str, int], Any]] = {}
-    unavailable: dict[str, str] = {}
-    for mode in modes:
-        if mode == "cli":
-            calls[mode] = _run_cli
-        elif mode == "dagster":
-            call, reason = _dagster_call()
-            if call is None:
-                unavailable[mode] = f"not available: {reason}"
-            else:
-                calls[mode] = call
-        else:
-            raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
-
     rows: list[ScaleOutRow] = []
     with tempfile.TemporaryDirectory(prefix="aperio-scaleout-") as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
+        calls: dict[str, Callable[[str, int], Any]] = {}
+        unavailable: dict[str, str] = {}
+        for mode in modes:
+            if mode == "cli":
+                calls[mode] = _run_cli
+            elif mode == "dagster":
+                try:
+                    instances = stack.enter_context(instance_factory(dagster_instance, tmp))
+                except PostgresUnavailable as exc:
+                    unavailable[mode] = f"not available: {exc}"
+                    continue
+                call, reason = _dagster_call(instances)
+                if call is None:
+                    unavailable[mode] = f"not available: {reason}"
+                else:
+                    calls[mode] = call
+            else:
+                raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
         endpoint = proxy = None
         if "s3" in storages:
             endpoint = stack.enter_context(loopback_s3())

@@ -51,6 +51,13 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
         help="batches (one small CSV each) in the --scale-out lake (default: 1000)",
     )
     parser.add_argument(
+        "--dagster-instance",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="where --scale-out's Dagster runs keep runs and events: a temporary SQLite instance "
+        "(default) or PostgreSQL (a server from the pgserver wheel, as a deployment keeps them)",
+    )
+    parser.add_argument(
         "--worker-counts",
         default="1,2,4,8",
         metavar="LIST",
@@ -170,6 +177,7 @@ def run_scale_out(args: argparse.Namespace) -> int:
         modes=modes,
         s3_latency_ms=latency,
         warm_up=not args.smoke,
+        dagster_instance=args.dagster_instance,
     )
     if args.json or not sys.stderr.isatty():
         rows = measure_scale_out(**measure)
