@@ -250,3 +250,18 @@ def test_an_open_connection_survives_compaction(lake_case: LakeCase) -> None:
     assert con.execute(query).fetchall() == before
     assert con.execute("SELECT count(*) FROM aperio.views").fetchone() == views_before
     assert connect(lake).execute(query).fetchall() == before  # a new connection reads the same
+
+
+def test_each_connection_keeps_its_own_state_snapshot(lake_case: LakeCase) -> None:
+    """Connects in one process may share a DuckDB database (the cache file kept open): each
+    connection still has the snapshot taken at its connect."""
+    lake = build(lake_case)
+    query = "SELECT count(*) FROM aperio.partition_status WHERE alternate_name = 'extra'"
+    before = connect(lake)
+    assert before.execute(query).fetchone() == (0,)
+    open_tracker(lake, "sales").mark_processed("extra", "extra", {"k": "1"})
+    after = connect(lake)
+    assert after.execute(query).fetchone() == (1,)
+    assert before.execute(query).fetchone() == (0,)
+    before.close()
+    assert after.execute(query).fetchone() == (1,) and after.execute("SELECT count(*) FROM sales.orders").fetchone()

@@ -17,8 +17,8 @@ from aperio_assets.conversion.naming import escape_glob, folder_key, hive_keys, 
 from aperio_assets.errors import UsageError
 from aperio_assets.lake import Lake
 from aperio_assets.sqlutil import quote_identifier, quote_literal
-from aperio_assets.state.parquet_tracker import open_state_table
-from aperio_assets.state.table import StateTable
+from aperio_assets.state.access import schema_table, state_directory
+from aperio_assets.state.table import StateTable, open_state_table
 from aperio_assets.state.tables import VIEWS
 
 ORIGINS = ("generated", "user", "migrated")
@@ -47,8 +47,16 @@ class ViewDefinition:
         return cls(row["schema_name"], row["view_name"], row["sql"], row["origin"], columns)  # type: ignore[arg-type]
 
 
-def views_table(lake: Lake) -> StateTable:
-    return open_state_table(lake.storage, lake.storage.aperio_path(None, layout.VIEWS), VIEWS, lake.config.compaction)
+def views_directory(lake: Lake) -> str:
+    return state_directory(lake, None, VIEWS)
+
+
+def views_table(lake: Lake, **options: Any) -> StateTable:
+    """A reader and writer of the ``catalog/views`` state table: the lake's one (``state.access``,
+    opened once per Lake), or with ``options`` (as :class:`StateTable` takes them) one of its own."""
+    if not options:
+        return schema_table(lake, None, VIEWS)
+    return open_state_table(lake.storage, views_directory(lake), VIEWS, lake.config.compaction, **options)
 
 
 def table_scan_sql(sources: list[str], exclude: Sequence[str] = ()) -> str:
