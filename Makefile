@@ -39,8 +39,11 @@ run: $(VENV)/.installed $(DEMO_DIR)/aperio.yaml $(DAGSTER_HOME)/dagster.yaml
 	  round(avg(f.dep_delay), 1) AS avg_dep_delay FROM flights.flights f JOIN reference.airlines a USING (carrier) \
 	  GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
 
+# pytest-xdist: a worker per core and one more (the deployment test mostly waits on sensor ticks), each
+# taking the next test when free, the slow ones first (aperio_tests/conftest.py). An -n in PYTEST_ARGS
+# wins: PYTEST_ARGS="-n 0" runs the suite in one process.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $$(( $$(nproc) + 1 )) --dist load --maxschedchunk 1 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -1,36 +1,60 @@
-"""Shared fixtures: isolation from the machine's AWS settings, one loopback S3 server (moto), and a
-storage fixture parametrized over local disk and S3."""
+"""Shared fixtures: isolation from the machine's AWS settings, one loopback S3 server (moto) per
+pytest process (each xdist worker has its own), and storage, tracker and lake fixtures parametrized
+over local disk and S3. Every test that reaches the loopback S3 is marked ``s3`` here, so that
+``-m s3`` and ``-m "not s3"`` select by it. The cases themselves are in ``helpers.py``."""
 
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-from aperio_assets.config import S3Settings
-from aperio_assets.storage import LocalStorage, S3Storage, StorageProvider
+from aperio_assets.storage import LocalStorage, S3Storage
+from aperio_tests.helpers import (
+    TEST_CREDENTIALS,
+    FaultyS3,
+    LakeCase,
+    S3Server,
+    StorageCase,
+    TrackerCase,
+    free_port,
+)
 
-TEST_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "aperio-test-key",
-    "AWS_SECRET_ACCESS_KEY": "aperio-test-secret",
-}
+# The fixtures below whose given value makes a test use the loopback S3 (direct or indirect parametrization).
+S3_PARAMS = {"storage_case": "s3", "tracker_case": "shared-s3", "lake_case": "s3"}
+LONGEST_MODULE = "test_deployment.py"  # the suite's longest test by far: it starts first
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``s3`` every test that needs the loopback server: through a fixture that depends on
+    ``s3_server``, or through the S3 value of a parametrized storage, tracker or lake fixture (those
+    take the server with ``getfixturevalue``, which the static fixture closure does not show).
+    Then order for xdist (`make test`: ``--dist load --maxschedchunk 1``, each worker takes the next
+    test when it is free): the deployment test first (minutes, mostly waiting on sensor ticks), then
+    the other ``slow`` tests, then the rest, each group in its own order; the short tests fill the
+    workers around the long ones, instead of one long test starting late and ending the run."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        uses_s3 = "s3_server" in getattr(item, "fixturenames", ()) or any(
+            params.get(name) == value for name, value in S3_PARAMS.items()
+        )
+        if uses_s3 and item.get_closest_marker("s3") is None:
+            item.add_marker(pytest.mark.s3)
+    items.sort(key=_schedule_rank)  # stable: each group keeps its order
+
+
+def _schedule_rank(item: pytest.Item) -> int:
+    if item.path.name == LONGEST_MODULE:
+        return 0
+    return 1 if item.get_closest_marker("slow") is not None else 2
 
 
 @pytest.fixture(autouse=True)
 def isolated_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Strip AWS_* and point the HOME-based AWS config at nothing: credentials reach aperio only
-    through what a test sets."""
+    """Strip AWS_* and APERIO_* and point the HOME-based AWS config at nothing: credentials reach
+    aperio only through what a test sets. Each test gets its own catalog cache and Dagster home."""
     for name in list(os.environ):
         if name.startswith(("AWS_", "APERIO_")):
             monkeypatch.delenv(name)
@@ -40,40 +64,28 @@ def isolated_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     monkeypatch.setenv("AWS_CONFIG_FILE", str(empty / "config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty / "credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # an empty Dagster home of the test's own, never `make test`'s, which other tests and xdist workers share
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster-home")))
 
 
-@dataclass(frozen=True)
-class S3Server:
-    endpoint_url: str
+@pytest.fixture(autouse=True)
+def no_dagster_state_storage_of_an_earlier_test() -> Iterator[None]:
+    """Dagster keeps the defs-state storage of the instance last entered in a context variable, which
+    loading definitions reads. An instance an earlier test entered, gone with its files and left
+    there (its ``__exit__`` never reset it), must not reach this test: it starts with none."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
 
-    def settings(self) -> S3Settings:
-        return S3Settings(endpoint_url=self.endpoint_url, region="us-east-1")
-
-    def reset(self) -> None:
-        import urllib.request
-
-        urllib.request.urlopen(
-            urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST"), timeout=10
-        ).read()
-
-    def create_bucket(self, name: str) -> None:
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name="us-east-1",
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
-        ).create_bucket(Bucket=name)
+    with set_defs_state_storage(None):
+        yield
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    """One real S3 protocol server on loopback for the whole session (reset between tests)."""
+    """One real S3 protocol server on loopback for the session: one per xdist worker, on a free port (reset
+    between tests; bucket names are unique anyway)."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
@@ -98,23 +110,6 @@ def s3_bucket(s3: S3Server) -> str:
     return bucket
 
 
-@dataclass
-class StorageCase:
-    """A provider and a fresh root location on it (a tmp dir, or an S3 prefix in a new bucket)."""
-
-    kind: str
-    root: str
-    provider: StorageProvider
-    s3: S3Server | None = None
-
-    def new_provider(self) -> StorageProvider:
-        """A second, independent provider on the same storage (another worker, say)."""
-        if self.kind == "s3":
-            assert self.s3 is not None
-            return S3Storage(self.s3.settings(), aperio_root=self.provider.aperio_root)
-        return LocalStorage(aperio_root=self.provider.aperio_root)
-
-
 @pytest.fixture(params=["local", "s3"])
 def storage_case(request: pytest.FixtureRequest, tmp_path) -> StorageCase:
     if request.param == "local":
@@ -127,24 +122,6 @@ def storage_case(request: pytest.FixtureRequest, tmp_path) -> StorageCase:
     return StorageCase("s3", root, S3Storage(s3.settings(), aperio_root=f"{root}/.aperio"), s3)
 
 
-@dataclass
-class TrackerCase:
-    """A way to open trackers on one schema's state: ``duckdb`` (local mode), ``shared-local``,
-    ``shared-s3``. Each ``open()`` is a new, independent instance (a fresh reader or worker)."""
-
-    kind: str
-    storage: StorageProvider | None
-    duckdb_path: str | None
-
-    def open(self, **kwargs):
-        from aperio_assets.state import DuckDBPartitionStatusStore, ParquetPartitionStatusStore
-
-        if self.kind == "duckdb":
-            return DuckDBPartitionStatusStore(self.duckdb_path)
-        assert self.storage is not None
-        return ParquetPartitionStatusStore(self.storage, "sales", **kwargs)
-
-
 @pytest.fixture(params=["duckdb", "shared-local", "shared-s3"])
 def tracker_case(request: pytest.FixtureRequest, tmp_path) -> TrackerCase:
     if request.param == "duckdb":
@@ -154,20 +131,6 @@ def tracker_case(request: pytest.FixtureRequest, tmp_path) -> TrackerCase:
     s3: S3Server = request.getfixturevalue("s3")
     bucket = request.getfixturevalue("s3_bucket")
     return TrackerCase("shared-s3", S3Storage(s3.settings(), aperio_root=f"s3://{bucket}/.aperio"), None)
-
-
-@dataclass
-class LakeCase:
-    """A configured lake with one schema folder ``sales``, on local disk or in the loopback S3."""
-
-    kind: str
-    config_path: str
-    base: str
-
-    def lake(self):
-        from aperio_assets.lake import open_lake
-
-        return open_lake(self.config_path)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -186,21 +149,6 @@ def lake_case(request: pytest.FixtureRequest, tmp_path) -> LakeCase:
         f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n"
     )
     return LakeCase("s3", str(config), f"s3://{bucket}/lake")
-
-
-@dataclass
-class FaultyS3:
-    """The loopback S3 server behind a fault-injecting proxy (``proxy``: set faults, read counts)."""
-
-    proxy: Any
-    upstream_url: str
-
-    @property
-    def endpoint_url(self) -> str:
-        return self.proxy.url
-
-    def settings(self, max_attempts: int = 6) -> S3Settings:
-        return S3Settings(endpoint_url=self.endpoint_url, region="us-east-1", max_attempts=max_attempts)
 
 
 @pytest.fixture

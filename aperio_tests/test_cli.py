@@ -1,12 +1,14 @@
-"""The `aperio` command end to end, as a subprocess (and in-process where logging is tested)."""
+"""The `aperio` command end to end, in-process (``main(argv)``), and once as the installed script."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from aperio_tests.conftest import TEST_CREDENTIALS, S3Server
-from aperio_tests.test_config import run_cli
+from aperio_tests.helpers import TEST_CREDENTIALS, S3Server, run_cli
 
 
 def test_demo_then_status(tmp_path: Path) -> None:
@@ -34,6 +36,18 @@ def test_demo_then_status(tmp_path: Path) -> None:
     human = run_cli("status", env={"APERIO_CONFIG": str(config)})
     assert human.returncode == 0
     assert "schema flights  (shared)" in human.stdout and ".partition_status.duckdb" in human.stdout
+
+
+def test_the_installed_script_and_python_m_are_the_command(tmp_path: Path) -> None:
+    """The console script `make install` puts beside the interpreter, and ``python -m aperio_assets``,
+    run the command and exit with its code (every other test calls ``main(argv)`` in-process)."""
+    for command in ([str(Path(sys.executable).with_name("aperio"))], [sys.executable, "-m", "aperio_assets"]):
+        # a real process: what is tested is the entry point and the process's exit status
+        done = subprocess.run(
+            [*command, "status"], cwd=tmp_path, env={**os.environ}, capture_output=True, text=True, timeout=120
+        )
+        assert (done.returncode, done.stdout) == (2, ""), (command, done.stderr)
+        assert done.stderr.strip() == "aperio: error: aperio.yaml: configuration file not found", command
 
 
 def test_status_on_s3_lake(tmp_path: Path, s3: S3Server, s3_bucket: str) -> None:

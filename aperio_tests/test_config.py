@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from aperio_assets.config import load_config, parse_duration
 from aperio_assets.lake import open_lake
-from aperio_tests.conftest import S3Server
-
-
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "aperio_assets", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
+from aperio_tests.helpers import S3Server, run_cli
 
 
 def write(path: Path, text: str) -> Path:

@@ -3,7 +3,6 @@ between processes, never damage or drop a file; and storage errors always raise.
 
 from __future__ import annotations
 
-import multiprocessing
 from pathlib import Path
 
 import duckdb
@@ -14,6 +13,7 @@ from aperio_assets.errors import StorageError, StorageUnavailable
 from aperio_assets.state import DuckDBPartitionStatusStore, ParquetPartitionStatusStore
 from aperio_assets.state.legacy_schema import PARTITION_STATUS_COLUMNS, PARTITION_STATUS_DDL_OLD
 from aperio_assets.storage import RetryPolicy, S3Storage
+from aperio_tests.helpers import run_in_processes
 
 
 def test_old_file_is_upgraded_and_legacy_keys_canonicalised(tmp_path: Path) -> None:
@@ -63,13 +63,7 @@ def _mark_in_process(path: str, me: int, count: int) -> None:
 @pytest.mark.slow
 def test_processes_share_one_duckdb_file(tmp_path: Path) -> None:
     path = str(tmp_path / ".partition_status.duckdb")
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_mark_in_process, args=(path, n, 25)) for n in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
+    run_in_processes(_mark_in_process, [(path, n, 25) for n in range(3)])
     store = DuckDBPartitionStatusStore(path)
     assert [len(store.get_processed_key_values(f"w{n}")) for n in range(3)] == [25, 25, 25]
 

@@ -12,7 +12,7 @@ import pytest
 
 from aperio_assets.errors import StorageUnavailable, WriteOutcomeUnknown
 from aperio_assets.storage import S3Storage
-from aperio_tests.conftest import TEST_CREDENTIALS
+from aperio_tests.helpers import TEST_CREDENTIALS
 
 
 def _direct(faulty_s3):

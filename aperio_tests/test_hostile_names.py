@@ -5,7 +5,6 @@ characters in names never make a view read another table's files, and nothing is
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -15,8 +14,7 @@ from aperio_assets.cli.refresh import summary
 from aperio_assets.conversion.refresh import refresh
 from aperio_assets.errors import StorageError, StorageUnavailable
 from aperio_assets.state import open_lineage
-from aperio_tests.conftest import LakeCase
-from aperio_tests.test_refresh import parquet_bytes, put
+from aperio_tests.helpers import LakeCase, parquet_bytes, put
 
 
 def _rows(con, table: str) -> list[tuple]:
@@ -46,22 +44,6 @@ def _s3_lake(s3, s3_bucket: str, tmp_path, raw: dict[str, bytes]):
         storage.write_bytes(f"s3://{s3_bucket}/lake/{key}", data)
     config = tmp_path / "aperio.yaml"
     config.write_text(f"baseDirectory: s3://{s3_bucket}/lake\nstorage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
-    return open_lake(config)
-
-
-def _moved_lake(lake_case: LakeCase, tmp_path, base: str):
-    """The test lake's configuration with its base directory moved to ``base`` (created if local)."""
-    from aperio_assets.lake import open_lake
-
-    config = tmp_path / "moved.yaml"
-    text = Path(lake_case.config_path).read_text()
-    config.write_text(
-        text.replace(f"baseDirectory: {lake_case.base}", f"baseDirectory: '{base}'").replace(
-            "baseDirectory: lake", f"baseDirectory: '{base}'"
-        )
-    )
-    if lake_case.kind == "local":
-        os.makedirs(base)
     return open_lake(config)
 
 
@@ -191,8 +173,6 @@ def test_glob_characters_in_names_read_exactly_their_own_rows(lake_case: LakeCas
 
 def test_raw_parquet_with_glob_characters_is_read_alone(lake_case: LakeCase) -> None:
     import polars as pl
-
-    from aperio_tests.test_refresh import parquet_bytes
 
     lake = lake_case.lake()
     put(lake, "sales/p*.parquet", parquet_bytes(pl.DataFrame({"v": [1]})))
@@ -411,7 +391,7 @@ def test_a_local_name_the_filesystem_refuses_fails_that_file_alone(tmp_path) -> 
 def test_glob_characters_in_the_lake_directory_match_only_it(lake_case: LakeCase, tmp_path, folder: str) -> None:
     """The aperio directory is part of every view's pattern: its glob characters are escaped, so a view
     never reads a sibling directory the unescaped pattern would match (here `lake`, with a decoy)."""
-    lake = _moved_lake(lake_case, tmp_path, lake_case.base.rsplit("/", 1)[0] + "/" + folder)
+    lake = lake_case.moved(lake_case.base.rsplit("/", 1)[0] + "/" + folder, tmp_path / "moved.yaml")
     decoy = parquet_bytes(pl.DataFrame({"v": [99]}))
     sibling = lake_case.base.rsplit("/", 1)[0] + "/lake"
     for path in ("sales/tables/t/k=1/decoy.parquet", "sales/tables/u/decoy.parquet"):
@@ -513,7 +493,7 @@ def test_files_with_different_partition_keys_all_show(lake_case: LakeCase) -> No
 def test_partition_like_folders_above_the_tables_add_no_column(lake_case: LakeCase, tmp_path) -> None:
     """A lake kept under a `k=v` folder (`/data/env=prod/`), or a table folder named `a=b`, adds no
     column to any view: only the table's own partition folders are columns."""
-    lake = _moved_lake(lake_case, tmp_path, lake_case.base.rsplit("/", 1)[0] + "/env=prod/lake")
+    lake = lake_case.moved(lake_case.base.rsplit("/", 1)[0] + "/env=prod/lake", tmp_path / "moved.yaml")
     put(lake, "sales/t/k=1/a.csv", b"v\n1\n")
     put(lake, "sales/u.csv", b"v\n2\n")
     put(lake, "sales/p.parquet", parquet_bytes(pl.DataFrame({"v": [3]})))

@@ -4,7 +4,6 @@ shared `conversions` state table behind one interface."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from aperio_assets.errors import StorageError
 from aperio_assets.lake import open_lake
 from aperio_assets.state import JsonLineage, open_lineage, open_tracker
 from aperio_assets.state.lineage import parse_legacy_conversions
+from aperio_tests.helpers import run_in_processes
 
 RECORD = {
     "tableName": "planes",
@@ -119,13 +119,7 @@ def _record_in_process(path: str, me: int) -> None:
 @pytest.mark.slow
 def test_the_lock_serialises_writers_across_processes(tmp_path: Path) -> None:
     path = str(tmp_path / ".conversions.json")
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_record_in_process, args=(path, n)) for n in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
+    run_in_processes(_record_in_process, [(path, n) for n in range(3)], timeout=120)
     assert len(JsonLineage(path).records()) == 120  # no lost update
 
 

@@ -15,8 +15,7 @@ from aperio_assets.lake import open_lake
 from aperio_assets.migration import MIGRATION_WRITER, migrate
 from aperio_assets.state import open_lineage, open_tracker
 from aperio_assets.state.keys import canonical_key
-from aperio_tests.conftest import S3Server
-from aperio_tests.test_config import run_cli
+from aperio_tests.helpers import S3Server, run_cli, run_in_processes
 
 
 @pytest.fixture
@@ -274,18 +273,10 @@ def test_killed_anywhere_then_rerun_ends_correct(tmp_path: Path, method: str, ca
 
 @pytest.mark.slow
 def test_two_migrators_at_once_end_as_one(tmp_path: Path) -> None:
-    import multiprocessing
-
     reference = write_demo_lake(tmp_path / "reference", with_legacy=True, flights_per_month=20)
     migrate(open_lake(str(reference)))
     config = write_demo_lake(tmp_path / "twice", with_legacy=True, flights_per_month=20)
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_migrate, args=(str(config),)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
+    run_in_processes(_migrate, [(str(config),)] * 2, timeout=120)
     assert _state(config) == _state(reference)
 
 

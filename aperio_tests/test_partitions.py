@@ -19,14 +19,9 @@ from aperio_assets.defs.resources import AperioResource
 from aperio_assets.defs.sensors import CATALOG_JOB
 from aperio_assets.lake import Lake, open_lake
 from aperio_assets.state import open_lineage, open_tracker
-from aperio_tests.conftest import LakeCase
-from aperio_tests.test_workers import _assert_same, _state, _twin
+from aperio_tests.helpers import LakeCase, assert_same_state, lake_state, put
 
 SALES = batches_partitions("sales").name
-
-
-def _put(lake: Lake, relative: str, data: bytes) -> None:
-    lake.lake_storage.write_bytes(lake.lake_storage.join(lake.config.base_directory, relative), data)
 
 
 def _delete(lake: Lake, relative: str) -> None:
@@ -89,17 +84,18 @@ def test_batch_keys_are_readable_and_valid_partition_keys() -> None:
     assert key("a%2E..b") != key("a...b")
 
 
+@pytest.mark.slow
 def test_the_sensor_requests_exactly_the_changed_batches(
     lake_case: LakeCase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(BATCHES_PER_RUN_ENV, "3")
     lake = lake_case.lake()
     for month in range(1, 8):
-        _put(lake, f"sales/events/month={month:02d}/a.csv", f"v\n{month}\n".encode())
-    _put(lake, "sales/customers.csv", b"id\n1\n2\n")
+        put(lake, f"sales/events/month={month:02d}/a.csv", f"v\n{month}\n".encode())
+    put(lake, "sales/customers.csv", b"id\n1\n2\n")
     aperio = AperioResource(config_path=lake_case.config_path)
     defs = build_defs(lake_case.config_path, aperio)
-    twin = _twin(lake_case, tmp_path, "twin")  # the same lake, refreshed in one call each time
+    twin = lake_case.sibling(tmp_path, "twin")  # the same lake, refreshed in one call each time
     with dg.instance_for_test() as instance:
         automation_cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
         first = _tick(defs, instance, aperio, None)
@@ -120,9 +116,9 @@ def test_the_sensor_requests_exactly_the_changed_batches(
         assert quiet.run_requests == [] and quiet.dynamic_partitions_requests == []
 
         # added, changed and removed between ticks
-        _put(lake, "sales/events/month=08/a.csv", b"v\n8\n")
-        _put(lake, "sales/events/month=03/a.csv", b"v\n33\n")
-        _put(lake, "sales/events/month=05/b.csv", b"v\n55\n")
+        put(lake, "sales/events/month=08/a.csv", b"v\n8\n")
+        put(lake, "sales/events/month=03/a.csv", b"v\n33\n")
+        put(lake, "sales/events/month=05/b.csv", b"v\n55\n")
         _delete(lake, "sales/events/month=07/a.csv")
         _delete(lake, "sales/customers.csv")
         second = _tick(defs, instance, aperio, quiet.cursor)
@@ -154,14 +150,15 @@ def test_the_sensor_requests_exactly_the_changed_batches(
         data = lake.lake_storage.read_bytes(
             lake.lake_storage.join(lake.config.base_directory, f"sales/events/month={month:02d}/a.csv")
         )
-        _put(twin, f"sales/events/month={month:02d}/a.csv", data)
-    _put(twin, "sales/events/month=05/b.csv", b"v\n55\n")
-    _put(twin, "sales/orders.csv", b"id\n1\n")
+        put(twin, f"sales/events/month={month:02d}/a.csv", data)
+    put(twin, "sales/events/month=05/b.csv", b"v\n55\n")
+    put(twin, "sales/orders.csv", b"id\n1\n")
     refresh(twin)
-    _assert_same(_state(lake), _state(twin))
-    assert len(_state(lake)["tables"]["events"]) == 8
+    assert_same_state(lake_state(lake), lake_state(twin))
+    assert len(lake_state(lake)["tables"]["events"]) == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 4])
 def test_concurrent_batch_runs_mark_every_batch_once(
     lake_case: LakeCase, workers: int, monkeypatch: pytest.MonkeyPatch
@@ -172,7 +169,7 @@ def test_concurrent_batch_runs_mark_every_batch_once(
     lake = lake_case.lake()
     for day in range(24):
         for part in ("a", "b"):
-            _put(lake, f"sales/events/day={day:02d}/{part}.csv", f"id,day\n{day}{part},{day}\n".encode())
+            put(lake, f"sales/events/day={day:02d}/{part}.csv", f"id,day\n{day}{part},{day}\n".encode())
     with dg.instance_for_test() as instance:
         result = refresh_with_runs(lake_case.config_path, workers=workers, instance=instance)
         assert result.failed == [] and result.batches_added == 25

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 
 import polars as pl
 import pytest
@@ -13,43 +12,11 @@ import pytest
 from aperio_assets.conversion.refresh import refresh
 from aperio_assets.lake import Lake
 from aperio_assets.state import open_lineage, open_tracker
-from aperio_tests.conftest import LakeCase
-from aperio_tests.test_config import run_cli
-
-
-def put(lake: Lake, relative: str, data: bytes) -> str:
-    path = lake.lake_storage.join(lake.config.base_directory, relative)
-    lake.lake_storage.write_bytes(path, data)
-    return path
-
-
-def parquet_bytes(frame: pl.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer)
-    return buffer.getvalue()
-
-
-def excel_bytes(frame: pl.DataFrame) -> bytes:
-    buffer = io.BytesIO()
-    frame.write_excel(buffer)
-    return buffer.getvalue()
+from aperio_tests.helpers import LakeCase, parquet_bytes, put, run_cli, run_in_processes, seed
 
 
 def read_output(lake: Lake, path: str) -> pl.DataFrame:
     return pl.read_parquet(io.BytesIO(lake.storage.read_bytes(path)))
-
-
-def seed(lake: Lake) -> None:
-    put(lake, "sales/customers.csv", b'id,name,score\n1,Ann,NA\n2,Bob,\n3,"Lee, Jr",7\n')
-    put(lake, "sales/regions.tsv", b"code\tname\nN\tNorth\nS\tSouth\n")
-    put(lake, "sales/products.json", json.dumps([{"sku": "a", "price": 1.5}, {"sku": "b", "price": None}]).encode())
-    put(lake, "sales/events.jsonl", b'{"e": 1}\n{"e": 2}\n{"e": 3}\n')
-    put(lake, "sales/staff.xlsx", excel_bytes(pl.DataFrame({"who": ["x", "y"], "age": [30, 40]})))
-    put(lake, "sales/rates.parquet", parquet_bytes(pl.DataFrame({"r": [0.1, 0.2, 0.3, 0.4]})))
-    for month, rows in (("01", 2), ("02", 3)):
-        body = "id,amount\n" + "".join(f"{i},{i * 10}\n" for i in range(rows))
-        put(lake, f"sales/orders/year=2024/month={month}/part-0.csv", body.encode())
-    put(lake, "sales/orders/year=2024/month=02/part-1.jsonl", b'{"id": 9, "amount": 90}\n')
 
 
 def test_every_format_and_the_generated_model(lake_case: LakeCase) -> None:
@@ -209,13 +176,7 @@ def test_two_concurrent_refreshes_end_consistent(lake_case: LakeCase) -> None:
     for month in range(3, 13):
         body = "id,amount\n" + "".join(f"{i},{i}\n" for i in range(100))
         put(lake, f"sales/orders/year=2024/month={month:02d}/part-0.csv", body.encode())
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_refresh_in_process, args=(lake_case.config_path,)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
+    run_in_processes(_refresh_in_process, [(lake_case.config_path,)] * 2)
     lake = lake_case.lake()
     tracker = open_tracker(lake, "sales")
     assert len(tracker.get_processed_key_values("orders")) == 12
@@ -351,11 +312,9 @@ def _no_op_refresh(lake: Lake) -> tuple[list[str], dict[str, int]]:
 def test_a_no_op_refresh_reads_no_raw_or_converted_file(lake_case: LakeCase, tmp_path) -> None:
     """A refresh with nothing to do reads only state: no GET of a raw or converted file, and the
     same number of requests of each kind for a lake of 20 files as for one of 200."""
-    from aperio_tests.test_workers import _twin
-
     counts = []
     for total in (20, 200):
-        lake = _twin(lake_case, tmp_path, f"lake{total}")
+        lake = lake_case.sibling(tmp_path, f"lake{total}")
         for i in range(total):
             put(lake, f"sales/events/day={i:03d}/part.csv", f"v\n{i}\n".encode())
         refresh(lake)

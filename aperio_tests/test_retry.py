@@ -8,7 +8,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from aperio_assets.config import S3Settings
 from aperio_assets.errors import StorageError, StorageUnavailable, WriteOutcomeUnknown
 from aperio_assets.storage import RetryPolicy, S3Storage, is_transient
-from aperio_tests.conftest import S3Server
+from aperio_tests.helpers import S3Server
 
 
 def client_error(status: int, code: str) -> ClientError:

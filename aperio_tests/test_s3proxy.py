@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from aperio_assets.errors import StorageUnavailable, WriteOutcomeUnknown
 from aperio_assets.storage import S3Storage
 from aperio_assets.storage.retry import RetryPolicy
-from aperio_tests.conftest import TEST_CREDENTIALS
+from aperio_tests.helpers import TEST_CREDENTIALS
 
 
 def _client(endpoint: str):
@@ -138,6 +138,7 @@ def test_multipart_upload_range_get_and_chunked_body_are_forwarded(faulty_s3, s3
 def test_the_proxy_in_its_own_process(s3, s3_bucket: str) -> None:
     """``python -m aperio_assets.bench.faultproxy`` prints its URL when ready, forwards, and injects the
     faults it was given (SlowDown on every request here)."""
+    # a real process: the proxy's own entry point, its ready line on stdout and its exit on SIGTERM
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from aperio_assets.catalog.connect import connect
 from aperio_assets.lake import open_lake
 from aperio_assets.state import open_lineage, open_tracker
 from aperio_assets.storage import S3Storage
-from aperio_tests.conftest import S3Server
+from aperio_tests.helpers import S3Server, dagster_home, finish, start_refresh
 
 MONTHS = [f"{m:02d}" for m in range(1, 7)]
-ROOT = Path(__file__).parents[1]
 
 
 def write_lake(storage: S3Storage, base: str) -> dict[str, int]:
@@ -37,31 +35,6 @@ def write_lake(storage: S3Storage, base: str) -> dict[str, int]:
     storage.write_bytes(f"{base}/ref/rates.jsonl", b'{"r": 1}\n{"r": 2}\n{"r": 3}\n{"r": 4}\n')
     orders = sum(int(m) + p for m in MONTHS for p in range(2))
     return {"sales.orders": orders, "sales.customers": 3, "ref.regions": 2, "ref.rates": 4}
-
-
-def dagster_home(tmp_path: Path, name: str) -> Path:
-    home = tmp_path / name
-    home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    return home
-
-
-def start_refresh(home: Path, config: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "DAGSTER_HOME": str(home), "APERIO_CONFIG": str(config), "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "aperio_assets.defs.launch", "--workers", "1"],
-        env=env,
-        cwd=home,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def finish(process: subprocess.Popen[str]) -> str:
-    output, _ = process.communicate(timeout=900)
-    assert process.returncode == 0, output[-4000:]
-    return output
 
 
 @contextlib.contextmanager
@@ -92,6 +65,7 @@ def successful_runs(home: Path) -> dict[str, int]:
         return {job: sum(1 for r in runs if r.job_name == job) for job in {r.job_name for r in runs}}
 
 
+@pytest.mark.slow
 def test_two_dagster_instances_refresh_one_s3_lake_at_once(s3: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     base = f"s3://{s3_bucket}/lake"
     storage = S3Storage(s3.settings())
@@ -100,7 +74,7 @@ def test_two_dagster_instances_refresh_one_s3_lake_at_once(s3: S3Server, s3_buck
     config.write_text(f"baseDirectory: {base}\nstorage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n")
     homes = [dagster_home(tmp_path, "instance-a"), dagster_home(tmp_path, "instance-b")]
 
-    # both instances at once, on the same lake
+    # both instances at once, on the same lake: two real processes, as two nodes would be
     for process in [start_refresh(home, config) for home in homes]:
         finish(process)
     # each instance: one run of each schema's batches (one range each), then the catalog job

@@ -15,7 +15,7 @@ import pytest
 from aperio_assets.config import CompactionSettings, S3Settings
 from aperio_assets.state import ParquetPartitionStatusStore
 from aperio_assets.storage import LocalStorage, S3Storage
-from aperio_tests.conftest import StorageCase
+from aperio_tests.helpers import StorageCase
 
 SCHEMA = "sales"
 
@@ -125,9 +125,16 @@ def test_sigkill_at_random_moments_loses_no_returned_write(storage_case: Storage
     for _ in range(4):
         procs = [ctx.Process(target=_logging_writer, args=(*args, n, str(log))) for n, log in enumerate(logs)]
         procs.append(ctx.Process(target=_looping_compactor, args=args))
+        sizes = [log.stat().st_size if log.exists() else 0 for log in logs]
         for p in procs:
             p.start()
-        time.sleep(3.0 + rng.random() * 2.0)  # imports take a while; then they race for a moment
+        # imports take a while (longer on a loaded machine): wait until every writer has returned a
+        # write this round, then let them race for a moment
+        deadline = time.monotonic() + 120
+        while not all(log.exists() and log.stat().st_size > size for log, size in zip(logs, sizes, strict=True)):
+            assert time.monotonic() < deadline, "a writer returned no write within 120 s of its start"
+            time.sleep(0.05)
+        time.sleep(0.5 + rng.random() * 1.5)
         rng.shuffle(procs)
         for p in procs:
             os.kill(p.pid, signal.SIGKILL)

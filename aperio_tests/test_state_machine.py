@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -19,7 +20,7 @@ from aperio_assets.config import CompactionSettings
 from aperio_assets.state import DuckDBPartitionStatusStore, ParquetPartitionStatusStore
 from aperio_assets.state.keys import canonical_key
 from aperio_assets.storage import LocalStorage, S3Storage
-from aperio_tests.conftest import S3Server
+from aperio_tests.helpers import S3Server
 
 ALTERNATES = st.sampled_from(["flights", "weather", 'odd "name"; --'])
 KEYS = (
@@ -135,16 +136,19 @@ def _run(opener, examples: int, steps: int) -> None:
     machine.TestCase().runTest()
 
 
+@pytest.mark.slow
 def test_shared_state_on_local_disk(tmp_path) -> None:
     storage = LocalStorage(aperio_root=str(tmp_path / ".aperio"))
     _run(lambda sid, compaction: ParquetPartitionStatusStore(storage, f"s{sid}", compaction), examples=40, steps=30)
 
 
+@pytest.mark.slow
 def test_shared_state_on_s3(s3: S3Server, s3_bucket: str) -> None:
     storage = S3Storage(s3.settings(), aperio_root=f"s3://{s3_bucket}/.aperio")
     _run(lambda sid, compaction: ParquetPartitionStatusStore(storage, f"s{sid}", compaction), examples=10, steps=25)
 
 
+@pytest.mark.slow
 def test_local_duckdb_store(tmp_path) -> None:
     _run(
         lambda sid, compaction: DuckDBPartitionStatusStore(tmp_path / sid / ".partition_status.duckdb"),

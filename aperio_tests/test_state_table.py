@@ -13,7 +13,7 @@ from aperio_assets.state.clock import HybridClock, wall_clock_us
 from aperio_assets.state.spec import TableSpec
 from aperio_assets.state.sql import current_state_sql
 from aperio_assets.state.table import COMPACTED_SUFFIX, StateTable, parquet_bytes
-from aperio_tests.conftest import StorageCase
+from aperio_tests.helpers import StorageCase
 
 SPEC = TableSpec("things", keys=("group", "name"), values=(("value", pa.int64()), ("note", pa.string())))
 

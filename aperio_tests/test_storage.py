@@ -8,7 +8,7 @@ import time
 import pytest
 
 from aperio_assets.errors import LocationNotFound
-from aperio_tests.conftest import StorageCase
+from aperio_tests.helpers import StorageCase
 
 
 def test_write_read_and_replace(storage_case: StorageCase) -> None:

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from aperio_tests.conftest import TrackerCase
+from aperio_tests.helpers import TrackerCase
 
 K1 = {"year": "2013", "month": "01"}
 K2 = {"year": "2013", "month": "02"}

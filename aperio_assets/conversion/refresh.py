@@ -54,7 +54,7 @@ from aperio_assets.conversion.naming import (
 )
 from aperio_assets.errors import StorageError, StorageUnavailable
 from aperio_assets.lake import Lake
-from aperio_assets.state.access import open_state
+from aperio_assets.state.access import is_shared, open_state
 from aperio_assets.state.lineage import Row
 from aperio_assets.state.tracker import now_ms, status_row
 
@@ -557,7 +557,7 @@ def refresh_schema(
         conversions.apply(rows, [(p,) for p in removed])
 
     marked: set[Key] = set()
-    if workers > 1 and schema.state_storage == "shared":
+    if workers > 1 and is_shared(lake, schema.name):  # (legacy stores are single-writer)
         from aperio_assets.conversion.parallel import convert_in_workers
 
         gone, todo = run.plan(lineage)
