@@ -335,3 +335,24 @@ def finish(process: subprocess.Popen[str]) -> str:
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-4000:]
     return output
+
+
+HOSTILE = 'x"; DROP SCHEMA sales; --'
+
+
+def build_catalog_lake(lake_case: LakeCase) -> Lake:
+    """Two schemas (sales, ref) with a partitioned table, a hostile name, and refreshed state."""
+    lake = lake_case.lake()
+    put(lake, "sales/orders/year=2024/month=01/a.csv", b"id,carrier,amount\n1,AA,10\n2,UA,20\n")
+    put(lake, "sales/orders/year=2024/month=02/a.csv", b"id,carrier,amount\n3,AA,30\n")
+    put(lake, f"sales/{HOSTILE}.csv", b"v\n42\n")
+    put(
+        lake,
+        "ref/carriers.json",
+        json.dumps([{"carrier": "AA", "name": "American"}, {"carrier": "UA", "name": "United"}]).encode(),
+    )
+    lake = lake_case.lake()  # rediscover: ref is new
+    from aperio_assets.conversion.refresh import refresh
+
+    refresh(lake)
+    return lake

@@ -1,4 +1,4 @@
-"""The in-memory DuckDB catalog: table views, the `aperio` state views, view definitions, quoting,
+"""The DuckDB catalog: table views, the `aperio` state views, view definitions, quoting,
 credentials, and both ways DuckDB reads S3."""
 
 from __future__ import annotations
@@ -11,34 +11,14 @@ import pytest
 from aperio_assets.catalog import ViewStore, connect, open_catalog
 from aperio_assets.conversion.refresh import refresh
 from aperio_assets.state import open_tracker
-from aperio_tests.conftest import TEST_CREDENTIALS, LakeCase
-from aperio_tests.test_config import run_cli
-from aperio_tests.test_refresh import put
-
-HOSTILE = 'x"; DROP SCHEMA sales; --'
-
-
-def build(lake_case: LakeCase):
-    """Two schemas (sales, ref) with a partitioned table, a hostile name, and refreshed state."""
-    lake = lake_case.lake()
-    put(lake, "sales/orders/year=2024/month=01/a.csv", b"id,carrier,amount\n1,AA,10\n2,UA,20\n")
-    put(lake, "sales/orders/year=2024/month=02/a.csv", b"id,carrier,amount\n3,AA,30\n")
-    put(lake, f"sales/{HOSTILE}.csv", b"v\n42\n")
-    put(
-        lake,
-        "ref/carriers.json",
-        json.dumps([{"carrier": "AA", "name": "American"}, {"carrier": "UA", "name": "United"}]).encode(),
-    )
-    lake = lake_case.lake()  # rediscover: ref is new
-    refresh(lake)
-    return lake
+from aperio_tests.helpers import HOSTILE, TEST_CREDENTIALS, LakeCase, build_catalog_lake, put, run_cli
 
 
 @pytest.mark.parametrize(
     ("lake_case", "s3_access"), [("local", "auto"), ("s3", "auto"), ("s3", "fsspec")], indirect=["lake_case"]
 )
 def test_views_and_cross_schema_join(lake_case: LakeCase, s3_access: str) -> None:
-    lake = build(lake_case)
+    lake = build_catalog_lake(lake_case)
     con, report = open_catalog(lake, s3_access=s3_access)
     assert report.broken == {}
     assert report.s3_access == (None if lake_case.kind == "local" else ("httpfs" if s3_access == "auto" else "fsspec"))
@@ -62,7 +42,7 @@ def test_views_and_cross_schema_join(lake_case: LakeCase, s3_access: str) -> Non
 
 
 def test_state_views_agree_with_the_trackers(lake_case: LakeCase) -> None:
-    lake = build(lake_case)
+    lake = build_catalog_lake(lake_case)
     tracker = open_tracker(lake, "sales")
     tracker.invalidate("orders", {"year": "2024", "month": "02"})
     tracker.mark_table_complete("orders-pipeline", "sig")
@@ -101,7 +81,7 @@ def test_state_views_agree_with_the_trackers(lake_case: LakeCase) -> None:
 def test_user_views_survive_rebuild_and_broken_ones_do_not_break_connect(
     lake_case: LakeCase, caplog: pytest.LogCaptureFixture
 ) -> None:
-    lake = build(lake_case)
+    lake = build_catalog_lake(lake_case)
     store = ViewStore(lake)
     store.add("sales", "big_orders", "SELECT * FROM sales.orders WHERE amount >= 20")
     store.add("sales", "joined", "SELECT o.id, c.name FROM sales.orders o JOIN ref.carriers c USING (carrier)")
@@ -126,7 +106,7 @@ def test_user_views_survive_rebuild_and_broken_ones_do_not_break_connect(
 @pytest.mark.parametrize("lake_case", ["s3"], indirect=True)
 def test_credentials_never_leave_the_secret(lake_case: LakeCase, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
-        lake = build(lake_case)
+        lake = build_catalog_lake(lake_case)
         con = connect(lake)
         con.execute("SELECT count(*) FROM sales.orders").fetchall()
     written = b"".join(
@@ -149,7 +129,7 @@ def test_credentials_never_leave_the_secret(lake_case: LakeCase, caplog: pytest.
 
 
 def test_sql_command(lake_case: LakeCase) -> None:
-    build(lake_case)
+    build_catalog_lake(lake_case)
     result = run_cli(
         "--config",
         lake_case.config_path,
@@ -194,7 +174,7 @@ def test_local_mode_state_views_read_the_legacy_files(tmp_path) -> None:
 
 
 def test_views_are_bound_once_per_definitions_version(lake_case: LakeCase) -> None:
-    lake = build(lake_case)
+    lake = build_catalog_lake(lake_case)
     ViewStore(lake).add("ref", "broken", "SELECT * FROM no_such_table")
     first = open_catalog(lake)[1]
     second = open_catalog(lake)[1]
@@ -213,7 +193,7 @@ def test_views_are_bound_once_per_definitions_version(lake_case: LakeCase) -> No
 def test_a_view_remembered_broken_is_bound_again_once_it_binds(lake_case: LakeCase) -> None:
     """The cache remembers views that did not bind; a connect finds one that binds now (its files
     are back) and binds every view again, while one still broken leaves the cache as it is."""
-    lake = build(lake_case)
+    lake = build_catalog_lake(lake_case)
     folder = lake.storage.join(lake.storage.aperio_path("sales", "tables"), "orders")
     saved = {i.path: lake.storage.read_bytes(i.path) for i in lake.storage.list(folder, recursive=True)}
     for path in saved:
@@ -234,7 +214,7 @@ def test_an_open_connection_survives_compaction(lake_case: LakeCase) -> None:
     period at all, an unreadable file present so no glob could serve) never breaks a query."""
     from aperio_assets.state.maintenance import shared_state_tables
 
-    lake = build(lake_case)
+    lake = build_catalog_lake(lake_case)
     status_dir = lake.storage.aperio_path("sales", "partition_status")
     lake.storage.write_bytes(lake.storage.join(status_dir, "00000000000000001_bad_000000.parquet"), b"not parquet")
     tracker = open_tracker(lake, "sales")
@@ -255,7 +235,7 @@ def test_an_open_connection_survives_compaction(lake_case: LakeCase) -> None:
 def test_each_connection_keeps_its_own_state_snapshot(lake_case: LakeCase) -> None:
     """Connects in one process may share a DuckDB database (the cache file kept open): each
     connection still has the snapshot taken at its connect."""
-    lake = build(lake_case)
+    lake = build_catalog_lake(lake_case)
     query = "SELECT count(*) FROM aperio.partition_status WHERE alternate_name = 'extra'"
     before = connect(lake)
     assert before.execute(query).fetchone() == (0,)

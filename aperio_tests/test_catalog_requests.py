@@ -13,8 +13,7 @@ from aperio_assets.catalog.cache import PROCESS_CACHE
 from aperio_assets.catalog.fingerprint import view_key
 from aperio_assets.catalog.views import views_table
 from aperio_assets.lake import Lake
-from aperio_tests.conftest import FaultyS3, LakeCase
-from aperio_tests.test_catalog import build
+from aperio_tests.helpers import FaultyS3, LakeCase, build_catalog_lake
 
 
 def _providers(lake: Lake) -> list:
@@ -48,7 +47,7 @@ def _a_fresh_process() -> None:
 
 
 def test_a_warm_connect_lists_each_state_directory_once_and_nothing_per_view(lake_case: LakeCase) -> None:
-    lake = build(lake_case)
+    lake = build_catalog_lake(lake_case)
     directories = _state_directories(lake)
     first = open_catalog(lake)[1]
     assert first.cache == "built" and len(first.bound) == first.views == 4
@@ -78,7 +77,7 @@ def test_a_warm_connect_lists_each_state_directory_once_and_nothing_per_view(lak
 
 
 def test_a_connect_after_one_definition_changed_binds_only_that_view_and_its_readers(lake_case: LakeCase) -> None:
-    lake = build(lake_case)
+    lake = build_catalog_lake(lake_case)
     store = ViewStore(lake)
     store.add("sales", "named", "SELECT o.id, c.name FROM sales.orders o JOIN ref.carriers c USING (carrier)")
     store.add("sales", "big", "SELECT * FROM sales.orders WHERE amount >= 20")
@@ -114,7 +113,7 @@ def test_a_warm_connect_on_s3_sends_duckdb_no_request(faulty_s3: FaultyS3, s3_bu
     config.write_text(
         f"baseDirectory: s3://{s3_bucket}/lake\nstorage:\n  s3:\n    endpoint_url: {faulty_s3.endpoint_url}\n"
     )
-    lake = build(LakeCase("s3", str(config), f"s3://{s3_bucket}/lake"))
+    lake = build_catalog_lake(LakeCase("s3", str(config), f"s3://{s3_bucket}/lake"))
 
     def through_proxy(fn) -> tuple[int, int]:
         _reset(lake)
