@@ -8,14 +8,17 @@ import dagster as dg
 import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
+from aperio_assets.catalog.views import ViewDefinition, ViewStore
+from aperio_assets.conversion.refresh import refresh_schema
+from aperio_assets.definitions import build_defs
 from aperio_assets.defs.maintenance import (
     FINGERPRINT_TAG,
+    catalog_views_job,
+    catalog_views_schedule,
     compact_state_job,
     compact_state_schedule,
     legacy_state_sensor,
     migrate_legacy_state_job,
-    rebuild_views_job,
-    rebuild_views_schedule,
 )
 from aperio_assets.defs.resources import AperioResource
 from aperio_assets.demo import write_demo_lake
@@ -81,12 +84,15 @@ def test_no_second_request_while_one_is_pending(legacy: AperioResource) -> None:
 
 def test_schedules_and_maintenance_jobs(legacy: AperioResource) -> None:
     with dg.instance_for_test() as instance:
-        for schedule in (compact_state_schedule, rebuild_views_schedule):
+        for schedule in (compact_state_schedule, catalog_views_schedule):
             context = dg.build_schedule_context(instance=instance, resources={"aperio": legacy})
             requests = schedule.evaluate_tick(context).run_requests
             assert len(requests) == 1
         assert compact_state_schedule.cron_schedule == "0 * * * *"
         assert compact_state_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+        assert catalog_views_schedule.job_name == catalog_views_job.name
+        assert catalog_views_schedule.cron_schedule == "30 3 * * *"
+        assert catalog_views_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
         assert run(migrate_legacy_state_job, instance, legacy).success
         tracker = open_tracker(open_lake(legacy.config_path), "flights")
         for month in ("07", "08"):
@@ -94,8 +100,48 @@ def test_schedules_and_maintenance_jobs(legacy: AperioResource) -> None:
         compacted = run(compact_state_job, instance, legacy)
         assert compacted.success
         assert [s.files for s in open_tracker(open_lake(legacy.config_path), "flights").stats()] == [1, 1]
-        views = run(rebuild_views_job, instance, legacy)
-        assert views.success
+
+
+def test_the_daily_views_job_rebuilds_the_generated_views_and_keeps_the_others(legacy: AperioResource) -> None:
+    """``catalog_views_job`` (on ``catalog_views_schedule``) materializes ``aperio/catalog_views``: what
+    ``ViewStore.rebuild`` does (the generated view definitions follow the generated models, stale ones
+    are removed, user and migrated views are kept), then the asset's checks."""
+    defs = build_defs(legacy.config_path, legacy)
+    with dg.instance_for_test() as instance:
+        assert run(migrate_legacy_state_job, instance, legacy).success
+        lake = open_lake(legacy.config_path)
+        for schema in lake.schemas():
+            refresh_schema(lake, schema)  # the generated models, and no view definitions yet
+        store = ViewStore(lake)
+        store.add("flights", "late", "SELECT 1 AS late")  # a user's view
+        # a generated view no model has any more
+        store.table.write(upserts=[ViewDefinition("flights", "gone", "SELECT 0", "generated").row()])
+        kept = {(v.schema_name, v.view_name): v for v in store.list() if v.origin != "generated"}
+        assert {v.origin for v in kept.values()} == {"user", "migrated"}
+        upserts, stale, planned = ViewStore(open_lake(legacy.config_path)).plan_rebuild()
+        assert upserts and stale == [("flights", "gone")]  # there is something to rebuild
+        assert planned["shadowedByUserViews"] == 1  # reference.airlines: the migrated view wins
+
+        result = defs.resolve_job_def(catalog_views_job.name).execute_in_process(instance=instance)
+        assert result.success
+        (event,) = result.get_asset_materialization_events()
+        materialization = event.materialization
+        assert materialization.asset_key == dg.AssetKey(["aperio", "catalog_views"])
+        assert materialization.metadata["views written"].value == len(upserts)
+        assert materialization.metadata["views removed"].value == 1
+        assert materialization.metadata["views shadowed by user views"].value == 1
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks == {"views_resolve": True, "state_health": True}
+
+    after = ViewStore(open_lake(legacy.config_path))
+    upserts_left, stale_left, summary = after.plan_rebuild()
+    assert (upserts_left, stale_left) == ([], [])  # rebuilt: nothing more to write or remove
+    views = {(v.schema_name, v.view_name): v for v in after.list()}
+    assert {k: v for k, v in views.items() if v.origin != "generated"} == kept
+    assert ("flights", "gone") not in views
+    generated = sorted(k for k, v in views.items() if v.origin == "generated")
+    assert generated == sorted((u["schema_name"], u["view_name"]) for u in upserts)
+    assert summary["unchanged"] == len(generated)
 
 
 def test_a_failing_migration_backs_off_and_gives_up(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import dagster as dg
@@ -17,8 +16,9 @@ def test_definitions_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("APERIO_CONFIG", str(tmp_path / "aperio.yaml"))
     import aperio_assets.definitions as module
 
-    # loaded again under this test's configuration (an earlier import may have seen another)
-    defs = importlib.reload(module).defs
+    # the code location's @dg.definitions function, called as Dagster calls it: it reads this test's
+    # configuration now, whatever an earlier import saw
+    defs = module.defs()
     with dg.instance_for_test():  # a fresh instance: an earlier test's may be gone
         dg.Definitions.validate_loadable(defs)
     assert "aperio" in defs.resources
@@ -28,10 +28,10 @@ def test_definitions_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         "aperio_refresh_job",
         "migrate_legacy_state_job",
         "compact_state_job",
-        "rebuild_views_job",
+        "catalog_views_job",
     }
     assert {s.name for s in defs.sensors} == {"legacy_state_sensor", "lake_change_sensor", "aperio_automation_sensor"}
-    assert {s.name for s in defs.schedules} == {"compact_state_schedule", "rebuild_views_schedule"}
+    assert {s.name for s in defs.schedules} == {"compact_state_schedule", "catalog_views_schedule"}
 
 
 def test_resource_gives_the_lake(tmp_path: Path) -> None:

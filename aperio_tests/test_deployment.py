@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -48,7 +49,7 @@ from aperio_assets.demo import write_demo_lake
 from aperio_assets.state import open_lineage, open_tracker
 from aperio_assets.state.keys import canonical_key
 from aperio_assets.storage import S3Storage
-from aperio_tests.conftest import S3Server
+from aperio_tests.helpers import S3Server
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
@@ -80,10 +81,18 @@ def _tail(path: Path, lines: int = 80) -> str:
 
 
 @contextlib.contextmanager
-def postgres(directory: Path) -> Iterator[Any]:
-    """A PostgreSQL 16 server in ``directory`` (pgserver), stopped on exit. Never skips: a server
-    that cannot start fails the test, with the reason and the server's log."""
-    directory.mkdir()
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL 16 server (pgserver) in a temporary directory of its own, stopped and removed on
+    exit. Never skips: a server that cannot start fails the test, with the reason and the server's log.
+    Not below pytest's basetemp: as root, pgserver runs PostgreSQL as its own user, and every pytest
+    session that starts meanwhile (another on this machine) makes pytest-of-root 0700 again; the
+    server, cut off from its data directory, shuts itself down within a minute."""
+    with tempfile.TemporaryDirectory(prefix="aperio-postgres-") as temporary, _postgres(Path(temporary)) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _postgres(directory: Path) -> Iterator[Any]:
     try:
         import pgserver
 
@@ -99,8 +108,8 @@ def postgres(directory: Path) -> Iterator[Any]:
     finally:
         if os.geteuid() == 0:
             # As root, pgserver runs PostgreSQL as its own user, after opening the path to the data
-            # for it; a pytest session started meanwhile makes its pytest-of-root 0700 again, and
-            # `pg_ctl stop` could no longer reach the data. Open it again, as pgserver did at start.
+            # for it; open it again (as pgserver did at start) in case anything closed it since, or
+            # `pg_ctl stop` could no longer reach the data.
             from pgserver.utils import ensure_prefix_permissions
 
             ensure_prefix_permissions(directory / "data")
@@ -110,6 +119,7 @@ def postgres(directory: Path) -> Iterator[Any]:
 def start_daemon(home: Path, workspace: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``dagster-daemon run`` in its own process group (its code server and run workers join it)."""
     with (home / "daemon.log").open("wb") as log:
+        # a real process: the daemon, its code server and run workers, SIGKILLed as a node would be
         return subprocess.Popen(
             [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
             cwd=home,
@@ -433,7 +443,7 @@ def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
         for schema in ("flights", "reference")
     )
 
-    with postgres(tmp_path / "postgres") as server:
+    with postgres() as server:
         deploy = check_deploy_files(tmp_path, server, monkeypatch)
         scheme = deploy["storage"]["postgres"]["postgres_db"]["scheme"]
         postgres_url = re.sub(r"^postgresql://", f"{scheme}://", server.get_uri())
@@ -500,6 +510,7 @@ def run_deployment(
     migration_end = migration[0].end_time or 0.0
 
     # 2. lake_change_sensor, started from the CLI against the same instance, requests the batch runs
+    # a real process: the `dagster` CLI, as an operator runs it against the deployment
     started = subprocess.run(
         [str(BIN / "dagster"), "sensor", "start", "lake_change_sensor", "-w", str(workspace)],
         cwd=home,
@@ -640,11 +651,12 @@ def run_deployment(
         for r in runs(instance, job_name="flights_batches_job")
         if r.dagster_run.status == dg.DagsterRunStatus.FAILURE and r.dagster_run.run_id != killed_id
     ]
-    # nothing left running (but the hourly compaction, which a test crossing the hour may see)
+    # nothing left running (but the scheduled maintenance: the hourly compaction, which a test crossing
+    # the hour may see, and the daily views)
     assert not [
         r
         for r in runs(instance)
-        if not r.dagster_run.is_finished and r.dagster_run.job_name not in ("compact_state_job", "rebuild_views_job")
+        if not r.dagster_run.is_finished and r.dagster_run.job_name not in ("compact_state_job", "catalog_views_job")
     ]
     proof["killed run"] = {
         "run": killed_id,

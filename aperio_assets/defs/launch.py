@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from aperio_assets.config import find_config_path
+from aperio_assets.definitions import build_defs
 from aperio_assets.defs.partitions import batches_partitions
 from aperio_assets.defs.resources import AperioResource
 from aperio_assets.defs.sensors import CATALOG_JOB, plan_schema
@@ -43,8 +44,8 @@ class LaunchResult:
 
 @functools.cache
 def _definitions(config_path: str) -> dg.Definitions:
-    from aperio_assets.definitions import build_defs
-
+    # Once per process (this one, and each worker for all the runs it executes): importing the code
+    # location builds nothing (its ``defs`` is lazy), so this is the only build.
     return build_defs(config_path, AperioResource(config_path=config_path))
 
 

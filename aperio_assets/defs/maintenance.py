@@ -1,5 +1,6 @@
 """Maintenance jobs and their automation (DESIGN §9): migration of legacy state started by a sensor,
-hourly compaction, daily view rebuild. Each op calls the same library code as the CLI.
+hourly compaction, and a daily materialization of ``aperio/catalog_views`` (the view definitions
+rebuilt from the generated models). Each op calls the same library code as the CLI.
 
 (No ``from __future__ import annotations`` here: Dagster reads the context annotations at runtime.)
 """
@@ -8,7 +9,7 @@ import time
 
 import dagster as dg
 
-from aperio_assets.catalog.views import ViewStore
+from aperio_assets.defs.assets import CATALOG_VIEWS
 from aperio_assets.defs.resources import AperioResource
 from aperio_assets.migration import legacy_fingerprint, migrate
 from aperio_assets.state.maintenance import compact_lake
@@ -55,12 +56,6 @@ def compact_state(context: dg.OpExecutionContext, aperio: AperioResource) -> dg.
     )
 
 
-@dg.op
-def rebuild_views(context: dg.OpExecutionContext, aperio: AperioResource) -> dg.Output[int]:
-    summary = ViewStore(aperio.lake()).rebuild()
-    return dg.Output(summary["written"], metadata=dict(summary.items()))
-
-
 @dg.job(description="Migrate legacy single-node state into shared state (DESIGN §8).")
 def migrate_legacy_state_job() -> None:
     migrate_legacy_state()
@@ -71,22 +66,27 @@ def compact_state_job() -> None:
     compact_state()
 
 
-@dg.job(description="Regenerate the generated view definitions from the generated models.")
-def rebuild_views_job() -> None:
-    rebuild_views()
+# The asset's own job (its checks included): the generated view definitions follow the generated
+# models even when no batch changed (`aperio views rebuild` does the same from the command line).
+catalog_views_job = dg.define_asset_job(
+    "catalog_views_job",
+    selection=dg.AssetSelection.assets(CATALOG_VIEWS),
+    description="Rebuild the generated view definitions from the generated models (user and migrated views "
+    "are kept), then check them.",
+)
 
 
 # Running by default: the rollout plan wants legacy state migrated on start-up, and compaction keeps
-# reads cheap. Both need the dagster-daemon (`make dev` starts it).
+# reads cheap. They need the dagster-daemon (`make dev` starts it).
 compact_state_schedule = dg.ScheduleDefinition(
     name="compact_state_schedule",
     job=compact_state_job,
     cron_schedule="0 * * * *",  # hourly
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
-rebuild_views_schedule = dg.ScheduleDefinition(
-    name="rebuild_views_schedule",
-    job=rebuild_views_job,
+catalog_views_schedule = dg.ScheduleDefinition(
+    name="catalog_views_schedule",
+    job=catalog_views_job,
     cron_schedule="30 3 * * *",  # daily
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
