@@ -86,7 +86,7 @@ def test_user_views_survive_rebuild_and_broken_ones_do_not_break_connect(
     store.add("sales", "big_orders", "SELECT * FROM sales.orders WHERE amount >= 20")
     store.add("sales", "joined", "SELECT o.id, c.name FROM sales.orders o JOIN ref.carriers c USING (carrier)")
     store.add("ref", "broken", "SELECT * FROM no_such_table")
-    assert store.rebuild()["removed"] == 0
+    assert store.rebuild().removed == 0
     assert {(v.view_name, v.origin) for v in store.list()} >= {
         ("big_orders", "user"),
         ("joined", "user"),
@@ -245,3 +245,18 @@ def test_each_connection_keeps_its_own_state_snapshot(lake_case: LakeCase) -> No
     assert before.execute(query).fetchone() == (0,)
     before.close()
     assert after.execute(query).fetchone() == (1,) and after.execute("SELECT count(*) FROM sales.orders").fetchone()
+
+
+def test_views_rebuild_reports_its_summary_as_json(lake_case: LakeCase) -> None:
+    """`aperio views rebuild --json`: the CLI's shape of the library's RebuildSummary."""
+    lake = build_catalog_lake(lake_case)  # the refresh wrote the three generated views
+    ViewStore(lake).add("sales", "orders", "SELECT 1 AS one")  # a user's view shadows a generated one
+    result = run_cli("--config", lake_case.config_path, "views", "rebuild", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "written": 0,
+        "removed": 0,
+        "unchanged": 2,
+        "shadowedByUserViews": 1,
+        "views": 3,
+    }

@@ -120,7 +120,7 @@ def test_the_daily_views_job_rebuilds_the_generated_views_and_keeps_the_others(l
         assert {v.origin for v in kept.values()} == {"user", "migrated"}
         upserts, stale, planned = ViewStore(open_lake(legacy.config_path)).plan_rebuild()
         assert upserts and stale == [("flights", "gone")]  # there is something to rebuild
-        assert planned["shadowedByUserViews"] == 1  # reference.airlines: the migrated view wins
+        assert planned.shadowed_by_user_views == 1  # reference.airlines: the migrated view wins
 
         result = defs.resolve_job_def(catalog_views_job.name).execute_in_process(instance=instance)
         assert result.success

@@ -33,7 +33,7 @@ def test_worker_rule_follows_the_storage(
     asked: list[bool] = []
     real_shares = parallel.shares
 
-    def spy(todo, workers, *, remote=True):  # noqa: ANN001, ANN202
+    def spy(todo, workers, *, remote=True):
         asked.append(remote)
         raise _Stop(len(real_shares(todo, workers, remote=remote)))
 

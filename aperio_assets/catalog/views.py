@@ -125,6 +125,17 @@ def generated_definitions(lake: Lake) -> list[ViewDefinition]:
     return definitions
 
 
+@dataclass(frozen=True)
+class RebuildSummary:
+    """What a rebuild of the generated view definitions writes or would write."""
+
+    written: int  # generated definitions new or changed
+    removed: int  # generated definitions no model has any more
+    unchanged: int
+    shadowed_by_user_views: int  # generated names a user's or migrated view keeps
+    views: int  # definitions after the rebuild
+
+
 class ViewStore:
     """List, add, drop and rebuild view definitions."""
 
@@ -137,7 +148,7 @@ class ViewStore:
             (ViewDefinition.from_row(r) for r in self.table.rows()), key=lambda v: (v.schema_name, v.view_name)
         )
 
-    def plan_rebuild(self) -> tuple[list[dict[str, Any]], list[tuple[str, str]], dict[str, int]]:
+    def plan_rebuild(self) -> tuple[list[dict[str, Any]], list[tuple[str, str]], RebuildSummary]:
         """What a rebuild writes (generated definitions that changed), deletes (generated ones no
         model has any more), and a summary. Writes nothing."""
         current = {(v.schema_name, v.view_name): v for v in self.list()}
@@ -150,18 +161,18 @@ class ViewStore:
             elif existing != view:
                 upserts.append(view.row())
         stale = [key for key, v in current.items() if v.origin == "generated" and key not in wanted]
-        summary = {
-            "written": len(upserts),
-            "removed": len(stale),
-            "unchanged": len(wanted) - len(upserts) - kept,
-            "shadowedByUserViews": kept,
-            "views": len(current)
+        summary = RebuildSummary(
+            written=len(upserts),
+            removed=len(stale),
+            unchanged=len(wanted) - len(upserts) - kept,
+            shadowed_by_user_views=kept,
+            views=len(current)
             - len(stale)
             + sum(1 for v in upserts if (v["schema_name"], v["view_name"]) not in current),
-        }
+        )
         return upserts, stale, summary
 
-    def rebuild(self) -> dict[str, int]:
+    def rebuild(self) -> RebuildSummary:
         """Replace the generated definitions with what the generated models say now (one write)."""
         upserts, stale, summary = self.plan_rebuild()
         self.table.write(upserts=upserts, deletes=stale)

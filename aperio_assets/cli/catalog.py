@@ -62,7 +62,14 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_rebuild(args: argparse.Namespace) -> int:
-    summary = _store(args).rebuild()
+    rebuilt = _store(args).rebuild()
+    summary = {
+        "written": rebuilt.written,
+        "removed": rebuilt.removed,
+        "unchanged": rebuilt.unchanged,
+        "shadowedByUserViews": rebuilt.shadowed_by_user_views,
+        "views": rebuilt.views,
+    }
     if args.json:
         print_json(summary)
     else:

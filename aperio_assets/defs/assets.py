@@ -279,21 +279,21 @@ def catalog_views_asset(schemas: Sequence[SchemaConfig]) -> dg.AssetsDefinition:
             ("views", "written", "removed", "unchanged", "shadowed by user views"),
             [
                 (
-                    summary["views"],
-                    summary["written"],
-                    summary["removed"],
-                    summary["unchanged"],
-                    summary["shadowedByUserViews"],
+                    summary.views,
+                    summary.written,
+                    summary.removed,
+                    summary.unchanged,
+                    summary.shadowed_by_user_views,
                 )
             ],
         )
         return dg.Output(
             to_frame(VIEWS, upserts, stale),
             metadata={
-                "views written": summary["written"],
-                "views removed": summary["removed"],
-                "views unchanged": summary["unchanged"],
-                "views shadowed by user views": summary["shadowedByUserViews"],
+                "views written": summary.written,
+                "views removed": summary.removed,
+                "views unchanged": summary.unchanged,
+                "views shadowed by user views": summary.shadowed_by_user_views,
                 "summary": dg.MetadataValue.md(table),
             },
         )
