@@ -249,14 +249,16 @@ def test_each_connection_keeps_its_own_state_snapshot(lake_case: LakeCase) -> No
 
 def test_views_rebuild_reports_its_summary_as_json(lake_case: LakeCase) -> None:
     """`aperio views rebuild --json`: the CLI's shape of the library's RebuildSummary."""
-    lake = build_catalog_lake(lake_case)  # the refresh wrote the three generated views
+    lake = build_catalog_lake(lake_case)  # the refresh wrote the generated views
+    generated = {(v.schema_name, v.view_name) for v in ViewStore(lake).list() if v.origin == "generated"}
+    assert ("sales", "orders") in generated and len(generated) >= 3
     ViewStore(lake).add("sales", "orders", "SELECT 1 AS one")  # a user's view shadows a generated one
     result = run_cli("--config", lake_case.config_path, "views", "rebuild", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {
         "written": 0,
         "removed": 0,
-        "unchanged": 2,
+        "unchanged": len(generated) - 1,
         "shadowedByUserViews": 1,
-        "views": 3,
+        "views": len(generated),
     }

@@ -4,9 +4,6 @@ refresh as Dagster runs, tested the Dagster way: ``validate_loadable``, runs exe
 instance, and the launcher and ``dg`` in subprocesses."""
 
 # (No ``from __future__ import annotations``: Dagster reads the test assets' annotations at runtime.)
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -328,25 +325,6 @@ def test_the_launcher_refreshes_as_runs_in_a_fresh_home(tmp_path: Path) -> None:
     with connect(str(tmp_path / "aperio.yaml")) as con:
         assert con.execute("SELECT sum(amount) FROM sales.orders").fetchone()[0] == 30
     assert any(home.joinpath("storage").iterdir())  # the run was recorded in this instance
-
-
-def test_dg_check_defs(tmp_path: Path) -> None:
-    """`dg check defs` loads the project's code location ([tool.dg] in pyproject.toml)."""
-    (tmp_path / "lake" / "sales").mkdir(parents=True)
-    (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
-    (tmp_path / "home").mkdir()
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "home"), "APERIO_CONFIG": str(tmp_path / "aperio.yaml")}
-    # a real process: the `dg` script, reading [tool.dg] from the project's pyproject.toml
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("dg")), "check", "defs"],
-        env=env,
-        cwd=Path(__file__).parents[1],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "All definitions loaded successfully" in done.stdout + done.stderr
 
 
 def test_views_resolve_checks_the_files_as_they_are_now(lake_case: LakeCase) -> None:

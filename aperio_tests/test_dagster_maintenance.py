@@ -141,7 +141,7 @@ def test_the_daily_views_job_rebuilds_the_generated_views_and_keeps_the_others(l
     assert ("flights", "gone") not in views
     generated = sorted(k for k, v in views.items() if v.origin == "generated")
     assert generated == sorted((u["schema_name"], u["view_name"]) for u in upserts)
-    assert summary["unchanged"] == len(generated)
+    assert summary.unchanged == len(generated)
 
 
 def test_a_failing_migration_backs_off_and_gives_up(

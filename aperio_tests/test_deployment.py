@@ -44,6 +44,7 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from dagster._core.workspace.config_schema import ensure_workspace_config
 
+from aperio_assets.bench.pginstance import postgres_server
 from aperio_assets.catalog.connect import connect
 from aperio_assets.demo import write_demo_lake
 from aperio_assets.state import open_lineage, open_tracker
@@ -93,27 +94,19 @@ def postgres() -> Iterator[Any]:
 
 @contextlib.contextmanager
 def _postgres(directory: Path) -> Iterator[Any]:
+    """The bench's server (``postgres_server``), failing the test with the server's log if it
+    cannot start."""
+    stack = contextlib.ExitStack()
     try:
-        import pgserver
-
-        server = pgserver.get_server(directory / "data", cleanup_mode="stop")
+        server = stack.enter_context(postgres_server(directory))
     except Exception as exc:
         pytest.fail(
             f"PostgreSQL could not start with pgserver in {directory}: {exc!r}\n"
             f"server log:\n{_tail(directory / 'data' / 'log')}",
             pytrace=False,
         )
-    try:
+    with stack:
         yield server
-    finally:
-        if os.geteuid() == 0:
-            # As root, pgserver runs PostgreSQL as its own user, after opening the path to the data
-            # for it; open it again (as pgserver did at start) in case anything closed it since, or
-            # `pg_ctl stop` could no longer reach the data.
-            from pgserver.utils import ensure_prefix_permissions
-
-            ensure_prefix_permissions(directory / "data")
-        server.cleanup()
 
 
 def start_daemon(home: Path, workspace: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

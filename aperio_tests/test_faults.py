@@ -32,11 +32,20 @@ FAULT_KINDS = ("slowdown", "error500", "reset", "lost_answer", "latency")
 REFRESH_FAULTS = {"slowdown": 0.015, "error500": 0.01, "reset": 0.01, "lost_answer": 0.02}
 
 
+# A tombstone may be dropped only once no compaction that read the deleted row before the tombstone
+# existed can still land its output: the retention must outlast the slowest compaction (DESIGN §5;
+# the default is 7 days). With 0, a writer's opportunistic compaction slowed by a loaded machine (CI
+# under xdist) once landed after the tombstone was dropped and brought an invalidated key back.
+# 10 s still lets the compaction loop drop tombstones during the test.
+TOMBSTONE_RETENTION_SECONDS = 10
+
+
 def _tracker(endpoint: str, root: str, attempts: int) -> ParquetPartitionStatusStore:
     storage = S3Storage(S3Settings(endpoint_url=endpoint, max_attempts=attempts), aperio_root=root)
-    return ParquetPartitionStatusStore(
-        storage, SCHEMA, CompactionSettings(max_small_files=6, tombstone_retention_seconds=0, grace_period_seconds=0)
+    compaction = CompactionSettings(
+        max_small_files=6, tombstone_retention_seconds=TOMBSTONE_RETENTION_SECONDS, grace_period_seconds=0
     )
+    return ParquetPartitionStatusStore(storage, SCHEMA, compaction)
 
 
 def _call(log: list[dict[str, Any]], op: str, keys: list[str], call) -> str:

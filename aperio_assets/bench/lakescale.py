@@ -302,6 +302,29 @@ def measure_scenario(scenario: _Scenario, tables: int, note: Progress) -> list[L
         return _measure_scenario(scenario, tables, note)
 
 
+def _connect_row(scenario: _Scenario, tables: int, operation: str, **detail: Any) -> LakeScaleRow:
+    """A connect in a fresh process (``first_connect``, ``changed_connect``): its time, requests
+    (aperio's and, through the proxy, DuckDB's too) and what the catalog report said."""
+    (child, wall), proxied = _proxied(scenario, lambda: _child_connect(scenario))
+    return _row(
+        scenario,
+        tables,
+        operation,
+        child["seconds"],
+        requests={k: v for k, v in child["requests"].items() if v},
+        proxy_requests=proxied,
+        detail={
+            "process_seconds": round(wall, 3),
+            "import_seconds": round(child["import_seconds"], 3),
+            "views": child["views"],
+            "broken": child["broken"],
+            "cache": child["report"].get("cache"),
+            **detail,
+            "bound": child["report"].get("bound"),
+        },
+    )
+
+
 def _measure_scenario(scenario: _Scenario, tables: int, note: Progress) -> list[LakeScaleRow]:
     from aperio_assets.catalog.connect import open_catalog
     from aperio_assets.conversion.refresh import refresh
@@ -359,25 +382,7 @@ def _measure_scenario(scenario: _Scenario, tables: int, note: Progress) -> list[
     )
 
     note(f"{where}: first connect (a fresh process, an empty cache)")
-    (child, wall), proxied = _proxied(scenario, lambda: _child_connect(scenario))
-    rows.append(
-        _row(
-            scenario,
-            tables,
-            "first_connect",
-            child["seconds"],
-            requests={k: v for k, v in child["requests"].items() if v},
-            proxy_requests=proxied,
-            detail={
-                "process_seconds": round(wall, 3),
-                "import_seconds": round(child["import_seconds"], 3),
-                "views": child["views"],
-                "broken": child["broken"],
-                "cache": child["report"].get("cache"),
-                "bound": child["report"].get("bound"),
-            },
-        )
-    )
+    rows.append(_connect_row(scenario, tables, "first_connect"))
 
     note(f"{where}: warm connect")
     lake = open_lake(scenario.config_path)
@@ -414,26 +419,7 @@ def _measure_scenario(scenario: _Scenario, tables: int, note: Progress) -> list[
     lake = open_lake(scenario.direct_config_path)
     lake.lake_storage.write_bytes(lake.lake_storage.join(lake.config.base_directory, SCHEMA, "zz_added.csv"), BODY)
     refresh(open_lake(scenario.config_path))  # untimed: converts the one file, adds its view
-    (child, wall), proxied = _proxied(scenario, lambda: _child_connect(scenario))
-    rows.append(
-        _row(
-            scenario,
-            tables + 1,
-            "changed_connect",
-            child["seconds"],
-            requests={k: v for k, v in child["requests"].items() if v},
-            proxy_requests=proxied,
-            detail={
-                "process_seconds": round(wall, 3),
-                "import_seconds": round(child["import_seconds"], 3),
-                "views": child["views"],
-                "broken": child["broken"],
-                "cache": child["report"].get("cache"),
-                "changed_views": 1,
-                "bound": child["report"].get("bound"),
-            },
-        )
-    )
+    rows.append(_connect_row(scenario, tables + 1, "changed_connect", changed_views=1))
     judge(rows)
     return rows
 

@@ -33,8 +33,9 @@ def postgres_server(directory: Path) -> Iterator[Any]:
         yield server
     finally:
         if os.geteuid() == 0:
-            # As root, pgserver runs PostgreSQL as its own user after opening the path to the data
-            # for it; something that closed a parent directory meanwhile would stop `pg_ctl stop`.
+            # As root, pgserver runs PostgreSQL as its own user, after opening the path to the data
+            # for it; open it again (as pgserver did at start) in case anything closed it since, or
+            # `pg_ctl stop` could no longer reach the data.
             from pgserver.utils import ensure_prefix_permissions
 
             ensure_prefix_permissions(directory / "data")

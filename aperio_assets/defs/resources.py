@@ -27,7 +27,7 @@ class AperioResource(dg.ConfigurableResource):
     _run_id: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._run_id = context.run_id
+        self._run_id = context.run.run_id if context.run is not None else None
 
     def lake(self) -> Lake:
         # One Lake per run in a process (a sensor tick: per resource instance): the config is read,
