@@ -42,6 +42,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
+from aperio_assets import layout
 from aperio_assets.bench.s3server import LoopbackS3, loopback_s3
 from aperio_assets.bench.scaleout import latency_proxy
 from aperio_assets.catalog.connect import open_catalog
@@ -70,7 +71,8 @@ QUICK_KEYS = (10_000,)
 SMOKE_KEYS = (1_000,)
 COMPACT_FILES = 1_000  # the small files compact_1000_files makes and merges (smoke: SMOKE_COMPACT_FILES)
 SMOKE_COMPACT_FILES = 5
-STATE_DIRECTORIES_PER_SCHEMA = 3  # partition_status, table_completion, conversions (the catalog exposes all)
+# partition_status, table_completion, conversions: the catalog exposes every one
+STATE_DIRECTORIES_PER_SCHEMA = len(layout.SCHEMA_STATE_TABLES)
 # A writer that must not compact while the bench lays down its 1,000 small files.
 NO_COMPACTION = CompactionSettings(max_small_files=1_000_000)
 Progress = Callable[[str], None]
@@ -235,9 +237,12 @@ class Place:
 
 
 # -- the tracker operations ------------------------------------------------------------------------
+SEED_CHUNK = 50_000  # keys per seeding write
+
+
 def _seed(tracker: IncrementalTracker, keys: int) -> None:
-    for start in range(0, keys, 50_000):
-        tracker.mark_many(records(start, min(50_000, keys - start)))
+    for start in range(0, keys, SEED_CHUNK):
+        tracker.mark_many(records(start, min(SEED_CHUNK, keys - start)))
     if isinstance(tracker, ParquetPartitionStatusStore):
         tracker.compact()  # the steady state the schedule keeps: one compacted file
 
@@ -373,7 +378,7 @@ def compaction_rows(place: Place, keys: int, repetitions: int) -> list[BenchRow]
             compaction_ms.append((time.perf_counter() - started) * 1000)
             # the marks and the seed's compacted file; past 50,000 keys the seed wrote several files,
             # which its own compaction superseded (kept for the default grace period): deleted now too
-            seed_files = -(-keys // 50_000)
+            seed_files = -(-keys // SEED_CHUNK)
             superseded = seed_files if seed_files > 1 else 0
             assert status.files_read == marks + 1 and status.files_deleted == marks + 1 + superseded, status
 

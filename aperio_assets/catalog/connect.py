@@ -33,6 +33,7 @@ from aperio_assets.catalog.snapshot import SNAPSHOT_NAME, SYSTEM_SCHEMA, Parts, 
 from aperio_assets.catalog.views import ViewDefinition, views_directory
 from aperio_assets.config import is_s3_url
 from aperio_assets.lake import ConfigLike, Lake, open_lake
+from aperio_assets.state.access import is_shared, state_directory
 from aperio_assets.state.spec import TableSpec
 from aperio_assets.state.table import StateTable
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION, VIEWS
@@ -93,8 +94,8 @@ class _Connect:
         for spec in (PARTITION_STATUS, TABLE_COMPLETION, CONVERSIONS):
             found = parts.setdefault(spec.name, [])
             for schema in self.lake.schemas():
-                if schema.state_storage == "shared":
-                    directory = self.lake.storage.aperio_path(schema.name, spec.name)
+                if is_shared(self.lake, schema.name):
+                    directory = state_directory(self.lake, schema.name, spec)
                     rows = self.readers.rows(self.lake, self._table(directory, spec))
                 else:
                     rows = local_snapshot(self.lake, schema, spec)

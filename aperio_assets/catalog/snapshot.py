@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from aperio_assets.catalog.fingerprint import Definitions
-from aperio_assets.catalog.views import ViewDefinition, views_table
+from aperio_assets.catalog.views import ViewDefinition
 from aperio_assets.lake import Lake
 from aperio_assets.sqlutil import quote_identifier
 from aperio_assets.state.spec import DELETED, TableSpec
@@ -102,10 +102,7 @@ class StateReaders:
         table = self._readers.get(key)
         if table is None:
             explicit = {"max_staleness_seconds": float("inf")}
-            if spec is VIEWS:
-                table = views_table(lake, **explicit)  # the views table is opened one way
-            else:
-                table = open_state_table(lake.storage, directory, spec, lake.config.compaction, **explicit)
+            table = open_state_table(lake.storage, directory, spec, lake.config.compaction, **explicit)
             table = self._readers.setdefault(key, table)
         return table
 

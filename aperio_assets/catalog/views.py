@@ -18,7 +18,7 @@ from aperio_assets.errors import UsageError
 from aperio_assets.lake import Lake
 from aperio_assets.sqlutil import quote_identifier, quote_literal
 from aperio_assets.state.access import schema_table, state_directory
-from aperio_assets.state.table import StateTable, open_state_table
+from aperio_assets.state.table import StateTable
 from aperio_assets.state.tables import VIEWS
 
 ORIGINS = ("generated", "user", "migrated")
@@ -51,12 +51,9 @@ def views_directory(lake: Lake) -> str:
     return state_directory(lake, None, VIEWS)
 
 
-def views_table(lake: Lake, **options: Any) -> StateTable:
-    """A reader and writer of the ``catalog/views`` state table: the lake's one (``state.access``,
-    opened once per Lake), or with ``options`` (as :class:`StateTable` takes them) one of its own."""
-    if not options:
-        return schema_table(lake, None, VIEWS)
-    return open_state_table(lake.storage, views_directory(lake), VIEWS, lake.config.compaction, **options)
+def views_table(lake: Lake) -> StateTable:
+    """The lake's ``catalog/views`` state table (``state.access``: opened once per Lake)."""
+    return schema_table(lake, None, VIEWS)
 
 
 def table_scan_sql(sources: list[str], exclude: Sequence[str] = ()) -> str:

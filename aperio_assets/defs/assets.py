@@ -81,7 +81,7 @@ def _convert_output(
 ) -> dg.Output[pl.DataFrame]:
     """Convert what the selected batches need; ``lineage`` is updated in place."""
     name = run.schema.name
-    files_before = state.file_count()  # before the groups below are written
+    files_before = state.file_count(fresh=False)  # as the step's read saw them: before its groups
     written = {"rows": 0, "deletes": 0}
 
     def record(rows: list, gone: list) -> None:

@@ -53,20 +53,22 @@ class SharedParquetIOManager(dg.ConfigurableIOManager):
             raise dg.Failure(f"SharedParquetIOManager stores Polars DataFrames, got {type(obj).__name__}")
         state = self._state(context.definition_metadata, context.asset_key.to_user_string())
         upserts, deletes = from_frame(state.spec, obj)
-        files_before = state.file_count()
+        # An asset that recorded its rows as it went (conversion lineage) reports what it wrote, and
+        # how many state files there were before it started, itself: no LIST for that here.
+        reported = context.output_metadata or {}
+        files_before = None if "state files before" in reported else state.file_count()
         state.apply(upserts, deletes)
-        files_after = state.file_count()
+        row_count, files_after = state.counts()  # one read after the write, for both
         metadata: dict[str, Any] = {
-            "dagster/row_count": len(state.rows()),
+            "dagster/row_count": row_count,
             "state mode": state.mode,
             "rows written": len(upserts),
             "rows deleted": len(deletes),
         }
-        if files_before is not None and files_after is not None:
-            metadata.update({"state files before": files_before, "state files after": files_after})
-        # An asset that recorded its rows as it went (conversion lineage) reports what it wrote, and
-        # how many state files there were before it started, itself.
-        reported = context.output_metadata or {}
+        if files_after is not None:
+            if files_before is not None:
+                metadata["state files before"] = files_before
+            metadata["state files after"] = files_after
         context.add_output_metadata({k: v for k, v in metadata.items() if k not in reported})
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:

@@ -40,9 +40,14 @@ class StateAccess(ABC):
     def apply(self, upserts: Sequence[Row] = (), deletes: Sequence[Key] = ()) -> None:
         """Write upserts and deletes; in shared mode as ONE state file."""
 
-    def file_count(self) -> int | None:
-        """How many state files the table holds now (None where that means nothing: local mode)."""
+    def file_count(self, *, fresh: bool = True) -> int | None:
+        """How many state files the table holds (None where that means nothing: local mode); now
+        (one LIST), or as the last read saw them (``fresh=False``)."""
         return None
+
+    def counts(self) -> tuple[int, int | None]:
+        """Current rows and state files, from one read."""
+        return len(self.rows()), self.file_count(fresh=False)
 
     def key(self, row: Row) -> Key:
         return tuple(row[k] for k in self.spec.keys)
@@ -61,9 +66,14 @@ class SharedStateAccess(StateAccess):
     def apply(self, upserts: Sequence[Row] = (), deletes: Sequence[Key] = ()) -> None:
         self.table.write(upserts=upserts, deletes=deletes)
 
-    def file_count(self) -> int:
-        self.table.refresh(force=True)
+    def file_count(self, *, fresh: bool = True) -> int:
+        if fresh:
+            self.table.refresh(force=True)
         return len(self.table.readable_files()) + len(self.table.bad_files)
+
+    def counts(self) -> tuple[int, int]:
+        stats = self.table.stats()  # one refresh for both
+        return stats.live_rows, stats.files + len(stats.bad_files)
 
 
 class LocalStatusAccess(StateAccess):
@@ -133,13 +143,10 @@ def state_directory(lake: Lake, schema: str | None, spec: TableSpec) -> str:
 
 
 def schema_table(lake: Lake, schema: str | None, spec: TableSpec) -> StateTable:
-    """The shared state table ``spec`` of ``schema`` (None: lake-wide), opened once per Lake."""
-    return shared_table(lake, state_directory(lake, schema, spec), spec)
-
-
-def shared_table(lake: Lake, directory: str, spec: TableSpec) -> StateTable:
-    """The state table in ``directory``, opened once per Lake: its files are immutable, so a later
-    read costs one LIST and a GET of each file it has not read yet (its own writes included)."""
+    """The shared state table ``spec`` of ``schema`` (None: lake-wide), opened once per Lake: its
+    files are immutable, so a later read costs one LIST and a GET of each file it has not read yet
+    (its own writes included)."""
+    directory = state_directory(lake, schema, spec)
     table = lake.state_tables.get(directory)
     if not isinstance(table, StateTable) or table.spec is not spec:
         table = open_state_table(lake.storage, directory, spec, lake.config.compaction)
