@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aperio_assets.errors import AperioError, StorageError
+from aperio_assets.state.arrow import empty_table, int64_scalar, string_array, string_scalar, true_array
 from aperio_assets.state.clock import PROCESS_CLOCK, HybridClock, writer_id
 from aperio_assets.state.spec import DELETED, TS, WRITER, TableSpec
 from aperio_assets.storage import FileInfo, StorageProvider
@@ -119,26 +120,29 @@ def composite_key(key: Key | str) -> str:
     return key if isinstance(key, str) else KEY_SEPARATOR.join(key)
 
 
+_SEPARATOR = string_scalar(KEY_SEPARATOR)
+
+
 def _composite_column(table: pa.Table, keys: Sequence[str]) -> pa.Array:
     if len(keys) == 1:
         return table[keys[0]].combine_chunks()
-    return pc.binary_join_element_wise(*(table[k] for k in keys), KEY_SEPARATOR).combine_chunks()
+    return pc.binary_join_element_wise(*(table[k] for k in keys), _SEPARATOR).combine_chunks()
 
 
 def resolve(table: pa.Table, keys: Sequence[str]) -> tuple[pa.Table, pa.Array]:
     """The winning row per key (greatest ``(_ts, _writer)``) and, aligned with it, whether that row
     was the only one its key had."""
     if table.num_rows == 0:
-        return table, pa.array([], pa.bool_())
+        return table, pa.nulls(0, pa.bool_())
     work = table.append_column("__key", _composite_column(table, keys))
     work = work.sort_by([("__key", "ascending"), (TS, "descending"), (WRITER, "descending")])
     k = work["__key"].combine_chunks()
     n = len(k)
     if n == 1:
-        return work.drop_columns(["__key"]), pa.array([True])
+        return work.drop_columns(["__key"]), true_array()
     differs = pc.not_equal(k.slice(1), k.slice(0, n - 1))
-    first = pa.concat_arrays([pa.array([True]), differs])
-    last = pa.concat_arrays([differs, pa.array([True])])
+    first = pa.concat_arrays([true_array(), differs])
+    last = pa.concat_arrays([differs, true_array()])
     winners = work.filter(first).drop_columns(["__key"])
     sole = pc.and_(first, last).filter(first)
     return winners, sole
@@ -337,12 +341,12 @@ class StateTable:
 
     def get(self, key: Key | str, *, include_deleted: bool = False) -> Row | None:
         """The current row for ``key`` (None if absent or deleted)."""
-        probe = composite_key(self._key(key))
+        probe_scalar = string_scalar(composite_key(self._key(key)))
         with self._lock:
             self.refresh()
             best: Row | None = None
             for segment in self._segments.values():
-                position = pc.index(segment.keys, probe).as_py()
+                position = pc.index(segment.keys, probe_scalar).as_py()
                 if position >= 0:
                     row = segment.table.slice(position, 1).to_pylist()[0]
                     if self._newer(best, row):
@@ -364,31 +368,27 @@ class StateTable:
             found = positions.filter(present)
             versions = segment.table.select([TS, WRITER, DELETED]).take(found)
             parts.append(
-                pa.table(
-                    {
-                        "probe": pc.indices_nonzero(present),
-                        "segment": pa.repeat(number, len(found)),
-                        "position": found,
-                        TS: versions[TS],
-                        WRITER: versions[WRITER],
-                        DELETED: versions[DELETED],
-                    }
+                pa.Table.from_arrays(
+                    [
+                        pc.indices_nonzero(present),
+                        pa.repeat(int64_scalar(number), len(found)),
+                        found,
+                        versions[TS],
+                        versions[WRITER],
+                        versions[DELETED],
+                    ],
+                    names=["probe", "segment", "position", TS, WRITER, DELETED],
                 )
             )
         if not parts:
-            return pa.table(
-                {
-                    "probe": pa.array([], pa.uint64()),
-                    "segment": pa.array([], pa.int64()),
-                    "position": pa.array([], pa.int32()),
-                    DELETED: pa.array([], pa.bool_()),
-                }
+            return empty_table(
+                [("probe", pa.uint64()), ("segment", pa.int64()), ("position", pa.int32()), (DELETED, pa.bool_())]
             )
         if len(parts) == 1:
             return parts[0]  # one file holds each key at most once
         located = pa.concat_tables(parts).sort_by([("probe", "ascending"), (TS, "descending"), (WRITER, "descending")])
         probes = located["probe"].combine_chunks()
-        first = pa.concat_arrays([pa.array([True]), pc.not_equal(probes.slice(1), probes.slice(0, len(probes) - 1))])
+        first = pa.concat_arrays([true_array(), pc.not_equal(probes.slice(1), probes.slice(0, len(probes) - 1))])
         return located.filter(first)
 
     def _probe(self, keys: Iterable[Key | str]) -> pa.Array:
@@ -400,7 +400,7 @@ class StateTable:
             if len(key) != width:
                 raise ValueError(f"{self.spec.name} keys have {width} part(s), got {key!r}")
             composites.append(KEY_SEPARATOR.join(key))
-        return pa.array(composites, pa.string())
+        return string_array(composites)
 
     def contains(self, keys: Iterable[Key | str]) -> list[bool]:
         """For each key, whether it currently has a (non-deleted) row; vectorized, for bulk checks."""
