@@ -128,3 +128,48 @@ def test_a_warm_connect_on_s3_sends_duckdb_no_request(faulty_s3: FaultyS3, s3_bu
     views_table(lake).write(upserts=[replace(carriers, sql=f"{carriers.sql} WHERE true").row()])
     changed, provider = through_proxy(lambda: open_catalog(lake)[0].close())
     assert 0 < changed - provider < full - full_provider
+
+
+def test_a_view_whose_files_share_their_columns_binds_from_one_footer(
+    faulty_s3: FaultyS3, s3_bucket: str, tmp_path
+) -> None:
+    """Binding a generated view costs DuckDB a request per file only when its files' columns differ
+    (``union_by_name`` reads every footer); when the lineage shows them all alike, one footer is
+    enough, however many files (DESIGN §7). Both views read what the files hold."""
+    from aperio_assets.conversion.refresh import refresh
+    from aperio_assets.storage import S3Storage
+
+    files = 12
+    raw = S3Storage(faulty_s3.settings())
+    for day in range(files):
+        raw.write_bytes(f"s3://{s3_bucket}/lake/s/same/day={day:02d}/a.csv", f"id,v\n{day},x\n".encode())
+        extra = ",w" if day == 5 else ""  # one file with a column more
+        raw.write_bytes(
+            f"s3://{s3_bucket}/lake/s/drift/day={day:02d}/a.csv",
+            f"id,v{extra}\n{day},y{',z' if extra else ''}\n".encode(),
+        )
+    config = tmp_path / "aperio.yaml"
+    config.write_text(
+        f"baseDirectory: s3://{s3_bucket}/lake\nstorage:\n  s3:\n    endpoint_url: {faulty_s3.endpoint_url}\n"
+    )
+    from aperio_assets.lake import open_lake
+
+    lake = open_lake(str(config))
+    refresh(lake)
+    con = open_catalog(lake)[0]
+    sql = dict(con.execute("SELECT view_name, sql FROM duckdb_views() WHERE schema_name = 's'").fetchall())
+    assert "union_by_name" not in sql["same"] and "union_by_name" in sql["drift"]
+
+    def duckdb_requests(query: str) -> int:
+        before = faulty_s3.proxy.counts().get("requests", 0)
+        con.execute(query).fetchall()
+        return faulty_s3.proxy.counts().get("requests", 0) - before
+
+    con.execute("SET enable_http_metadata_cache = false")
+    same = duckdb_requests("SELECT * FROM s.same LIMIT 0")
+    drift = duckdb_requests("SELECT * FROM s.drift LIMIT 0")
+    assert drift >= files  # every file's footer
+    assert same <= 4, same  # a LIST and one file's footer
+    assert con.execute("SELECT count(*), sum(id), min(v), max(v) FROM s.same").fetchone() == (files, 66, "x", "x")
+    assert con.execute("SELECT count(*), count(w), max(w) FROM s.drift").fetchone() == (files, 1, "z")
+    con.close()

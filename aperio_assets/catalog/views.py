@@ -56,13 +56,15 @@ def views_table(lake: Lake) -> StateTable:
     return schema_table(lake, None, VIEWS)
 
 
-def table_scan_sql(sources: list[str], exclude: Sequence[str] = ()) -> str:
-    """One scan of a generated view: Hive partitioning on, columns united by name, without the
-    ``exclude`` columns (partition keys DuckDB reads from folders above the table's own). ``sources``
-    are DuckDB file patterns (see :func:`generated_definitions`)."""
+def table_scan_sql(sources: list[str], exclude: Sequence[str] = (), *, same_columns: bool = False) -> str:
+    """One scan of a generated view: Hive partitioning on, without the ``exclude`` columns (partition
+    keys DuckDB reads from folders above the table's own). ``sources`` are DuckDB file patterns (see
+    :func:`generated_definitions`). Columns are united by name unless the lineage showed every file
+    with the ``same_columns``: then binding the view reads one file's footer, not every file's."""
     files = quote_literal(sources[0]) if len(sources) == 1 else "[" + ", ".join(map(quote_literal, sources)) + "]"
     columns = f" EXCLUDE ({', '.join(map(quote_identifier, exclude))})" if exclude else ""
-    return f"SELECT *{columns} FROM read_parquet({files}, hive_partitioning = true, union_by_name = true)"
+    union = "" if same_columns else ", union_by_name = true"
+    return f"SELECT *{columns} FROM read_parquet({files}, hive_partitioning = true{union})"
 
 
 def _table_sql(lake: Lake, table: dict[str, Any]) -> str | None:
@@ -86,19 +88,29 @@ def _table_sql(lake: Lake, table: dict[str, Any]) -> str | None:
             return None
         return table_scan_sql(sources)
     scans: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}  # (keys read, own keys) → sources
+    digests: dict[tuple[tuple[str, ...], tuple[str, ...]], set[str | None]] = {}  # → the files' columns
     for entry in layouts:
         own = tuple(folder_key(k) for k in entry["keys"])
+        scan_keys: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
         if entry.get("converted"):
             pattern = lake.storage.join(
                 escape_glob(table["location"]), *map(partition_pattern, entry["keys"]), "*.parquet"
             )
-            scans.setdefault((tuple(hive_keys(table["location"])) + own, own), []).append(pattern)
+            scan_keys.append((tuple(hive_keys(table["location"])) + own, own))
+            scans.setdefault(scan_keys[-1], []).append(pattern)
         for path in entry.get("inPlace") or []:
             literal = literal_pattern(path, s3=is_s3_url(path))
             if literal is not None:
-                scans.setdefault((tuple(hive_keys(path.rsplit("/", 1)[0])), own), []).append(literal)
+                scan_keys.append((tuple(hive_keys(path.rsplit("/", 1)[0])), own))
+                scans.setdefault(scan_keys[-1], []).append(literal)
+        for key in scan_keys:
+            digests.setdefault(key, set()).add(entry.get("columnsDigest"))
     selects = [
-        table_scan_sql(sources, [k for k in dict.fromkeys(read) if k not in own])
+        table_scan_sql(
+            sources,
+            [k for k in dict.fromkeys(read) if k not in own],
+            same_columns=len(digests[read, own]) == 1 and None not in digests[read, own],
+        )
         for (read, own), sources in sorted(scans.items())
     ]
     return " UNION ALL BY NAME ".join(selects) if selects else None

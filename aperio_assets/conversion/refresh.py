@@ -22,6 +22,7 @@ call (the CLI) or as three Dagster assets: ``convert_files`` (lineage rows), ``p
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -520,8 +521,12 @@ class SchemaRefresh:
 
 def _layouts(table: RawTable, rows: list[Row]) -> list[dict[str, Any]]:
     """The table's readable files by their partition keys (in folder order): whether any was
-    converted, and the raw Parquet files read in place. A view reads each set of keys in one scan."""
+    converted, the raw Parquet files read in place, and ``columnsDigest``, a digest of the columns
+    when the lineage shows every file of the set with the same ones (else None). A view reads each
+    set of keys in one scan, and one whose files all have the same columns needs no
+    ``union_by_name``, which would read every file's footer to bind the view (DESIGN §7)."""
     layouts: dict[tuple[str, ...], dict[str, Any]] = {}
+    columns: dict[tuple[str, ...], set[str | None]] = {}
     for raw, row in zip(table.files, rows, strict=True):
         if row.get("error"):
             continue  # a failed file has no output to read
@@ -531,6 +536,11 @@ def _layouts(table: RawTable, rows: list[Row]) -> list[dict[str, Any]]:
             entry["inPlace"].append(raw.path)
         else:
             entry["converted"] = True
+        found = lineage_columns(row)
+        columns.setdefault(keys, set()).add(None if found is None else json.dumps(found, ensure_ascii=False))
+    for keys, entry in layouts.items():
+        (only,) = columns[keys] if len(columns[keys]) == 1 else (None,)
+        entry["columnsDigest"] = None if only is None else hashlib.sha256(only.encode()).hexdigest()[:16]
     return [layouts[k] for k in sorted(layouts)]
 
 
