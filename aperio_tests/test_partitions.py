@@ -192,3 +192,51 @@ def test_concurrent_batch_runs_mark_every_batch_once(
         assert con.execute(
             "SELECT count(*), count(DISTINCT (alternate_name, incremental_key_values)) FROM aperio.partition_status"
         ).fetchone() == (25, 25)
+
+
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_a_batch_run_writes_its_partition_events_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None
+) -> None:
+    """A run of many batches logs two planned and two materialization events per batch; aperio has
+    Dagster write them in batches (``DAGSTER_EVENT_BATCH_SIZE``), one by one only if the operator
+    set 0. (Dagster's instance, not the lake's storage: local disk only.)"""
+    from aperio_assets.definitions import EVENT_BATCH_SIZE_ENV
+
+    PLANNED, MATERIALIZED = dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, dg.DagsterEventType.ASSET_MATERIALIZATION
+
+    if setting is None:
+        monkeypatch.delenv(EVENT_BATCH_SIZE_ENV, raising=False)  # (and restored after the test)
+    else:
+        monkeypatch.setenv(EVENT_BATCH_SIZE_ENV, setting)
+    monkeypatch.setenv(BATCHES_PER_RUN_ENV, "8")
+    for day in range(8):
+        (tmp_path / "lake" / "sales" / "events" / f"day={day:02d}").mkdir(parents=True)
+        (tmp_path / "lake" / "sales" / "events" / f"day={day:02d}" / "a.csv").write_text(f"id,day\n{day},{day}\n")
+    config = tmp_path / "aperio.yaml"
+    config.write_text("baseDirectory: lake\n")
+    with dg.instance_for_test() as instance:
+        storage = instance.event_log_storage
+        batches: list[list[str]] = []
+        store_batch = storage.store_event_batch
+
+        def counted(events):  # what reaches the storage as one batch (of the range run)
+            batches.append([(e.run_id, e.dagster_event_type) for e in events])
+            return store_batch(events)
+
+        monkeypatch.setattr(storage, "store_event_batch", counted)
+        result = refresh_with_runs(str(config), workers=1, instance=instance)
+        assert result.failed == [] and result.batches_added == 8
+        assert result.runs[0][1] == "events/day=00...events/day=07"
+        run_id = result.results[0].run_id
+        logged = instance.get_records_for_run(run_id).records
+        kinds = [r.event_log_entry.dagster_event_type for r in logged if r.event_log_entry.is_dagster_event]
+        assert kinds.count(PLANNED) == kinds.count(MATERIALIZED) == 16
+    of_the_run = [[kind for run, kind in batch if run == run_id] for batch in batches]
+    of_the_run = [batch for batch in of_the_run if batch]
+    if setting == "0":
+        assert batches == []
+    else:  # the planned events in one batch, the materializations in one or two (one per asset)
+        assert of_the_run[0] == [PLANNED] * 16
+        assert [k for batch in of_the_run[1:] for k in batch] == [MATERIALIZED] * 16
+        assert len(of_the_run) <= 3, [len(b) for b in of_the_run]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from aperio_assets.config import find_config_path
-from aperio_assets.definitions import build_defs
+from aperio_assets.definitions import batch_partition_events, build_defs
 from aperio_assets.defs.partitions import batches_partitions
 from aperio_assets.defs.resources import AperioResource
 from aperio_assets.defs.sensors import CATALOG_JOB, plan_schema
@@ -71,6 +71,7 @@ def refresh_with_runs(
     """Refresh the lake at ``config_path`` as Dagster runs on ``instance`` (default: the one in
     ``$DAGSTER_HOME``, else a temporary one), ``workers`` batch runs at a time."""
     config = str(find_config_path(config_path).resolve())
+    batch_partition_events()  # (before the runs are created: their planned events; workers inherit it)
     defs = _definitions(config)
     owned = instance is None
     if instance is None:  # $DAGSTER_HOME's, or (none set) a temporary one that the runs share
