@@ -4,6 +4,8 @@ readers kept between connects, and the local-mode (legacy) snapshot."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from aperio_assets.catalog import fingerprint
 from aperio_assets.catalog.binding import bind_error, bind_views, first_line, readers_of
-from aperio_assets.catalog.cache import MANIFEST, TABLES_CATALOG, CacheFiles
+from aperio_assets.catalog.cache import COLLECT_AFTER_SECONDS, MANIFEST, TABLES_CATALOG, CacheFiles
 from aperio_assets.catalog.fingerprint import catalog_fingerprint, definition_digest, view_key
 from aperio_assets.catalog.snapshot import SNAPSHOT_NAME, StateReaders, pack
 from aperio_assets.catalog.views import ViewDefinition, table_scan_sql, views_table
@@ -224,9 +226,36 @@ def test_a_rebuild_binds_the_remembered_broken_views_and_collects_the_old_build(
     assert again.entry.fingerprint == first.entry.fingerprint and again.bound == ["s.t1"]
     assert again.entry.broken == {} and _query(again.entry.database, "SELECT id FROM s.t1") == [(9,)]
     assert files.entry(first.entry.fingerprint) == again.entry
-    assert not first.entry.database.exists()  # superseded build collected
-    builds = [p.name for p in (tmp_path / "cache" / first.entry.fingerprint).iterdir() if p.is_dir()]
-    assert builds == [again.entry.database.parent.name]
+    # The superseded build stays while it is young: a process that built the same fingerprint at
+    # the same time (and writes its manifest last) or read the old manifest a moment ago opens it.
+    assert first.entry.database.exists()
+    assert _query(first.entry.database, "SELECT count(*) FROM s.t0") == [(1,)]
+    _age(first.entry.database.parent)
+    third = lake.build(files, again.entry)
+    assert not first.entry.database.exists()  # collected once old enough
+    builds = {p.name for p in (tmp_path / "cache" / first.entry.fingerprint).iterdir() if p.is_dir()}
+    assert builds == {again.entry.database.parent.name, third.entry.database.parent.name}
+
+
+def _age(path: Path, seconds: float = COLLECT_AFTER_SECONDS + 60) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_fingerprints_no_lake_names_are_collected_once_old(tmp_path: Path) -> None:
+    lake = _Lake(tmp_path / "files", 2)
+    files = CacheFiles(tmp_path / "cache")
+    first = lake.build(files, None)
+    lake.views[0] = lake.view(0, value=3)
+    second = lake.build(files, files.latest("lake"))
+    old = tmp_path / "cache" / first.entry.fingerprint
+    assert old.exists() and files.latest("lake") == second.entry  # young: kept
+    _age(old / MANIFEST)
+    lake.views[1] = lake.view(1, value=4)
+    third = lake.build(files, files.latest("lake"))
+    assert not old.exists()  # no lake names it, and it is old
+    assert (tmp_path / "cache" / second.entry.fingerprint).exists()  # young
+    assert _query(third.entry.database, "SELECT value FROM s.t0 UNION ALL SELECT value FROM s.t1") == [(3,), (4,)]
 
 
 def test_a_base_that_is_gone_means_binding_everything(tmp_path: Path) -> None:

@@ -15,6 +15,11 @@ A new version of the definitions copies the lake's last build and binds only the
 definitions changed (and the user views that read them, and those that did not bind before). Every
 build gets a folder of its own, so a database file is never replaced under an open connection (nor
 under DuckDB's per-path instance cache).
+
+Each build removes what is left behind, once it is older than ``COLLECT_AFTER_SECONDS``: a
+fingerprint's superseded builds, and the fingerprints no lake names as its last any more. Never at
+once: two processes may build one fingerprint together, and the one that writes its manifest last
+must still find its own build there (as must a connect that read a manifest a moment before).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +45,7 @@ from aperio_assets.sqlutil import quote_identifier
 CACHE_ENV = "APERIO_CACHE_DIR"
 TABLES_CATALOG = "aperio_catalog"  # the cache file's database: the connection's default
 MANIFEST = "manifest.json"
+COLLECT_AFTER_SECONDS = 600.0
 
 
 def cache_directory() -> Path:
@@ -87,8 +94,9 @@ def _write_json(path: Path, value: object) -> None:
 class CacheFiles:
     """The cache files under one directory (:func:`cache_directory` unless given)."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, collect_after_seconds: float = COLLECT_AFTER_SECONDS) -> None:
         self.root = root if root is not None else cache_directory()
+        self.collect_after_seconds = collect_after_seconds
 
     def entry(self, fingerprint: str) -> CacheEntry | None:
         """The fingerprint's current build, or None when there is none usable."""
@@ -210,10 +218,28 @@ class CacheFiles:
         return sorted(view_key(v) for v in todo), broken
 
     def _collect(self, folder: Path, keep: str) -> None:
-        """Remove the fingerprint's superseded builds (an open connection keeps reading its file)."""
+        """Remove the fingerprint's superseded builds and the fingerprints no lake names any more,
+        those old enough (an open connection keeps reading its file)."""
+        cutoff = time.time() - self.collect_after_seconds
+        named = {folder.name}
+        for lake in (self.root / "lakes").glob("*.json"):
+            try:
+                named.add(str(json.loads(lake.read_text())["fingerprint"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
         for child in folder.iterdir():
-            if child.is_dir() and child.name != keep and not child.name.startswith("."):
+            if child.is_dir() and child.name != keep and not child.name.startswith(".") and _older(child, cutoff):
                 shutil.rmtree(child, ignore_errors=True)
+        for other in self.root.iterdir():
+            if other.name not in named and (other / MANIFEST).exists() and _older(other / MANIFEST, cutoff):
+                shutil.rmtree(other, ignore_errors=True)
+
+
+def _older(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except OSError:
+        return False
 
 
 class OpenCatalogs:
