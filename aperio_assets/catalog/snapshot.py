@@ -5,14 +5,17 @@ break a query or an open connection; reconnect to see newer state."""
 
 from __future__ import annotations
 
+import weakref
+
 import pyarrow as pa
 
 from aperio_assets.catalog.fingerprint import Definitions
 from aperio_assets.catalog.views import ViewDefinition
 from aperio_assets.lake import Lake
 from aperio_assets.sqlutil import quote_identifier
+from aperio_assets.state.access import cached_table, directory_table, forget_tables
 from aperio_assets.state.spec import DELETED, TableSpec
-from aperio_assets.state.table import StateTable, open_state_table
+from aperio_assets.state.table import StateTable
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION, VIEWS
 
 SYSTEM_SCHEMA = "aperio"  # aperio.partition_status, aperio.views, …
@@ -73,10 +76,14 @@ class StateReaders:
     """This process's readers of the state tables, and what it last made of them, kept between
     connects so that a connect re-reads only what changed: a LIST per state directory, a GET per
     file not seen yet, and rows, definitions and snapshot rebuilt only when a version changed.
-    Readers live as long as the process (or until :meth:`clear`)."""
+    A reader is the Lake's own table of its directory (``state.access``), shared with the Lake's
+    trackers, lineage and IO manager; the process keeps it too, past its Lake, since
+    ``open_catalog(path)`` opens a new Lake per connect. Readers live as long as the process (or
+    until :meth:`clear`)."""
 
     def __init__(self) -> None:
         self._readers: dict[tuple[str, str], StateTable] = {}
+        self._lakes: weakref.WeakSet[Lake] = weakref.WeakSet()  # whose tables the readers are
         self._rows: dict[tuple[str, str], tuple[object, pa.Table | None]] = {}
         self._definitions: dict[tuple[str, str], tuple[object, Definitions]] = {}
         # per lake: the identities of the parts the last snapshot was made of, the snapshot, and the
@@ -84,7 +91,10 @@ class StateReaders:
         self._packed: dict[str, tuple[tuple[int, ...], pa.Table, Parts]] = {}
 
     def clear(self) -> None:
-        """Forget everything, as a new process would."""
+        """Forget everything, as a new process would: the Lakes' tables read through included."""
+        for lake in list(self._lakes):
+            forget_tables(lake)
+        self._lakes.clear()
         self._readers.clear()
         self._rows.clear()
         self._definitions.clear()
@@ -96,22 +106,29 @@ class StateReaders:
         return endpoint, directory
 
     def reader(self, lake: Lake, directory: str, spec: TableSpec) -> StateTable:
-        """The process's reader of a state directory. It is refreshed only when asked (a connect
-        forces one refresh, one LIST), so that its rows are what that refresh read."""
+        """The process's reader of a state directory: the Lake's table (opened now if neither the
+        Lake nor an earlier connect has one), else the one an earlier connect read through another
+        Lake of the same endpoint (not handed to this Lake: it works through that Lake's storage).
+        A connect refreshes it once (one LIST), then reads its rows with ``fresh=False`` (no second
+        LIST) rather than from a reader opened with an infinite staleness: the table is shared, and
+        its other users need every read fresh."""
         key = self._key(lake, directory)
-        table = self._readers.get(key)
+        table = cached_table(lake, directory, spec)
         if table is None:
-            explicit = {"max_staleness_seconds": float("inf")}
-            table = open_state_table(lake.storage, directory, spec, lake.config.compaction, **explicit)
-            table = self._readers.setdefault(key, table)
+            held = self._readers.get(key)
+            table = held if held is not None and held.spec is spec else directory_table(lake, directory, spec)
+        self._readers[key] = table
+        self._lakes.add(lake)
         return table
 
     def rows(self, lake: Lake, table: StateTable) -> pa.Table | None:
         """A refreshed reader's current rows (tombstones hidden), or None when it has none."""
+        # The version first: a file this process writes or reads meanwhile (the table is shared)
+        # then makes the next connect's version differ, and the rows are decoded again.
         key, version = self._key(lake, table.directory), table.version
         memo = self._rows.get(key)
         if memo is None or memo[0] != version:
-            rows = table.to_arrow()
+            rows = table.to_arrow(fresh=False)
             memo = self._rows[key] = (version, rows.drop_columns([DELETED]) if rows.num_rows else None)
         return memo[1]
 
@@ -120,7 +137,8 @@ class StateReaders:
         key, version = self._key(lake, table.directory), table.version
         memo = self._definitions.get(key)
         if memo is None or memo[0] != version:
-            memo = self._definitions[key] = (version, Definitions([ViewDefinition.from_row(r) for r in table.rows()]))
+            views = [ViewDefinition.from_row(r) for r in table.rows(fresh=False)]
+            memo = self._definitions[key] = (version, Definitions(views))
         return memo[1]
 
     def packed(self, lake: Lake, parts: Parts) -> pa.Table:

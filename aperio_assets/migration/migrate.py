@@ -39,7 +39,7 @@ from aperio_assets.migration.legacy import (
     read_conversions,
     read_partition_status,
 )
-from aperio_assets.state.access import schema_table
+from aperio_assets.state.access import is_shared, schema_table
 from aperio_assets.state.spec import DELETED, TS, WRITER, TableSpec
 from aperio_assets.state.table import StateTable
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION
@@ -302,7 +302,7 @@ def migrate(
     migrator = Migrator(lake, dry_run=dry_run, archive=archive, progress=progress)
     report = MigrationReport(dry_run)
     for schema_config in lake.select_schemas(schema):
-        if schema_config.state_storage != "shared":
+        if not is_shared(lake, schema_config.name):
             continue  # local-mode schemas keep their legacy state (mixed lakes during a rollout)
         result = migrator.migrate_schema(schema_config)
         if result is not None:
@@ -319,7 +319,7 @@ def legacy_fingerprint(lake: Lake) -> str | None:
     migrator = Migrator(lake, dry_run=True)
     parts = []
     for schema in lake.schemas():
-        if schema.state_storage == "shared":
+        if is_shared(lake, schema.name):
             for file in migrator.legacy_files(schema.name).values():
                 info = file.storage.info(file.location)
                 if info is not None:

@@ -14,7 +14,7 @@ from aperio_assets.state.keys import canonical_key
 from aperio_assets.state.lineage import ConversionLineage, JsonLineage, ParquetLineage
 from aperio_assets.state.parquet_tracker import ParquetPartitionStatusStore
 from aperio_assets.state.table import CompactionResult, StateTable, TableStats
-from aperio_assets.state.tables import CONVERSIONS
+from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION
 from aperio_assets.state.tracker import IncrementalTracker
 
 if TYPE_CHECKING:
@@ -44,20 +44,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def open_tracker(
-    config_or_path: ConfigLike | Lake, schema: str, *, max_staleness_seconds: float = 0.0
-) -> IncrementalTracker:
+def open_tracker(config_or_path: ConfigLike | Lake, schema: str) -> IncrementalTracker:
     """The tracker for ``schema``: shared (Parquet state tables) or local (legacy DuckDB file), as
-    the schema's ``stateStorage`` says. In shared mode every read re-lists the state directory
-    unless ``max_staleness_seconds`` allows a recent listing to be reused (one LIST per read adds up
-    on S3 for a caller that reads in a loop)."""
+    the schema's ``stateStorage`` says. In shared mode it works on the Lake's state tables
+    (``state.access.schema_table``: one per directory per Lake, shared with the lineage, the IO
+    manager and the catalog), and every read re-lists the state directory, then GETs only the files
+    no user of that Lake has read yet."""
     lake = open_lake(config_or_path)
     if not is_shared(lake, schema):
         from aperio_assets.state.duckdb_tracker import DuckDBPartitionStatusStore
 
         return DuckDBPartitionStatusStore(lake.local_state_path(schema, layout.LEGACY_PARTITION_STATUS))
-    return ParquetPartitionStatusStore(
-        lake.storage, schema, lake.config.compaction, max_staleness_seconds=max_staleness_seconds
+    return ParquetPartitionStatusStore.over(
+        schema, schema_table(lake, schema, PARTITION_STATUS), schema_table(lake, schema, TABLE_COMPLETION)
     )
 
 

@@ -1,8 +1,9 @@
 """The one way to reach state: one state table of one schema, in whichever mode the schema uses
 (read its current rows, apply a batch of upserts and deletes), and the shared tables opened once per
-``Lake``. The refresh, the trackers' lineage, the CLI, the Dagster IO manager, maintenance and
-migration all reach state through this, so shared mode is the §5 protocol and local mode the legacy
-stores, everywhere; the shared-or-local decision is :func:`is_shared`.
+``Lake``. The refresh, the trackers and their lineage, the CLI, the Dagster IO manager, the catalog,
+maintenance and migration all reach state through this, so shared mode is the §5 protocol and local
+mode the legacy stores, everywhere; the shared-or-local decision is :func:`is_shared`, and a Lake's
+tables are opened by :func:`directory_table` alone (one ``StateTable`` per directory per Lake).
 """
 
 from __future__ import annotations
@@ -142,13 +143,30 @@ def state_directory(lake: Lake, schema: str | None, spec: TableSpec) -> str:
     return lake.storage.aperio_path(schema, spec.name)
 
 
+def cached_table(lake: Lake, directory: str, spec: TableSpec) -> StateTable | None:
+    """The Lake's open table of a state directory, if it has opened one."""
+    table = lake.state_tables.get(directory)
+    return table if isinstance(table, StateTable) and table.spec is spec else None
+
+
+def directory_table(lake: Lake, directory: str, spec: TableSpec) -> StateTable:
+    """The Lake's table of a state directory, opened on first use: the one per-process cache of state
+    tables (per Lake: a Lake is one configuration's storage). Every user of a Lake (trackers, lineage,
+    the IO manager, the catalog, maintenance) reads and writes a directory through this one table."""
+    table = cached_table(lake, directory, spec)
+    if table is None:
+        table = lake.state_tables[directory] = open_state_table(lake.storage, directory, spec, lake.config.compaction)
+    return table
+
+
 def schema_table(lake: Lake, schema: str | None, spec: TableSpec) -> StateTable:
     """The shared state table ``spec`` of ``schema`` (None: lake-wide), opened once per Lake: its
     files are immutable, so a later read costs one LIST and a GET of each file it has not read yet
     (its own writes included)."""
-    directory = state_directory(lake, schema, spec)
-    table = lake.state_tables.get(directory)
-    if not isinstance(table, StateTable) or table.spec is not spec:
-        table = open_state_table(lake.storage, directory, spec, lake.config.compaction)
-        lake.state_tables[directory] = table
-    return table
+    return directory_table(lake, state_directory(lake, schema, spec), spec)
+
+
+def forget_tables(lake: Lake) -> None:
+    """Drop the Lake's open tables: its next reads start cold, as a new process's would. (An object
+    holding one of them, a tracker say, keeps it; the Lake hands out new ones.)"""
+    lake.state_tables.clear()

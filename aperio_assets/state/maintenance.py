@@ -62,7 +62,7 @@ def state_health(lake: Lake, schema: str | None = None) -> dict[str | None, dict
             entry.table.stats(), entry.table.max_small_files
         )
     for schema_config in lake.select_schemas(schema):
-        if schema_config.state_storage == "local":
+        if not is_shared(lake, schema_config.name):
             path = lake.local_state_path(schema_config.name, layout.LEGACY_PARTITION_STATUS)
             if os.path.exists(path):
                 for stats in DuckDBPartitionStatusStore(path).stats():
@@ -129,7 +129,7 @@ def doctor(lake: Lake, *, repair: bool = False) -> DoctorReport:
                 problem.repaired, problem.repair = True, f"compacted {result.files_read} files into one"
             report.problems.append(problem)
     for schema_config in lake.schemas():
-        if schema_config.state_storage == "local":
+        if not is_shared(lake, schema_config.name):
             path = lake.local_state_path(schema_config.name, layout.LEGACY_PARTITION_STATUS)
             if os.path.exists(path):
                 try:

@@ -14,6 +14,11 @@ from aperio_assets.storage import StorageProvider
 
 
 class ParquetPartitionStatusStore(IncrementalTracker):
+    """A schema's partition status and table completion, over its two state tables. A tracker opened
+    for a Lake (``open_tracker``: :meth:`over` the Lake's tables, ``state.access.schema_table``)
+    shares them with the lineage, the IO manager and the catalog of that Lake; one constructed on a
+    bare storage (tests, the bench) opens its own, with the clock, writer id and staleness given."""
+
     mode = "shared"
 
     def __init__(
@@ -35,6 +40,15 @@ class ParquetPartitionStatusStore(IncrementalTracker):
         self.completion = open_state_table(
             storage, storage.aperio_path(schema, layout.TABLE_COMPLETION), TABLE_COMPLETION, compaction, **options
         )
+
+    @classmethod
+    def over(cls, schema: str, status: StateTable, completion: StateTable) -> ParquetPartitionStatusStore:
+        """A tracker over state tables opened elsewhere (a Lake's, shared with its other users)."""
+        if status.spec is not PARTITION_STATUS or completion.spec is not TABLE_COMPLETION:
+            raise ValueError("a tracker needs a partition_status and a table_completion state table")
+        tracker = cls.__new__(cls)
+        tracker.schema, tracker.status, tracker.completion = schema, status, completion
+        return tracker
 
     @property
     def tables(self) -> tuple[StateTable, StateTable]:

@@ -414,19 +414,24 @@ class StateTable:
             result[index] = True
         return result
 
-    def rows(self, where: Mapping[str, str] | None = None) -> list[Row]:
-        """Current rows, optionally only those whose key columns equal ``where``'s values."""
+    def rows(self, where: Mapping[str, str] | None = None, *, fresh: bool = True) -> list[Row]:
+        """Current rows, optionally only those whose key columns equal ``where``'s values (``fresh``:
+        as :meth:`to_arrow`)."""
         where = dict(where or {})
         unknown = [c for c in where if c not in self.spec.keys]
         if unknown:
             raise ValueError(f"rows(where=...) filters on key columns only, not {unknown}")
-        table = self.to_arrow(where=where)
+        table = self.to_arrow(where=where, fresh=fresh)
         return table.to_pylist()
 
-    def to_arrow(self, *, include_deleted: bool = False, where: Mapping[str, str] | None = None) -> pa.Table:
-        """The merged current state as one Arrow table (one row per key)."""
+    def to_arrow(
+        self, *, include_deleted: bool = False, where: Mapping[str, str] | None = None, fresh: bool = True
+    ) -> pa.Table:
+        """The merged current state as one Arrow table (one row per key): refreshed first (as the
+        staleness allows), or, with ``fresh=False``, the files already read (no request at all)."""
         with self._lock:
-            self.refresh()
+            if fresh:
+                self.refresh()
             winners, _ = self._resolve_all(where)
         if not include_deleted and winners.num_rows:
             winners = winners.filter(pc.invert(winners[DELETED]))
