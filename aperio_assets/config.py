@@ -76,6 +76,12 @@ class SchemaConfig:
     directory: str  # absolute local path or s3:// URL
     state_storage: StateStorage
 
+    @property
+    def shared(self) -> bool:
+        """Whether the schema's state is shared (the DESIGN §5 protocol) or local (the legacy
+        stores): the one place that decides (``state.access.is_shared`` asks it)."""
+        return self.state_storage == "shared"
+
 
 @dataclass(frozen=True)
 class AperioConfig:

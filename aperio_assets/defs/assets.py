@@ -171,7 +171,7 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
     name = schema.name
     common = {
         "group_name": name,
-        "kinds": {"parquet", "polars"} if schema.state_storage == "shared" else {"duckdb", "json"},
+        "kinds": {"parquet", "polars"} if schema.shared else {"duckdb", "json"},
     }
     batches = batches_partitions(name)
 

@@ -114,7 +114,7 @@ class LocalLineageAccess(StateAccess):
 def is_shared(lake: Lake, schema: str | None) -> bool:
     """Whether ``schema``'s state is shared (the §5 protocol) or local (the legacy stores); the
     lake-wide tables (``schema`` None: the view definitions) are always shared."""
-    return schema is None or lake.schema(schema).state_storage == "shared"
+    return schema is None or lake.schema(schema).shared
 
 
 def open_state(lake: Lake, schema: str | None, name: str) -> StateAccess:
