@@ -155,7 +155,11 @@ def directory_table(lake: Lake, directory: str, spec: TableSpec) -> StateTable:
     the IO manager, the catalog, maintenance) reads and writes a directory through this one table."""
     table = cached_table(lake, directory, spec)
     if table is None:
-        table = lake.state_tables[directory] = open_state_table(lake.storage, directory, spec, lake.config.compaction)
+        opened = open_state_table(lake.storage, directory, spec, lake.config.compaction)
+        # (setdefault: two threads opening a directory at once both get the table that was kept)
+        table = lake.state_tables.setdefault(directory, opened)
+        if not isinstance(table, StateTable) or table.spec is not spec:
+            table = lake.state_tables[directory] = opened
     return table
 
 
