@@ -38,7 +38,7 @@ from aperio_assets.defs.checks import lake_checks
 from aperio_assets.defs.io_managers import SharedParquetIOManager
 from aperio_assets.defs.partitions import AssetJob
 from aperio_assets.defs.resources import AperioResource, default_aperio_resource
-from aperio_assets.defs.sensors import CATALOG_JOB, lake_change_sensor
+from aperio_assets.defs.sensors import AUTOMATION_SENSOR_INTERVAL, CATALOG_JOB, lake_change_sensor, sensor_interval
 from aperio_assets.lake import open_lake
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,7 @@ def lake_definitions(
                 "aperio_automation_sensor",
                 target=dg.AssetSelection.assets(*(model_key(s.name) for s in schemas), CATALOG_VIEWS),
                 default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=sensor_interval(AUTOMATION_SENSOR_INTERVAL),
                 description="Runs each schema's model and the view definitions once after a wave of "
                 "batch runs has finished.",
             ),

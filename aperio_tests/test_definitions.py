@@ -32,6 +32,33 @@ def test_definitions_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     }
     assert {s.name for s in defs.sensors} == {"legacy_state_sensor", "lake_change_sensor", "aperio_automation_sensor"}
     assert {s.name for s in defs.schedules} == {"compact_state_schedule", "catalog_views_schedule"}
+    # without $APERIO_SENSOR_INTERVAL_SECONDS, the lake's sensors tick at most once a minute, the
+    # automation sensor every 30 s (legacy_state_sensor's interval is read when its module is imported)
+    intervals = {s.name: s.minimum_interval_seconds for s in defs.sensors}
+    assert {k: v for k, v in intervals.items() if k != "legacy_state_sensor"} == {
+        "lake_change_sensor": 60,
+        "aperio_automation_sensor": 30,
+    }
+
+
+@pytest.mark.parametrize(("setting", "lake", "automation"), [("7", 7, 7), ("0", 60, 30), ("soon", 60, 30)])
+def test_the_sensor_interval_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str, lake: int, automation: int
+) -> None:
+    """``$APERIO_SENSOR_INTERVAL_SECONDS``, a positive number of seconds, replaces every aperio sensor's
+    minimum interval; anything else leaves the defaults."""
+    from aperio_assets.definitions import lake_definitions
+    from aperio_assets.defs.sensors import LAKE_SENSOR_INTERVAL, SENSOR_INTERVAL_ENV, sensor_interval
+
+    (tmp_path / "lake" / "sales").mkdir(parents=True)
+    (tmp_path / "aperio.yaml").write_text("baseDirectory: lake\n")
+    monkeypatch.setenv(SENSOR_INTERVAL_ENV, setting)
+    defs = lake_definitions(str(tmp_path / "aperio.yaml"))
+    assert {s.name: s.minimum_interval_seconds for s in defs.sensors} == {
+        "lake_change_sensor": lake,
+        "aperio_automation_sensor": automation,
+    }
+    assert sensor_interval(LAKE_SENSOR_INTERVAL) == lake  # (what legacy_state_sensor is defined with)
 
 
 def test_resource_gives_the_lake(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ is launched by hand: ``legacy_state_sensor`` migrates, ``lake_change_sensor`` (s
 ``dagster`` CLI, as an operator would) requests the batch runs, ``aperio_automation_sensor`` runs
 the model and the views after them. Then a run worker is killed with SIGKILL mid-run: the run is
 marked failed, run retries runs it again, and the lake ends exactly as if nothing had happened.
+The sensors tick every ``SENSOR_INTERVAL`` seconds (``$APERIO_SENSOR_INTERVAL_SECONDS``; a minute,
+or half a minute for the automation sensor, without it), and the test checks that they did.
 (With DefaultRunLauncher it is the code server that started the worker which sees it die and marks
 the run failed; run monitoring checks a worker's health only with the ECS and Kubernetes launchers.)
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -46,6 +49,11 @@ from dagster._core.workspace.config_schema import ensure_workspace_config
 
 from aperio_assets.bench.pginstance import postgres_server
 from aperio_assets.catalog.connect import connect
+from aperio_assets.defs.sensors import (
+    AUTOMATION_SENSOR_INTERVAL,
+    LAKE_SENSOR_INTERVAL,
+    SENSOR_INTERVAL_ENV,
+)
 from aperio_assets.demo import write_demo_lake
 from aperio_assets.state import open_lineage, open_tracker
 from aperio_assets.state.keys import canonical_key
@@ -57,7 +65,13 @@ DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 BATCHES_PER_RUN = 3
 MAX_CONCURRENT_RUNS = 4
-DEADLINE_SECONDS = 1200  # the whole test; it takes a few minutes (sensor ticks are a minute apart)
+DEADLINE_SECONDS = 1200  # the whole test; it takes a few minutes
+# Every aperio sensor's minimum interval here (the code location's setting): the test waits on ticks
+# seconds apart, not minutes. The big batch's files are written within UPLOAD_WINDOW seconds of a
+# lake_change_sensor tick's start, so that the next tick (SENSOR_INTERVAL after it at the earliest)
+# sees them all.
+SENSOR_INTERVAL = 10
+UPLOAD_WINDOW = 5
 # The batch added after the first refresh: many files, so that its run converts long enough to be
 # caught and killed while it converts.
 BIG_PARTITION = {"year": "2014", "month": "01"}
@@ -275,11 +289,17 @@ def check_deploy_files(tmp_path: Path, server: Any, monkeypatch: pytest.MonkeyPa
 
 def instance_config(deploy: dict[str, Any], postgres_url: str) -> dict[str, Any]:
     """deploy/dagster.yaml for one machine: the test's PostgreSQL, each run in its own process,
-    short monitoring intervals."""
+    short monitoring and run queue intervals."""
     config = copy.deepcopy(deploy)
     config["storage"] = {"postgres": {"postgres_url": postgres_url}}
     config["run_launcher"] = {"module": "dagster", "class": "DefaultRunLauncher"}
     config["concurrency"]["runs"]["max_concurrent_runs"] = MAX_CONCURRENT_RUNS
+    # the queue's daemon looks for queued runs every second (default 5); the limits stay concurrency's
+    config["run_coordinator"] = {
+        "module": "dagster._core.run_coordinator",
+        "class": "QueuedRunCoordinator",
+        "config": {"dequeue_interval_seconds": 1},
+    }
     config["run_monitoring"].update(poll_interval_seconds=2, start_timeout_seconds=300, cancel_timeout_seconds=60)
     config["code_servers"] = {"local_startup_timeout": 300}
     return config
@@ -369,6 +389,15 @@ def sensor_ticks(instance: dg.DagsterInstance, name: str) -> list[Any]:
     return sorted(ticks, key=lambda t: t.timestamp)
 
 
+def check_tick_gaps(ticks: list[Any], default: int) -> tuple[float, float]:
+    """The shortest and longest gap between two ticks of a sensor: never below ``SENSOR_INTERVAL``
+    (the minimum interval the code location set), and below the sensor's ``default`` at least once
+    (the setting replaced it)."""
+    gaps = [b.timestamp - a.timestamp for a, b in itertools.pairwise(ticks)]
+    assert gaps and min(gaps) >= SENSOR_INTERVAL - 1 and min(gaps) < default, (SENSOR_INTERVAL, default, gaps)
+    return round(min(gaps), 1), round(max(gaps), 1)
+
+
 def finished(records: list[dg.RunRecord]) -> bool:
     return bool(records) and all(r.dagster_run.is_finished for r in records)
 
@@ -453,6 +482,9 @@ def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
             "DAGSTER_HOME": str(home),
             "APERIO_CONFIG": str(config),
             "APERIO_BATCHES_PER_RUN": str(BATCHES_PER_RUN),
+            SENSOR_INTERVAL_ENV: str(SENSOR_INTERVAL),
+            # run_retries reacts to a failed run within a second (Dagster's event log consumer; default 5 s)
+            "DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS": "1",
             "PYTHONWARNINGS": "ignore",
         }
         daemon = start_daemon(home, workspace, env)
@@ -577,17 +609,24 @@ def run_deployment(
     assert len(runs(instance, job_name="migrate_legacy_state_job")) == 1
 
     # 5. a large new batch: its run worker is killed with SIGKILL while it converts. Its files are
-    # written at most 40 s after a lake_change_sensor tick began (the next begins a minute after it),
-    # so that one tick sees them all and requests one run for the batch.
+    # written at most UPLOAD_WINDOW s after a lake_change_sensor tick began (the next begins
+    # SENSOR_INTERVAL s after it at the earliest), so that one tick sees them all and requests one run
+    # for the batch.
     def quiet() -> bool:
         ticks = sensor_ticks(instance, "lake_change_sensor")
-        return bool(ticks) and ticks[-1].status != TickStatus.STARTED and time.time() - ticks[-1].timestamp < 40
+        return (
+            bool(ticks) and ticks[-1].status != TickStatus.STARTED and time.time() - ticks[-1].timestamp < UPLOAD_WINDOW
+        )
 
     watch.until("a lake_change_sensor tick to have just finished", quiet, timeout=180, every=0.2)
     upload = time.time()
     for path, data in big.items():
         storage.write_bytes(f"{base}/{path}", data)
     written = time.time()
+    during = [t.timestamp for t in sensor_ticks(instance, "lake_change_sensor") if t.timestamp >= upload]
+    assert not [t for t in during if t <= written], (
+        f"a lake_change_sensor tick began while the big batch was written ({upload:.1f}-{written:.1f}): {during}"
+    )
 
     def converting() -> tuple[dg.RunRecord, int] | None:
         (record, *_) = runs(instance, job_name="flights_batches_job", tags={"dagster/partition": BIG_BATCH}) or [None]
@@ -651,6 +690,15 @@ def run_deployment(
         for r in runs(instance)
         if not r.dagster_run.is_finished and r.dagster_run.job_name not in ("compact_state_job", "catalog_views_job")
     ]
+    # 6. every sensor ticked at its interval: the code location's setting reached the daemon
+    proof["sensor tick gaps (s)"] = {
+        name: check_tick_gaps(sensor_ticks(instance, name), default)
+        for name, default in (
+            ("lake_change_sensor", LAKE_SENSOR_INTERVAL),
+            ("legacy_state_sensor", LAKE_SENSOR_INTERVAL),
+            ("aperio_automation_sensor", AUTOMATION_SENSOR_INTERVAL),
+        )
+    }
     proof["killed run"] = {
         "run": killed_id,
         "worker pid": pid,

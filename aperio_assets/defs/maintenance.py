@@ -11,6 +11,7 @@ import dagster as dg
 
 from aperio_assets.defs.assets import CATALOG_VIEWS
 from aperio_assets.defs.resources import AperioResource
+from aperio_assets.defs.sensors import LAKE_SENSOR_INTERVAL, sensor_interval
 from aperio_assets.migration import legacy_fingerprint, migrate
 from aperio_assets.state.maintenance import compact_lake
 
@@ -103,7 +104,11 @@ def _now() -> float:
     return time.time()
 
 
-@dg.sensor(job=migrate_legacy_state_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(
+    job=migrate_legacy_state_job,
+    minimum_interval_seconds=sensor_interval(LAKE_SENSOR_INTERVAL),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
 def legacy_state_sensor(context: dg.SensorEvaluationContext, aperio: AperioResource) -> dg.SensorResult:
     """One run per legacy state (its files' fingerprint); a failed run is retried with a new run key,
     with backoff, at most ``MAX_MIGRATION_ATTEMPTS`` times; nothing once the legacy files are gone."""

@@ -13,12 +13,16 @@ costs nothing more. Otherwise the sensor
 - when batches are gone and nothing else runs, requests ``aperio_catalog_job`` (the model forgets
   them, the views follow). After batch runs, the model and the views are run by
   ``aperio_automation_sensor`` once every run of the wave has finished.
+
+Every aperio sensor ticks at most once per its minimum interval (``sensor_interval``), which
+``$APERIO_SENSOR_INTERVAL_SECONDS`` overrides.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +43,18 @@ from aperio_assets.defs.resources import AperioResource
 from aperio_assets.lake import Lake
 
 CATALOG_JOB = "aperio_catalog_job"
+SENSOR_INTERVAL_ENV = "APERIO_SENSOR_INTERVAL_SECONDS"
+LAKE_SENSOR_INTERVAL = 60  # lake_change_sensor and legacy_state_sensor (seconds)
+AUTOMATION_SENSOR_INTERVAL = 30  # aperio_automation_sensor (Dagster's default for a sensor)
+
+
+def sensor_interval(default: int) -> int:
+    """The minimum seconds between two ticks of an aperio sensor: ``$APERIO_SENSOR_INTERVAL_SECONDS``
+    if it is a positive integer, else the sensor's ``default``. It is the code location's setting (the
+    code server reports it to the daemon), read when the sensor is defined: the lake's sensors at each
+    load of the location, ``legacy_state_sensor`` when its module is imported."""
+    value = os.environ.get(SENSOR_INTERVAL_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else default
 
 
 @dataclass
@@ -72,7 +88,7 @@ def lake_change_sensor(schemas: Sequence[SchemaConfig], jobs: Sequence[AssetJob]
     @dg.sensor(
         name="lake_change_sensor",
         jobs=list(jobs),
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=sensor_interval(LAKE_SENSOR_INTERVAL),
         description="Registers new batches as partitions (and removes vanished ones) and requests runs "
         "for the batches whose files are new or changed.",
     )
