@@ -41,9 +41,9 @@ run: $(VENV)/.installed $(DEMO_DIR)/aperio.yaml $(DAGSTER_HOME)/dagster.yaml
 
 # pytest-xdist: a worker per core and one more (the deployment test mostly waits on sensor ticks), each
 # taking the next test when free, the slow ones first (aperio_tests/conftest.py). An -n in PYTEST_ARGS
-# wins: PYTEST_ARGS="-n 0" runs the suite in one process.
+# wins: PYTEST_ARGS="-n 0" runs the suite in one process. The 25 slowest tests are listed at the end.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -n $$(( $$(nproc) + 1 )) --dist load --maxschedchunk 1 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $$(( $$(nproc) + 1 )) --dist load --maxschedchunk 1 --durations=25 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -109,6 +109,11 @@ def lake_definitions(
         jobs=jobs,
         sensors=sensors,
         resources={"aperio": resource, STATE_IO_MANAGER: SharedParquetIOManager(aperio=resource)},
+        # Every job's steps in its run worker's own process: aperio's parallelism is runs (the run
+        # queue, a range of batches each), and a run's steps are one batch step, or the models, the
+        # views and their checks, each light; a process per step (Dagster's default) cost each run
+        # a Python start and a code-location load per step (DESIGN §9).
+        executor=dg.in_process_executor,
     )
 
 

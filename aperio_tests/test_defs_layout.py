@@ -128,7 +128,7 @@ EXPECTED_ASSETS = {
         "partitions": None,
         "deps": ["ref/generated_model", "sales/generated_model"],
         "kinds": ["duckdb", "parquet"],
-        "automation": AFTER_BATCHES,
+        "automation": "after every schema's batches",
         "checks": ["state_health", "views_resolve"],
     },
 }
@@ -343,3 +343,11 @@ def test_an_installed_package_loads_its_defs_folder(tmp_path: Path, snapshot_con
     assert seen["file"] == str(site / "aperio_assets" / "__init__.py")
     assert seen["jobs"] == sorted(EXPECTED_JOBS)
     assert Counter(seen["checks"]) == Counter(c for spec in EXPECTED_ASSETS.values() for c in spec["checks"])
+
+
+def test_every_job_runs_its_steps_in_its_run_worker(snapshot_config: Path) -> None:
+    """aperio's parallelism is runs; a process per step would cost each run a Python start and a
+    code-location load per step: every job, the folder's included, uses the in-process executor."""
+    jobs = build_defs(snapshot_config).get_repository_def().get_all_jobs()
+    assert {j.name for j in jobs} >= {"aperio_catalog_job", "aperio_refresh_job", "compact_state_job"}
+    assert {j.name: j.executor_def.name for j in jobs} == {j.name: "in_process" for j in jobs}

@@ -58,12 +58,13 @@ from aperio_assets.demo import write_demo_lake
 from aperio_assets.state import open_lineage, open_tracker
 from aperio_assets.state.keys import canonical_key
 from aperio_assets.storage import S3Storage
-from aperio_tests.helpers import S3Server
+from aperio_tests.helpers import FaultyS3, S3Server
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
 BIN = Path(sys.executable).parent
 BATCHES_PER_RUN = 3
+WAVE_PUT_LATENCY_MS = 1500
 MAX_CONCURRENT_RUNS = 4
 DEADLINE_SECONDS = 1200  # the whole test; it takes a few minutes
 # Every aperio sensor's minimum interval here (the code location's setting): the test waits on ticks
@@ -443,7 +444,7 @@ def only_successes(instance: dg.DagsterInstance, records: list[dg.RunRecord]) ->
 @pytest.mark.slow
 @pytest.mark.s3
 def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
-    s3: S3Server, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3: S3Server, faulty_s3: FaultyS3, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     began = time.time()
     base = f"s3://{s3_bucket}/lake"
@@ -456,7 +457,7 @@ def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
     # the legacy single-node state stays on the old node's disk, found through legacyDirectory
     config.write_text(
         f"baseDirectory: {base}\nlegacyDirectory: {lake_dir / '.aperio'}\n"
-        f"storage:\n  s3:\n    endpoint_url: {s3.endpoint_url}\n"
+        f"storage:\n  s3:\n    endpoint_url: {faulty_s3.endpoint_url}\n"  # (the test writes to S3 directly)
     )
     big = big_batch(lake_dir)
     # every batch of a schema is new, so the sensor requests ranges of BATCHES_PER_RUN of them
@@ -483,6 +484,7 @@ def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
             "APERIO_CONFIG": str(config),
             "APERIO_BATCHES_PER_RUN": str(BATCHES_PER_RUN),
             SENSOR_INTERVAL_ENV: str(SENSOR_INTERVAL),
+            "DAGSTER_EVENT_BATCH_SIZE": "1000",  # as deploy/README.md sets it on every container
             # run_retries reacts to a failed run within a second (Dagster's event log consumer; default 5 s)
             "DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS": "1",
             "PYTHONWARNINGS": "ignore",
@@ -493,7 +495,7 @@ def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
             instance = dg.DagsterInstance.from_config(str(home))
             watch = Watch(instance, daemon, home / "daemon.log")
             proof = run_deployment(
-                watch, instance, storage, env, home, workspace, daemon.pid, batch_runs_wanted, big, base
+                watch, instance, storage, env, home, workspace, daemon.pid, batch_runs_wanted, big, base, faulty_s3
             )
             # the big batch is part of the lake now
             expected[("flights", "flights")][canonical_key(BIG_PARTITION)] = (BIG_ROWS, BIG_ROWS)
@@ -520,6 +522,7 @@ def run_deployment(
     batch_runs_wanted: int,
     big: dict[str, bytes],
     base: str,
+    faulty_s3: FaultyS3,
 ) -> dict[str, Any]:
     proof: dict[str, Any] = {}
 
@@ -536,6 +539,10 @@ def run_deployment(
 
     # 2. lake_change_sensor, started from the CLI against the same instance, requests the batch runs
     # a real process: the `dagster` CLI, as an operator runs it against the deployment
+    # Every PUT of the first wave waits WAVE_PUT_LATENCY_MS (a run writes its lineage and status one
+    # after the other): a batch run takes seconds, as on real S3, not the ~1.5 s a daemon launch
+    # takes on this loopback, so that runs launched one after another overlap when they may.
+    faulty_s3.proxy.set_faults(latency=1.0, latency_ms=WAVE_PUT_LATENCY_MS, methods=["PUT"])
     started = subprocess.run(
         [str(BIN / "dagster"), "sensor", "start", "lake_change_sensor", "-w", str(workspace)],
         cwd=home,
@@ -553,11 +560,14 @@ def run_deployment(
         ),
         timeout=300,
     )
-    wave = watch.until(
-        "the first wave of batch runs to finish",
-        lambda: (r := runs(instance, run_ids=list(tick.run_ids))) and finished(r) and r,
-        timeout=600,
-    )
+    try:
+        wave = watch.until(
+            "the first wave of batch runs to finish",
+            lambda: (r := runs(instance, run_ids=list(tick.run_ids))) and finished(r) and r,
+            timeout=600,
+        )
+    finally:
+        faulty_s3.proxy.faults_off()
     only_successes(instance, wave)
     assert len(wave) == batch_runs_wanted  # every batch, BATCHES_PER_RUN to a run
     assert {r.dagster_run.job_name for r in wave} == {"flights_batches_job", "reference_batches_job"}

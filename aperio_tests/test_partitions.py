@@ -240,3 +240,48 @@ def test_a_batch_run_writes_its_partition_events_in_batches(
         assert of_the_run[0] == [PLANNED] * 16
         assert [k for batch in of_the_run[1:] for k in batch] == [MATERIALIZED] * 16
         assert len(of_the_run) <= 3, [len(b) for b in of_the_run]
+
+
+def test_the_views_wait_for_every_schemas_batches(tmp_path: Path) -> None:
+    """A wave of batch runs over two schemas: once one schema's runs have finished, its model may
+    run, but not the views while the other schema's batch run is still queued (the views of both
+    are built once, after every batch; a migrated view reading the other schema would not resolve)."""
+    for relative, text in {"sales/events/day=01/a.csv": "id\n1\n", "ref/carriers.csv": "code\nAA\n"}.items():
+        (tmp_path / "lake" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "lake" / relative).write_text(text)
+    config = tmp_path / "aperio.yaml"
+    config.write_text("baseDirectory: lake\n")
+    aperio = AperioResource(config_path=str(config))
+    defs = build_defs(str(config), aperio)
+    with dg.instance_for_test() as instance:
+        before = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor  # (nothing updated yet)
+        tick = _tick(defs, instance, aperio, None)
+        for request in tick.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        by_job = {r.job_name: r for r in tick.run_requests}
+        assert set(by_job) == {"sales_batches_job", "ref_batches_job"}
+        sales = by_job["sales_batches_job"]
+        assert (
+            defs.resolve_job_def(sales.job_name)
+            .execute_in_process(instance=instance, partition_key=sales.partition_key, tags=dict(sales.tags))
+            .success
+        )
+        ref = by_job["ref_batches_job"]  # created, not started (as a queued run): in progress
+        waiting = instance.create_run_for_job(
+            job_def=defs.resolve_job_def(ref.job_name), tags={**ref.tags, "dagster/partition": ref.partition_key}
+        )
+        assert waiting.status == dg.DagsterRunStatus.NOT_STARTED
+        automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before)
+        requested = {r.key.to_user_string() for r in automation.results if r.true_subset.size}
+        assert requested == {"sales/generated_model"}
+        # once the other schema's batch has run (the waiting run given up, another run doing it), its
+        # model and the views follow
+        instance.report_run_canceled(waiting)
+        assert (
+            defs.resolve_job_def(ref.job_name)
+            .execute_in_process(instance=instance, partition_key=ref.partition_key, tags=dict(ref.tags))
+            .success
+        )
+        automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation.cursor)
+        requested = {r.key.to_user_string() for r in automation.results if r.true_subset.size}
+        assert requested == {"ref/generated_model", "aperio/catalog_views"}

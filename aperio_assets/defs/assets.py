@@ -164,6 +164,12 @@ AFTER_BATCHES = (
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("after its batches")
+# The views read every schema's model: they wait for the batches of every schema, not only for the
+# models (a schema's model waits for its own batches only), so that they are built once per wave and
+# a view reading another schema's tables (a migrated one, say) finds them.
+AFTER_EVERY_SCHEMAS_BATCHES = (
+    AFTER_BATCHES & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.any_deps_in_progress())
+).with_label("after every schema's batches")
 
 
 def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
@@ -269,7 +275,7 @@ def catalog_views_asset(schemas: Sequence[SchemaConfig]) -> dg.AssetsDefinition:
         kinds={"duckdb", "parquet"},
         deps=[model_key(s.name) for s in schemas],
         metadata=state_table_metadata(None, VIEWS.name),
-        automation_condition=AFTER_BATCHES,
+        automation_condition=AFTER_EVERY_SCHEMAS_BATCHES,
         description="View definitions of the catalog: one generated view per table of every generated "
         "model, beside user and migrated views (which are kept).",
     )
