@@ -232,6 +232,9 @@ def test_a_batch_run_writes_its_partition_events_in_batches(
         logged = instance.get_records_for_run(run_id).records
         kinds = [r.event_log_entry.dagster_event_type for r in logged if r.event_log_entry.is_dagster_event]
         assert kinds.count(PLANNED) == kinds.count(MATERIALIZED) == 16
+        # and no line per file (a write to the instance's storage each): the files go to a Python logger
+        messages = [r.event_log_entry.user_message for r in logged if not r.event_log_entry.is_dagster_event]
+        assert not [m for m in messages if "day=" in m], messages
     of_the_run = [[kind for run, kind in batch if run == run_id] for batch in batches]
     of_the_run = [batch for batch in of_the_run if batch]
     if setting == "0":

@@ -18,7 +18,7 @@ import dagster as dg
 
 from aperio_assets.conversion.batches import schema_batches
 from aperio_assets.conversion.refresh import SchemaRefresh, refresh
-from aperio_assets.defs.assets import CATALOG_VIEWS, lineage_key, model_key, status_key
+from aperio_assets.defs.assets import CATALOG_VIEWS, file_progress, lineage_key, model_key, status_key
 from aperio_assets.defs.partitions import batches_partitions
 from aperio_assets.defs.resources import AperioResource
 
@@ -31,7 +31,7 @@ class RefreshConfig(dg.Config):
 def refresh_lake(context: dg.OpExecutionContext, aperio: AperioResource, config: RefreshConfig) -> Iterator:
     # (a generator: events are yielded as they are known, so that they stand even if the op then fails)
     lake = aperio.lake()
-    results = refresh(lake, workers=max(1, config.workers), progress=context.log.debug)
+    results = refresh(lake, workers=max(1, config.workers), progress=file_progress)
     failed: dict[str, str] = {}
     processed = 0
     for result in results:
