@@ -323,3 +323,39 @@ def test_a_no_op_refresh_reads_no_raw_or_converted_file(lake_case: LakeCase, tmp
         assert [p for p in gets if "/tables/" in p or not p.startswith(lake.config.aperio_directory)] == []
         counts.append(requests)
     assert counts[0] == counts[1]
+
+
+def test_a_file_with_other_columns_makes_its_view_unite_them_at_once(lake_case: LakeCase) -> None:
+    """A view bound from one footer (its files' columns agreed) must not read a file converted since
+    with other columns by the first file's: the batches that convert it write that table's
+    definition with ``union_by_name`` at once, before any model is written again (DESIGN §7)."""
+    from aperio_assets.catalog import ViewStore, connect
+    from aperio_assets.conversion.batches import convert_batches, schema_batches, select_batches
+    from aperio_assets.conversion.refresh import SchemaRefresh
+    from aperio_assets.state.access import open_state
+
+    lake = lake_case.lake()
+    for day in ("01", "02"):
+        put(lake, f"sales/events/day={day}/a.csv", f"id,v\n{day},x\n".encode())
+    refresh(lake)
+    model_path = lake.storage.aperio_path("sales", "generated-model.json")
+    model_before = lake.storage.read_bytes(model_path)
+
+    def definition() -> str:
+        return next(v.sql for v in ViewStore(lake).list() if v.view_name == "events")
+
+    assert "union_by_name" not in definition()
+    put(lake, "sales/events/day=03/a.csv", b"id\n3\n")  # without v
+    run = SchemaRefresh(lake, lake.schema("sales"))
+    conversions = open_state(lake, "sales", "conversions")
+    lineage = {r["source_path"]: r for r in conversions.rows()}
+    batches, _ = select_batches(run, [key for key in schema_batches(run) if "day=03" in key])
+    convert_batches(run, batches, lineage, lambda rows, removed: conversions.apply(rows, [(p,) for p in removed]))
+    assert lake.storage.read_bytes(model_path) == model_before  # no model written (as in a batch run)
+    assert "union_by_name = true" in definition()
+    with connect(lake) as con:
+        assert con.execute("SELECT count(*), count(v) FROM sales.events").fetchone() == (3, 2)
+    # files that agree again (the next refresh's model) bind from one footer again
+    put(lake, "sales/events/day=03/a.csv", b"id,v\n3,z\n")
+    refresh(lake)
+    assert "union_by_name" not in definition()

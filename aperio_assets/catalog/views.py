@@ -187,6 +187,37 @@ class ViewStore:
         self.table.write(upserts=upserts, deletes=stale)
         return summary
 
+    def follow_column_drift(self, schema: str, digests: dict[str, set[str]]) -> list[str]:
+        """Write at once, with ``union_by_name`` in every scan, the generated definition of each
+        table of ``schema`` whose files now have columns (``digests``: table → the digests of its
+        files' columns) that its model's scans do not all have; returns those tables. A user's or
+        migrated view of that name is left alone; the next model and rebuild take over."""
+        path = self.lake.storage.aperio_path(schema, layout.GENERATED_MODEL)
+        try:
+            model = json.loads(self.lake.storage.read_bytes(path))
+        except (FileNotFoundError, ValueError):
+            return []  # no model yet: no view either
+        current = {(v.schema_name, v.view_name): v for v in self.list()}
+        upserts = []
+        for table in model.get("tables", []):
+            found = digests.get(table["name"])
+            layouts = table.get("layouts")
+            if not found or not layouts:
+                continue
+            known = {entry.get("columnsDigest") for entry in layouts}
+            if known == {None} or (len(known) == 1 and found <= known):
+                continue  # already united by name, or every file as the model saw them
+            united = {**table, "layouts": [{**entry, "columnsDigest": None} for entry in layouts]}
+            sql = _table_sql(self.lake, united)
+            existing = current.get((schema, table["name"]))
+            if sql is None or (existing is not None and (existing.origin != "generated" or existing.sql == sql)):
+                continue
+            columns = tuple((c["name"], c["type"]) for c in table.get("columns", []))
+            upserts.append(ViewDefinition(schema, table["name"], sql, "generated", columns).row())
+        if upserts:
+            self.table.write(upserts=upserts)
+        return sorted(row["view_name"] for row in upserts)
+
     def add(self, schema: str, name: str, sql: str, origin: str = "user") -> ViewDefinition:
         if origin not in ORIGINS:
             raise UsageError(f"unknown view origin {origin!r}")

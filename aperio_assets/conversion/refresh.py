@@ -22,7 +22,6 @@ call (the CLI) or as three Dagster assets: ``convert_files`` (lineage rows), ``p
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -56,7 +55,7 @@ from aperio_assets.conversion.naming import (
 from aperio_assets.errors import StorageError, StorageUnavailable
 from aperio_assets.lake import Lake
 from aperio_assets.state.access import is_shared, open_state
-from aperio_assets.state.lineage import Row
+from aperio_assets.state.lineage import Row, columns_digest, lineage_columns
 from aperio_assets.state.tracker import now_ms, status_row
 
 log = logging.getLogger(__name__)
@@ -121,15 +120,6 @@ def unchanged(raw: RawFile, row: Row | None) -> bool:
         and row["source_modified"] == _mtime_ms(raw.info.mtime)
         and row["source_etag"] == raw.info.etag
     )
-
-
-def lineage_columns(row: Row) -> list[tuple[str, str]] | None:
-    """The columns a conversion produced (kept in the lineage row's ``extra``)."""
-    try:
-        columns = json.loads(row.get("extra") or "{}").get("columns")
-    except (ValueError, AttributeError):
-        return None
-    return [(str(name), str(dtype)) for name, dtype in columns] if isinstance(columns, list) else None
 
 
 class SchemaRefresh:
@@ -399,7 +389,24 @@ class SchemaRefresh:
                     pending, gone = [], []
         if pending or gone:
             sink(pending, gone)
+        if todo:
+            self.follow_column_drift(lineage, {table.name for table, _ in todo})
         return replaced
+
+    def follow_column_drift(self, lineage: dict[str, Row], tables: set[str]) -> list[str]:
+        """A view bound from one footer (its files' columns agreed when the model was written) would
+        read a file converted since with other columns wrongly, or fail, until the model is written
+        again (at the end of a refresh; in Dagster, after the wave): such a table's definition is
+        written at once with ``union_by_name`` (DESIGN §7). Costs nothing while every file of each
+        table in ``tables`` has the same columns; else a GET of the model."""
+        digests: dict[str, set[str]] = {}
+        for row in lineage.values():
+            if row.get("table_name") in tables and not row.get("error"):
+                found = lineage_columns(row)
+                if found is not None:
+                    digests.setdefault(row["table_name"], set()).add(columns_digest(found))
+        varied = {name: found for name, found in digests.items() if len(found) > 1}
+        return ViewStore(self.lake).follow_column_drift(self.schema.name, varied) if varied else []
 
     def delete_replaced(self, replaced: set[str], lineage: dict[str, Row]) -> None:
         """An old target goes once no lineage row refers to it (under the old naming two raw files
@@ -537,10 +544,10 @@ def _layouts(table: RawTable, rows: list[Row]) -> list[dict[str, Any]]:
         else:
             entry["converted"] = True
         found = lineage_columns(row)
-        columns.setdefault(keys, set()).add(None if found is None else json.dumps(found, ensure_ascii=False))
+        columns.setdefault(keys, set()).add(None if found is None else columns_digest(found))
     for keys, entry in layouts.items():
         (only,) = columns[keys] if len(columns[keys]) == 1 else (None,)
-        entry["columnsDigest"] = None if only is None else hashlib.sha256(only.encode()).hexdigest()[:16]
+        entry["columnsDigest"] = only
     return [layouts[k] for k in sorted(layouts)]
 
 

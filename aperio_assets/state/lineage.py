@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import uuid
@@ -255,3 +256,17 @@ class JsonLineage(ConversionLineage):
             for path in source_paths:
                 current.pop(path, None)
             self._write(current)
+
+
+def lineage_columns(row: Row) -> list[tuple[str, str]] | None:
+    """The columns a conversion produced (kept in the lineage row's ``extra``)."""
+    try:
+        columns = json.loads(row.get("extra") or "{}").get("columns")
+    except (ValueError, AttributeError):
+        return None
+    return [(str(name), str(dtype)) for name, dtype in columns] if isinstance(columns, list) else None
+
+
+def columns_digest(columns: Sequence[tuple[str, str]]) -> str:
+    """A short digest of a file's columns (names and types, in order), as the model records it."""
+    return hashlib.sha256(json.dumps([list(c) for c in columns], ensure_ascii=False).encode()).hexdigest()[:16]
