@@ -137,6 +137,10 @@ class Recorder:
             total.update(provider.counters.snapshot())
         return {k: v for k, v in total.items() if v}
 
+    def row_values(self) -> dict[str, Any]:
+        """What a row says of the requests since :meth:`reset`."""
+        return {"requests": self.requests(), "raw_gets": self.gets["raw"], "converted_gets": self.gets["converted"]}
+
 
 # -- the lake ------------------------------------------------------------------------------------
 @dataclass
@@ -352,9 +356,7 @@ def _measure_scenario(scenario: _Scenario, tables: int, note: Progress) -> list[
             tables,
             "noop_refresh",
             seconds,
-            requests=recorder.requests(),
-            raw_gets=recorder.gets["raw"],
-            converted_gets=recorder.gets["converted"],
+            **recorder.row_values(),
             proxy_requests=proxied,
             detail={**did, "state_gets": recorder.gets["state"]},
         )
@@ -374,9 +376,7 @@ def _measure_scenario(scenario: _Scenario, tables: int, note: Progress) -> list[
             tables,
             "status",
             time.perf_counter() - started,
-            requests=recorder.requests(),
-            raw_gets=recorder.gets["raw"],
-            converted_gets=recorder.gets["converted"],
+            **recorder.row_values(),
             proxy_requests=proxied,
         )
     )
@@ -407,9 +407,7 @@ def _measure_scenario(scenario: _Scenario, tables: int, note: Progress) -> list[
             tables,
             "warm_connect",
             time.perf_counter() - started,
-            requests=recorder.requests(),
-            raw_gets=recorder.gets["raw"],
-            converted_gets=recorder.gets["converted"],
+            **recorder.row_values(),
             proxy_requests=proxied,
             detail={"views": views, "cache": getattr(report, "cache", None), "untimed_connect_cache": untimed_cache},
         )

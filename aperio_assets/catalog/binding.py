@@ -18,19 +18,24 @@ def first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def bind_error(con: duckdb.DuckDBPyConnection, definition: ViewDefinition) -> str | None:
-    """Why ``definition`` does not bind in ``con`` now (None if it does): bound as a temporary view,
-    then dropped, so a read-only catalog can be asked too."""
-    name = quote_identifier(f"__aperio_bind_{uuid.uuid4().hex}")
+def _error_of(con: duckdb.DuckDBPyConnection, *statements: str) -> str | None:
+    """Run ``statements`` on a cursor of their own; the first line of why one failed, or None."""
     cursor = con.cursor()
     try:
-        cursor.execute(f"CREATE TEMP VIEW {name} AS {definition.sql}")
-        cursor.execute(f"DROP VIEW temp.main.{name}")
+        for statement in statements:
+            cursor.execute(statement)
         return None
     except duckdb.Error as exc:
         return first_line(exc)
     finally:
         cursor.close()
+
+
+def bind_error(con: duckdb.DuckDBPyConnection, definition: ViewDefinition) -> str | None:
+    """Why ``definition`` does not bind in ``con`` now (None if it does): bound as a temporary view,
+    then dropped, so a read-only catalog can be asked too."""
+    name = quote_identifier(f"__aperio_bind_{uuid.uuid4().hex}")
+    return _error_of(con, f"CREATE TEMP VIEW {name} AS {definition.sql}", f"DROP VIEW temp.main.{name}")
 
 
 def qualified_name(view: ViewDefinition) -> str:
@@ -39,14 +44,7 @@ def qualified_name(view: ViewDefinition) -> str:
 
 def create_view(con: duckdb.DuckDBPyConnection, view: ViewDefinition) -> str | None:
     """Create (or replace) ``view`` in ``con``, binding it; returns why it did not bind, or None."""
-    cursor = con.cursor()
-    try:
-        cursor.execute(f"CREATE OR REPLACE VIEW {qualified_name(view)} AS {view.sql}")
-        return None
-    except duckdb.Error as exc:
-        return first_line(exc)
-    finally:
-        cursor.close()
+    return _error_of(con, f"CREATE OR REPLACE VIEW {qualified_name(view)} AS {view.sql}")
 
 
 def drop_view(con: duckdb.DuckDBPyConnection, view: ViewDefinition) -> None:

@@ -126,12 +126,19 @@ def generated_definitions(lake: Lake) -> list[ViewDefinition]:
         except FileNotFoundError:
             continue
         for table in model.get("tables", []):
-            sql = _table_sql(lake, table)
-            if sql is None:
-                continue  # nothing readable to show
-            columns = tuple((c["name"], c["type"]) for c in table.get("columns", []))
-            definitions.append(ViewDefinition(schema.name, table["name"], sql, "generated", columns))
+            definition = _table_definition(lake, schema.name, table)
+            if definition is not None:  # (None: nothing readable to show)
+                definitions.append(definition)
     return definitions
+
+
+def _table_definition(lake: Lake, schema: str, table: dict[str, Any]) -> ViewDefinition | None:
+    """The generated view of one model table, or None if it has nothing readable to show."""
+    sql = _table_sql(lake, table)
+    if sql is None:
+        return None
+    columns = tuple((c["name"], c["type"]) for c in table.get("columns", []))
+    return ViewDefinition(schema, table["name"], sql, "generated", columns)
 
 
 @dataclass(frozen=True)
@@ -187,33 +194,39 @@ class ViewStore:
         self.table.write(upserts=upserts, deletes=stale)
         return summary
 
-    def follow_column_drift(self, schema: str, digests: dict[str, set[str]]) -> list[str]:
-        """Write at once, with ``union_by_name`` in every scan, the generated definition of each
-        table of ``schema`` whose files now have columns (``digests``: table → the digests of its
-        files' columns) that its model's scans do not all have; returns those tables. A user's or
-        migrated view of that name is left alone; the next model and rebuild take over."""
+    def follow_column_drift(self, schema: str, digests: dict[str, dict[tuple[str, ...], set[str]]]) -> list[str]:
+        """Write at once the generated definition of each table of ``schema`` whose files now have
+        columns (``digests``: table → partition keys → the digests of its converted files' columns)
+        that its model's scan of those keys, bound from one footer, does not: that scan with
+        ``union_by_name``. Returns those tables. A user's or migrated view of that name is left
+        alone; the next model and rebuild take over."""
         path = self.lake.storage.aperio_path(schema, layout.GENERATED_MODEL)
         try:
             model = json.loads(self.lake.storage.read_bytes(path))
         except (FileNotFoundError, ValueError):
             return []  # no model yet: no view either
+        drifted = []
+        for table in model.get("tables", []):
+            found = digests.get(table["name"], {})
+            layouts = [
+                {**entry, "columnsDigest": None}
+                if entry.get("columnsDigest") is not None
+                and found.get(tuple(entry["keys"]), {entry["columnsDigest"]}) != {entry["columnsDigest"]}
+                else entry
+                for entry in table.get("layouts") or []
+            ]
+            if layouts != (table.get("layouts") or []):
+                drifted.append({**table, "layouts": layouts})
+        if not drifted:
+            return []
         current = {(v.schema_name, v.view_name): v for v in self.list()}
         upserts = []
-        for table in model.get("tables", []):
-            found = digests.get(table["name"])
-            layouts = table.get("layouts")
-            if not found or not layouts:
-                continue
-            known = {entry.get("columnsDigest") for entry in layouts}
-            if known == {None} or (len(known) == 1 and found <= known):
-                continue  # already united by name, or every file as the model saw them
-            united = {**table, "layouts": [{**entry, "columnsDigest": None} for entry in layouts]}
-            sql = _table_sql(self.lake, united)
+        for table in drifted:
+            view = _table_definition(self.lake, schema, table)
             existing = current.get((schema, table["name"]))
-            if sql is None or (existing is not None and (existing.origin != "generated" or existing.sql == sql)):
+            if view is None or (existing is not None and (existing.origin != "generated" or existing.sql == view.sql)):
                 continue
-            columns = tuple((c["name"], c["type"]) for c in table.get("columns", []))
-            upserts.append(ViewDefinition(schema, table["name"], sql, "generated", columns).row())
+            upserts.append(view.row())
         if upserts:
             self.table.write(upserts=upserts)
         return sorted(row["view_name"] for row in upserts)

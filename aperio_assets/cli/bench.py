@@ -6,6 +6,8 @@ import argparse
 import os
 import platform
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from rich.table import Table
 
@@ -97,6 +99,17 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     parser.set_defaults(handler=run)
 
 
+def _with_progress(
+    args: argparse.Namespace, measure: Callable[..., list[Any]], options: dict[str, Any], what: str, prefix: str
+) -> list[Any]:
+    """``measure(**options)``, showing its progress on a terminal (not with --json, nor when stderr
+    is not one)."""
+    if args.json or not sys.stderr.isatty():
+        return measure(**options)
+    with console.status(f"{what}…") as status:
+        return measure(**options, progress=lambda message: status.update(f"{prefix}: {message}"))
+
+
 def run_throughput(args: argparse.Namespace) -> int:
     from aperio_assets.bench.throughput import measure_throughput, plot
 
@@ -179,11 +192,7 @@ def run_scale_out(args: argparse.Namespace) -> int:
         warm_up=not args.smoke,
         dagster_instance=args.dagster_instance,
     )
-    if args.json or not sys.stderr.isatty():
-        rows = measure_scale_out(**measure)
-    else:
-        with console.status("measuring scale-out…") as status:
-            rows = measure_scale_out(**measure, progress=lambda message: status.update(f"scale-out: {message}"))
+    rows = _with_progress(args, measure_scale_out, measure, "measuring scale-out", "scale-out")
     plot(
         rows,
         args.scale_out,
@@ -248,11 +257,7 @@ def run_lake_scale(args: argparse.Namespace) -> int:
     if not local and not s3:
         args.parser.error("--lake-scale: no lake to measure (--lake-files and --lake-s3-files are empty)")
     measure = dict(local_files=local, s3_files=s3, s3_latency_ms=latency)
-    if args.json or not sys.stderr.isatty():
-        rows = measure_lake_scale(**measure)
-    else:
-        with console.status("measuring costs as the lake grows…") as status:
-            rows = measure_lake_scale(**measure, progress=lambda message: status.update(f"lake scale: {message}"))
+    rows = _with_progress(args, measure_lake_scale, measure, "measuring costs as the lake grows", "lake scale")
     plot(
         rows,
         args.lake_scale,
@@ -298,11 +303,7 @@ def run(args: argparse.Namespace) -> int:
     options = dict(
         quick=args.quick, smoke=args.smoke, storages=storages, repetitions=args.repetitions, s3_latencies=latencies
     )
-    if args.json or not sys.stderr.isatty():
-        rows = run_bench(**options)
-    else:
-        with console.status("benchmarking…") as status:
-            rows = run_bench(**options, progress=lambda message: status.update(f"benchmarking: {message}"))
+    rows = _with_progress(args, run_bench, options, "benchmarking", "benchmarking")
     if args.json:
         print_json([r.to_dict() for r in rows])
         return 0

@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,22 +390,26 @@ class SchemaRefresh:
         if pending or gone:
             sink(pending, gone)
         if todo:
-            self.follow_column_drift(lineage, {table.name for table, _ in todo})
+            self.follow_column_drift(lineage, {table.name: table for table, _ in todo}.values())
         return replaced
 
-    def follow_column_drift(self, lineage: dict[str, Row], tables: set[str]) -> list[str]:
-        """A view bound from one footer (its files' columns agreed when the model was written) would
-        read a file converted since with other columns wrongly, or fail, until the model is written
-        again (at the end of a refresh; in Dagster, after the wave): such a table's definition is
-        written at once with ``union_by_name`` (DESIGN §7). Costs nothing while every file of each
-        table in ``tables`` has the same columns; else a GET of the model."""
-        digests: dict[str, set[str]] = {}
-        for row in lineage.values():
-            if row.get("table_name") in tables and not row.get("error"):
-                found = lineage_columns(row)
-                if found is not None:
-                    digests.setdefault(row["table_name"], set()).add(columns_digest(found))
-        varied = {name: found for name, found in digests.items() if len(found) > 1}
+    def follow_column_drift(self, lineage: dict[str, Row], tables: Iterable[RawTable]) -> list[str]:
+        """A view scan bound from one footer (its files' columns agreed when the model was written)
+        would read a file converted since with other columns wrongly, or fail, until the model is
+        written again (at the end of a refresh; in Dagster, after the wave): such a table's
+        definition is written at once with ``union_by_name`` in that scan (DESIGN §7). Costs nothing
+        while the converted files of each set of partition keys of ``tables`` have the same columns;
+        else a GET of the model."""
+        varied: dict[str, dict[tuple[str, ...], set[str]]] = {}
+        for table in tables:
+            found: dict[tuple[str, ...], set[str]] = {}
+            for raw in table.files:
+                row = lineage.get(raw.path) or {}
+                columns = None if row.get("error") else lineage_columns(row)
+                if columns is not None:  # (a file not converted yet has no output to read)
+                    found.setdefault(tuple(k for k, _ in raw.partition), set()).add(columns_digest(columns))
+            if any(len(digests) > 1 for digests in found.values()):
+                varied[table.name] = found
         return ViewStore(self.lake).follow_column_drift(self.schema.name, varied) if varied else []
 
     def delete_replaced(self, replaced: set[str], lineage: dict[str, Row]) -> None:
