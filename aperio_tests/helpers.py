@@ -15,7 +15,8 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import polars as pl
 import pytest
 
 from aperio_assets import layout
+from aperio_assets.bench.pginstance import postgres_server
 from aperio_assets.config import S3Settings
 from aperio_assets.lake import Lake, open_lake
 from aperio_assets.storage import LocalStorage, S3Storage, StorageProvider
@@ -356,3 +358,68 @@ def build_catalog_lake(lake_case: LakeCase) -> Lake:
 
     refresh(lake)
     return lake
+
+
+# -- PostgreSQL --------------------------------------------------------------------------------------
+
+
+def tail_of(path: Path, lines: int = 80) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"({path}: {exc.strerror})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[Any]:
+    """A PostgreSQL 16 server (pgserver) in a temporary directory of its own, stopped and removed on
+    exit. Never skips: a server that cannot start fails the test, with the reason and the server's log.
+    Not below pytest's basetemp: as root, pgserver runs PostgreSQL as its own user, and every pytest
+    session that starts meanwhile (another on this machine) makes pytest-of-root 0700 again; the
+    server, cut off from its data directory, shuts itself down within a minute."""
+    with tempfile.TemporaryDirectory(prefix="aperio-postgres-") as temporary, _postgres(Path(temporary)) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _postgres(directory: Path) -> Iterator[Any]:
+    """The bench's server (``postgres_server``), failing the test with the server's log if it
+    cannot start."""
+    stack = contextlib.ExitStack()
+    try:
+        server = stack.enter_context(postgres_server(directory))
+    except Exception as exc:
+        pytest.fail(
+            f"PostgreSQL could not start with pgserver in {directory}: {exc!r}\n"
+            f"server log:\n{tail_of(directory / 'data' / 'log')}",
+            pytrace=False,
+        )
+    with stack:
+        yield server
+
+
+# -- Dagster runs ------------------------------------------------------------------------------------
+
+
+def refresh_all(config_path: str, instance: Any, *, expect_success: bool = True) -> list[Any]:
+    """The lake's refresh as runs on ``instance``: the changed batches' runs, then
+    ``aperio_catalog_job``; their ``ExecuteInProcessResult``s."""
+    from aperio_assets.defs.launch import refresh_with_runs
+
+    launched = refresh_with_runs(config_path, workers=1, instance=instance)
+    if expect_success:
+        assert launched.failed == [], launched.runs
+    return launched.results
+
+
+def partition_states(instance: Any, schema: str) -> dict[str, str]:
+    """``schema``'s batches and the status Dagster shows for each (``MATERIALIZED``, ``FAILED``...)."""
+    import dagster as dg
+
+    from aperio_assets.defs.partitions import batches_partitions
+
+    partitions = batches_partitions(schema)
+    keys = instance.get_dynamic_partitions(partitions.name)
+    status = instance.get_status_by_partition(dg.AssetKey([schema, "partition_status"]), keys, partitions)
+    return {k: v.value for k, v in (status or {}).items()}

@@ -167,7 +167,8 @@ def test_dagster_runs_leave_the_state_the_library_call_leaves(
     rows = json.loads(capsys.readouterr().out)
     assert code == 0, rows
     # every Dagster run on a new instance of the kind asked for (PostgreSQL: a server of its own)
-    assert storages == [{"sqlite": "SqliteRunStorage", "postgres": "PostgresRunStorage"}[instance]] * 2
+    # (PostgreSQL: aperio's storages, as deploy/dagster.yaml names them)
+    assert storages == [{"sqlite": "SqliteRunStorage", "postgres": "PooledPostgresRunStorage"}[instance]] * 2
     assert [(r["mode"], r["workers"]) for r in rows] == [("cli", 1), ("cli", 2), ("dagster", 1), ("dagster", 2)]
     # the Dagster rows are compared with the library call's 1-worker state
     assert all(r["same_state"] is True and (r["files"], r["batches"]) == (20, 20) for r in rows), rows

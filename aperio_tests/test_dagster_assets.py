@@ -17,13 +17,21 @@ from aperio_assets.catalog.views import ViewStore
 from aperio_assets.definitions import build_defs
 from aperio_assets.defs.assets import STATE_IO_MANAGER
 from aperio_assets.defs.io_managers import SharedParquetIOManager, state_table_metadata
-from aperio_assets.defs.launch import refresh_with_runs
 from aperio_assets.defs.partitions import batches_partitions
 from aperio_assets.defs.resources import AperioResource
 from aperio_assets.defs.sensors import CATALOG_JOB
 from aperio_assets.state import open_lineage, open_tracker
 from aperio_assets.state.access import open_state
-from aperio_tests.helpers import LakeCase, dagster_home, finish, put, seed, start_refresh
+from aperio_tests.helpers import (
+    LakeCase,
+    dagster_home,
+    finish,
+    partition_states,
+    put,
+    refresh_all,
+    seed,
+    start_refresh,
+)
 
 SCHEMA_ASSETS = ("conversion_lineage", "partition_status", "generated_model")
 
@@ -34,14 +42,6 @@ def lake_defs(config_path: str) -> tuple[dg.Definitions, AperioResource]:
 
 
 Results = list[dg.ExecuteInProcessResult]
-
-
-def refresh_all(config_path: str, instance: dg.DagsterInstance, *, expect_success: bool = True) -> Results:
-    """The lake's refresh as runs: the changed batches' runs, then ``aperio_catalog_job``."""
-    launched = refresh_with_runs(config_path, workers=1, instance=instance)
-    if expect_success:
-        assert launched.failed == [], launched.runs
-    return launched.results
 
 
 def batch_runs(results: Results) -> list[dg.ExecuteInProcessResult]:
@@ -71,13 +71,6 @@ def checks(results: Results) -> dict[str, bool]:
 
 def catalog_run(defs: dg.Definitions, instance: dg.DagsterInstance) -> Results:
     return [defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance, raise_on_error=False)]
-
-
-def partition_states(instance: dg.DagsterInstance, schema: str) -> dict[str, str]:
-    partitions = batches_partitions(schema)
-    keys = instance.get_dynamic_partitions(partitions.name)
-    status = instance.get_status_by_partition(dg.AssetKey([schema, "partition_status"]), keys, partitions)
-    return {k: v.value for k, v in (status or {}).items()}
 
 
 def set_mode(config_path: str, mode: str) -> None:

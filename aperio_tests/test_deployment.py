@@ -32,10 +32,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,7 +46,6 @@ from dagster._core.instance.config import dagster_instance_config
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from dagster._core.workspace.config_schema import ensure_workspace_config
 
-from aperio_assets.bench.pginstance import postgres_server
 from aperio_assets.catalog.connect import connect
 from aperio_assets.defs.sensors import (
     AUTOMATION_SENSOR_INTERVAL,
@@ -55,10 +53,11 @@ from aperio_assets.defs.sensors import (
     SENSOR_INTERVAL_ENV,
 )
 from aperio_assets.demo import write_demo_lake
+from aperio_assets.instance.postgres import instance_storage
 from aperio_assets.state import open_lineage, open_tracker
 from aperio_assets.state.keys import canonical_key
 from aperio_assets.storage import S3Storage
-from aperio_tests.helpers import FaultyS3, S3Server
+from aperio_tests.helpers import FaultyS3, S3Server, postgres, tail_of
 
 ROOT = Path(__file__).parents[1]
 DEPLOY = ROOT / "deploy"
@@ -86,42 +85,6 @@ Expected = dict[tuple[str, str], dict[str, tuple[int, int]]]  # (schema, table) 
 
 
 # -- PostgreSQL and the processes ---------------------------------------------------------------------
-
-
-def _tail(path: Path, lines: int = 80) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"({path}: {exc.strerror})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-@contextlib.contextmanager
-def postgres() -> Iterator[Any]:
-    """A PostgreSQL 16 server (pgserver) in a temporary directory of its own, stopped and removed on
-    exit. Never skips: a server that cannot start fails the test, with the reason and the server's log.
-    Not below pytest's basetemp: as root, pgserver runs PostgreSQL as its own user, and every pytest
-    session that starts meanwhile (another on this machine) makes pytest-of-root 0700 again; the
-    server, cut off from its data directory, shuts itself down within a minute."""
-    with tempfile.TemporaryDirectory(prefix="aperio-postgres-") as temporary, _postgres(Path(temporary)) as server:
-        yield server
-
-
-@contextlib.contextmanager
-def _postgres(directory: Path) -> Iterator[Any]:
-    """The bench's server (``postgres_server``), failing the test with the server's log if it
-    cannot start."""
-    stack = contextlib.ExitStack()
-    try:
-        server = stack.enter_context(postgres_server(directory))
-    except Exception as exc:
-        pytest.fail(
-            f"PostgreSQL could not start with pgserver in {directory}: {exc!r}\n"
-            f"server log:\n{_tail(directory / 'data' / 'log')}",
-            pytrace=False,
-        )
-    with stack:
-        yield server
 
 
 def start_daemon(home: Path, workspace: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -248,6 +211,12 @@ def check_deploy_files(tmp_path: Path, server: Any, monkeypatch: pytest.MonkeyPa
     assert {k: v for k, v in k8s.items() if k != "run_launcher"} == {
         k: v for k, v in deploy.items() if k != "run_launcher"
     }
+    # the storages are the ones instance_storage builds (the bench's PostgreSQL instance), on DAGSTER_PG_*
+    postgres_db = deploy["event_log_storage"]["config"]["postgres_db"]
+    assert {k: deploy[k] for k in ("run_storage", "event_log_storage", "schedule_storage")} == instance_storage(
+        {"postgres_db": postgres_db}
+    )
+    assert postgres_db["hostname"] == {"env": "DAGSTER_PG_HOST"}, postgres_db
     assert (deploy["run_launcher"]["class"], k8s["run_launcher"]["class"]) == ("EcsRunLauncher", "K8sRunLauncher")
     for launcher in (deploy, k8s):
         names = launcher["run_launcher"]["config"]["env_vars"]
@@ -273,7 +242,10 @@ def check_deploy_files(tmp_path: Path, server: Any, monkeypatch: pytest.MonkeyPa
         shutil.copy(DEPLOY / "dagster.yaml", check_home / "dagster.yaml")
         with dg.DagsterInstance.from_config(str(check_home)) as instance:
             assert instance.get_runs() == []  # the Postgres storage answers, its tables created
-            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+            # aperio's PostgreSQL storages (aperio_assets/instance/postgres.py), as instance_storage builds them
+            assert type(instance.run_storage).__name__ == "PooledPostgresRunStorage"
+            assert type(instance.event_log_storage).__name__ == "BatchingPostgresEventLogStorage"
+            assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
             assert type(instance.run_launcher).__name__ == "EcsRunLauncher"  # constructed: config valid
             assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
             assert instance.run_monitoring_enabled and instance.run_retries_enabled
@@ -292,7 +264,7 @@ def instance_config(deploy: dict[str, Any], postgres_url: str) -> dict[str, Any]
     """deploy/dagster.yaml for one machine: the test's PostgreSQL, each run in its own process,
     short monitoring and run queue intervals."""
     config = copy.deepcopy(deploy)
-    config["storage"] = {"postgres": {"postgres_url": postgres_url}}
+    config.update(instance_storage({"postgres_url": postgres_url}))
     config["run_launcher"] = {"module": "dagster", "class": "DefaultRunLauncher"}
     config["concurrency"]["runs"]["max_concurrent_runs"] = MAX_CONCURRENT_RUNS
     # the queue's daemon looks for queued runs every second (default 5); the limits stay concurrency's
@@ -340,7 +312,7 @@ class Watch:
             lines.append(f"  {run.run_id[:8]} {run.job_name} {what} {run.status.value}")
             if run.status == dg.DagsterRunStatus.FAILURE:
                 lines += [f"    {m}" for m in failure_messages(self.instance, run.run_id)]
-        return "\nruns:\n" + "\n".join(lines) + f"\ndaemon log ({self.log}):\n{_tail(self.log)}"
+        return "\nruns:\n" + "\n".join(lines) + f"\ndaemon log ({self.log}):\n{tail_of(self.log)}"
 
 
 def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
@@ -468,7 +440,7 @@ def test_multi_node_dagster_refreshes_an_s3_lake_and_survives_a_killed_worker(
 
     with postgres() as server:
         deploy = check_deploy_files(tmp_path, server, monkeypatch)
-        scheme = deploy["storage"]["postgres"]["postgres_db"]["scheme"]
+        scheme = deploy["event_log_storage"]["config"]["postgres_db"]["scheme"]
         postgres_url = re.sub(r"^postgresql://", f"{scheme}://", server.get_uri())
         home = tmp_path / "dagster_home"
         home.mkdir()

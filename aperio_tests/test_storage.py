@@ -192,3 +192,25 @@ def test_download_and_upload_stream_files(storage_case: StorageCase, tmp_path) -
     with pytest.raises(FileNotFoundError):
         p.download(p.join(storage_case.root, "missing"), str(tmp_path / "x"))
     assert (p.local_path(target) == target) is (storage_case.kind == "local")
+
+
+def test_s3_sessions_share_botocore_data_and_parse_timestamps_quickly() -> None:
+    """Each S3Storage (each Lake: each Dagster run's) has its own botocore session, but they share
+    the process's data loader: botocore's endpoint and S3 files are parsed once per process. A
+    listing's ISO timestamps and a header's HTTP date parse to the same instant."""
+    import datetime
+
+    from aperio_assets.config import S3Settings
+    from aperio_assets.storage import S3Storage
+    from aperio_assets.storage.s3 import _aio_session, _timestamp
+
+    first, second = _aio_session(), _aio_session()
+    assert first is not second
+    assert first.get_component("data_loader") is second.get_component("data_loader")
+    settings = S3Settings(endpoint_url="http://127.0.0.1:9")
+    assert S3Storage(settings).fs.session.get_component("data_loader") is first.get_component("data_loader")
+    utc = datetime.UTC
+    expected = datetime.datetime(2026, 11, 30, 16, 42, 16, tzinfo=utc)
+    assert _timestamp("2026-11-30T16:42:16.000Z") == expected
+    assert _timestamp("Mon, 30 Nov 2026 16:42:16 GMT") == expected
+    assert _timestamp("2026-11-30T16:42:16.250+01:00") == expected.replace(hour=15, microsecond=250_000)

@@ -55,6 +55,8 @@ class InstanceFactory:
     def instance(self) -> Iterator[Any]:
         import dagster as dg
 
+        from aperio_assets.instance.postgres import instance_storage
+
         if self.storage == "sqlite":
             with dg.DagsterInstance.local_temp() as instance:
                 yield instance
@@ -64,7 +66,8 @@ class InstanceFactory:
         # psycopg2: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not installed
         url = re.sub(r"^postgresql://", "postgresql+psycopg2://", self.server.get_uri(name))
         with tempfile.TemporaryDirectory(prefix="aperio-bench-dagster-") as home:
-            overrides = {"storage": {"postgres": {"postgres_url": url}}}
+            # as deploy/dagster.yaml keeps them: aperio's batching, connection-holding storages
+            overrides = instance_storage({"postgres_url": url})
             with dg.DagsterInstance.local_temp(home, overrides=overrides) as instance:
                 yield instance
 

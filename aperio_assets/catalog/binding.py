@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
@@ -12,6 +12,8 @@ import duckdb
 from aperio_assets.catalog.fingerprint import view_key
 from aperio_assets.catalog.views import ViewDefinition
 from aperio_assets.sqlutil import quote_identifier
+
+RESOLVE_THREADS = 8  # views resolved at once (on S3 each is a LIST and a footer read: mostly waiting)
 
 
 def first_line(exc: Exception) -> str:
@@ -97,3 +99,38 @@ def readers_of(views: Sequence[ViewDefinition], changed: Iterable[str]) -> set[s
         found.update(view_key(v) for v in more)
         names = {v.view_name.lower() for v in more}
     return found
+
+
+def resolve_error(con: duckdb.DuckDBPyConnection, schema: str, view: str) -> str | None:
+    """Why a view of the connection does not resolve now (None if it does). Binding it lists its
+    files and reads their footers, and ``LIMIT 0`` keeps a user view's joins from running."""
+    try:
+        con.execute(f"SELECT * FROM {quote_identifier(schema)}.{quote_identifier(view)} LIMIT 0").fetchall()
+        return None
+    except duckdb.Error as exc:
+        return first_line(exc)
+
+
+def resolve_errors(
+    con: duckdb.DuckDBPyConnection, names: Sequence[tuple[str, str]], *, independent: Collection[str] = ()
+) -> dict[str, str]:
+    """Why each view of ``names`` (``(schema, view)``) does not resolve now: ``schema.view`` → the
+    first line of the error, for those that do not. The views whose keys are in ``independent``
+    (generated views: they read their files only) are resolved in parallel, each on a cursor of its
+    own on the connection's database; the others, which may read what only ``con`` has (the
+    registered state snapshot) or each other, one by one on ``con``."""
+    apart = [n for n in names if f"{n[0]}.{n[1]}" in independent]
+    database = con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+
+    def on_a_cursor(name: tuple[str, str]) -> str | None:
+        cursor = con.cursor()
+        try:
+            cursor.execute(f"USE {quote_identifier(database)}")  # (a cursor starts on the default database)
+            return resolve_error(cursor, *name)
+        finally:
+            cursor.close()
+
+    with ThreadPoolExecutor(max_workers=max(1, min(RESOLVE_THREADS, len(apart)))) as pool:
+        reasons = dict(zip(apart, pool.map(on_a_cursor, apart), strict=True))
+    reasons.update({n: resolve_error(con, *n) for n in names if n not in reasons})
+    return {f"{schema}.{view}": reasons[(schema, view)] for schema, view in names if reasons[(schema, view)]}

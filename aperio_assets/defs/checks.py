@@ -7,14 +7,13 @@ under the limit), every view of the catalog resolves, and every raw file convert
 from collections.abc import Sequence
 
 import dagster as dg
-import duckdb
 
-from aperio_assets.catalog.connect import TABLES_CATALOG, bind_error, first_line
+from aperio_assets.catalog.binding import resolve_errors
+from aperio_assets.catalog.connect import TABLES_CATALOG, bind_error
 from aperio_assets.catalog.views import ViewStore
 from aperio_assets.config import SchemaConfig
 from aperio_assets.defs.assets import CATALOG_VIEWS, model_key
 from aperio_assets.defs.resources import AperioResource
-from aperio_assets.sqlutil import quote_identifier
 from aperio_assets.state.access import SharedStateAccess
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION, VIEWS
 
@@ -67,17 +66,6 @@ def state_health_check(
     return state_health
 
 
-def _resolve_now(con: duckdb.DuckDBPyConnection, schema: str, view: str) -> str | None:
-    """Why a view of the connection does not resolve now (None if it does). Binding it lists its
-    files and reads their footers (generated views read with ``union_by_name``: every file's), and
-    ``LIMIT 0`` keeps a user view's joins from running."""
-    try:
-        con.execute(f"SELECT * FROM {quote_identifier(schema)}.{quote_identifier(view)} LIMIT 0").fetchall()
-        return None
-    except duckdb.Error as exc:
-        return first_line(exc)
-
-
 @dg.asset_check(
     asset=CATALOG_VIEWS,
     name="views_resolve",
@@ -95,12 +83,10 @@ def views_resolve(aperio: AperioResource) -> dg.AssetCheckResult:
             "SELECT schema_name, view_name FROM duckdb_views() "
             f"WHERE database_name = '{TABLES_CATALOG}' AND NOT internal ORDER BY ALL"
         ).fetchall()
-        for schema, view in names:
-            reason = _resolve_now(con, schema, view)
-            if reason is not None:
-                broken[f"{schema}.{view}"] = reason
-        schemas = {s.name for s in lake.schemas()}
         definitions = {f"{v.schema_name}.{v.view_name}": v for v in ViewStore(lake).list()}
+        generated = {key for key, v in definitions.items() if v.origin == "generated"}
+        broken.update(resolve_errors(con, names, independent=generated))
+        schemas = {s.name for s in lake.schemas()}
         for key, cached in report.broken.items():
             definition = definitions.get(key)
             if definition is None or definition.schema_name not in schemas:

@@ -69,7 +69,16 @@ def _run_lake(run_id: str, config_path: str) -> Lake:
         key = (run_id, config_path)
         lake = _RUN_LAKES.get(key)
         if lake is None:
-            lake = _RUN_LAKES[key] = open_lake(config_path)
+            lake = open_lake(config_path)
+            # A process that executes several runs (a launcher worker) reads each state file once:
+            # a run's Lake takes the state tables of the process's last run on the same configuration
+            # (files are immutable and a table lists its directory on every read, so a run still
+            # sees every file written since; it only does not fetch again the ones already read).
+            # The configuration and the schemas are still read anew for each run.
+            previous = next((held for (_, path), held in reversed(_RUN_LAKES.items()) if path == config_path), None)
+            if previous is not None and previous.config == lake.config:
+                lake.state_tables.update(previous.state_tables)
+            _RUN_LAKES[key] = lake
             while len(_RUN_LAKES) > _RUN_LAKES_KEPT:
                 _RUN_LAKES.popitem(last=False)
         return lake

@@ -8,6 +8,8 @@ error naming the endpoint and bucket.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -57,6 +59,41 @@ def split_s3_url(location: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
+@functools.cache
+def _data_loader(data_path: str | None) -> Any:
+    from botocore.loaders import create_loader
+
+    return create_loader(data_path)
+
+
+def _timestamp(value: str) -> datetime.datetime:
+    """An S3 timestamp: ISO 8601 in listings, parsed by the standard library (under 1 µs; botocore's
+    default parser took ~100 µs, and a listing of 1,000 keys parses 1,000), else by botocore's
+    parser (HTTP dates in headers)."""
+    try:
+        parsed = datetime.datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        from botocore.utils import parse_timestamp
+
+        return parse_timestamp(value)
+    return parsed
+
+
+def _aio_session() -> Any:
+    """A new botocore session (its own credentials and clients) whose data loader is the process's:
+    a session reads botocore's endpoint and S3 service files (several MB of JSON, ~0.3 s of CPU) once
+    per loader, and every Lake (a Dagster run's, say) has its own storage and session. Its
+    responses' timestamps are parsed by :func:`_timestamp`."""
+    from aiobotocore.session import AioSession
+
+    session = AioSession()
+    session.register_component("data_loader", _data_loader(session.get_config_variable("data_path")))
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
+    return session
+
+
 class S3Storage(StorageProvider):
     scheme = "s3"
 
@@ -88,13 +125,17 @@ class S3Storage(StorageProvider):
                 }
                 if self.settings.endpoint_url:
                     config_kwargs["s3"] = {"addressing_style": "path"}
+                client_kwargs: dict[str, Any] = {"region_name": self.settings.region}
+                if not self.settings.use_ssl:
+                    client_kwargs["verify"] = False  # (plain HTTP: no CA bundle to load per client)
                 fs = s3fs.S3FileSystem(
                     endpoint_url=self.settings.endpoint_url,
                     use_ssl=self.settings.use_ssl,
-                    client_kwargs={"region_name": self.settings.region},
+                    client_kwargs=client_kwargs,
                     config_kwargs=config_kwargs,
                     use_listings_cache=False,
                     skip_instance_cache=True,
+                    session=_aio_session(),
                 )
                 fs.retries = 1
                 self._fs = fs

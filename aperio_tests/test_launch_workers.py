@@ -1,0 +1,57 @@
+"""The launcher's worker processes (``python -m aperio_assets.defs.launch --workers N``): forked from
+a fork server that imported the code location once, each takes the caller's environment and
+working directory as they are when its pool is made, not as they were when the fork server started;
+and a process's run Lakes share their state tables only for the same configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aperio_assets.defs import launch
+from aperio_assets.defs.resources import _run_lake
+from aperio_assets.state.access import schema_table
+from aperio_assets.state.tables import PARTITION_STATUS
+
+
+def test_workers_take_the_callers_environment_not_the_fork_servers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = launch._start_fork_server()
+    monkeypatch.setenv("APERIO_TEST_WORKER_MARK", "before")
+    with launch._worker_pool(context, 1) as pool:  # the fork server is running from here on
+        assert pool.submit(os.getenv, "APERIO_TEST_WORKER_MARK").result() == "before"
+    monkeypatch.setenv("APERIO_TEST_WORKER_MARK", "after")
+    monkeypatch.chdir(tmp_path)
+    with launch._worker_pool(context, 2) as pool:
+        assert pool.submit(os.getenv, "APERIO_TEST_WORKER_MARK").result() == "after"
+        assert Path(pool.submit(os.getcwd).result()) == tmp_path
+        # forked from the fork server, which imported the launcher (and with it Dagster) already
+        assert pool.submit(_imported, "dagster").result() is True
+    if "forkserver" in __import__("multiprocessing").get_all_start_methods():
+        assert context.get_start_method() == "forkserver"
+
+
+def _imported(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
+def test_a_later_run_takes_the_state_tables_of_the_last_run_on_the_same_configuration(tmp_path: Path) -> None:
+    (tmp_path / "lake" / "sales").mkdir(parents=True)
+    first, other = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("baseDirectory: lake\n")
+    other.write_text("baseDirectory: lake\ncompaction:\n  max_small_files: 7\n")
+    one = _run_lake("run-1", str(first))
+    table = schema_table(one, "sales", PARTITION_STATUS)
+    two = _run_lake("run-2", str(first))
+    assert two is not one and schema_table(two, "sales", PARTITION_STATUS) is table  # files read once
+    assert _run_lake("run-2", str(first)) is two  # one Lake per run
+    three = _run_lake("run-3", str(other))  # another configuration: tables of its own
+    assert schema_table(three, "sales", PARTITION_STATUS) is not table
+    first.write_text("baseDirectory: lake\ncompaction:\n  max_small_files: 9\n")  # the file changed
+    four = _run_lake("run-4", str(first))
+    assert schema_table(four, "sales", PARTITION_STATUS) is not table
