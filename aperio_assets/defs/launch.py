@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from multiprocessing import forkserver
 
 import dagster as dg
+from dagster._serdes import serialize_value
 
 from aperio_assets.config import find_config_path
 from aperio_assets.definitions import batch_partition_events, build_defs
@@ -95,10 +96,22 @@ def _execute(
     job = _definitions(config_path).resolve_job_def(job_name)
     if instance_ref is None:
         raise ValueError("the instance has no reference worker processes can open")
-    with dg.DagsterInstance.from_ref(instance_ref) as instance:
-        return job.execute_in_process(
-            instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
-        ).success
+    return job.execute_in_process(
+        instance=_worker_instance(instance_ref), partition_key=partition_key, tags=tags, raise_on_error=False
+    ).success
+
+
+_WORKER_INSTANCES: dict[str, dg.DagsterInstance] = {}
+
+
+def _worker_instance(ref: dg.InstanceRef) -> dg.DagsterInstance:
+    """The worker's instance for ``ref``, opened by its first run and kept for the next ones (as one
+    process running every run keeps its own): opening one connects each storage and checks its
+    tables. It goes with the worker process."""
+    key = serialize_value(ref)
+    if key not in _WORKER_INSTANCES:
+        _WORKER_INSTANCES[key] = dg.DagsterInstance.from_ref(ref)
+    return _WORKER_INSTANCES[key]
 
 
 def refresh_with_runs(
