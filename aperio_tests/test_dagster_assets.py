@@ -328,6 +328,10 @@ def test_views_resolve_checks_the_files_as_they_are_now(lake_case: LakeCase) -> 
     with dg.instance_for_test() as instance:
         first = refresh_all(lake_case.config_path, instance)
         assert checks(first)["aperio/catalog_views:views_resolve"] is True
+        (built,) = [e for r in first for e in r.get_asset_check_evaluations() if e.check_name == "views_resolve"]
+        # views its own connect bound into a new build are not resolved a second time
+        bound_now, views = (built.metadata[k].value for k in ("views bound by this check", "views"))
+        assert (0 < bound_now <= views) if built.metadata["catalog cache"].value == "built" else bound_now == 0
         connect(lake).close()  # the cache is built and will be hit
         tables = lake.storage.aperio_path("sales", layout.TABLES_DIR)
         for info in lake.storage.list(lake.storage.join(tables, "customers"), recursive=True):
@@ -336,6 +340,7 @@ def test_views_resolve_checks_the_files_as_they_are_now(lake_case: LakeCase) -> 
     (evaluation,) = [e for r in again for e in r.get_asset_check_evaluations() if e.check_name == "views_resolve"]
     assert evaluation.passed is False
     assert list(evaluation.metadata["errors"].value) == ["sales.customers"]
+    assert evaluation.metadata["views bound by this check"].value == 0  # a cache hit: all resolved now
 
 
 def test_views_resolve_tries_cached_failures_again(lake_case: LakeCase) -> None:
