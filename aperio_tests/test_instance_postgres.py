@@ -165,3 +165,28 @@ def test_a_failed_batch_is_a_failed_partition_and_retried_alone(
         put(lake, "sales/broken.json", b'[{"a": 1}]')
         refresh_all(lake_case.config_path, instance)
         assert partition_states(instance, "sales") == {"broken": "MATERIALIZED", "orders": "MATERIALIZED"}
+
+
+def test_a_forked_child_opens_its_own_connection(server: Any) -> None:
+    """The held connection is the parent's: a forked child drops it (without closing the parent's
+    socket) and connects anew; the parent's connection still works after."""
+    import os
+
+    storage = BatchingPostgresEventLogStorage(database_url(server))
+    try:
+        storage.get_records_for_run("none")  # the connection is held from here
+        parent_connection = storage._engine.pool.checkedin()
+        assert parent_connection == 1
+        pid = os.fork()
+        if pid == 0:  # the child: a pool of its own, empty, then one connection of its own
+            code = 0 if storage._engine.pool.checkedin() == 0 else 3
+            try:
+                storage.get_records_for_run("none")
+            except Exception:
+                code = 4
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert storage.get_records_for_run("none").records == []  # the parent's still answers
+    finally:
+        storage.dispose()

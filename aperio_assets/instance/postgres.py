@@ -60,6 +60,19 @@ def instance_storage(postgres: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# Engines that hold connections, forgotten (not closed: the parent's sockets) in a forked child, which
+# opens its own (SQLAlchemy's advice). One hook for the process, however many instances it opens.
+_HELD_ENGINES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _forget_held_connections() -> None:
+    for engine in list(_HELD_ENGINES):
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_held_connections)
+
+
 class _HeldConnection:
     """For a Dagster PostgreSQL storage (before it in the bases): its engine (which holds no
     connection) replaced by one that keeps a connection between statements, closed on dispose; the
@@ -79,9 +92,7 @@ class _HeldConnection:
             max_overflow=10,
             pool_recycle=POOL_RECYCLE_SECONDS,
         )
-        # A forked child must not use the parent's socket: it opens its own (SQLAlchemy's advice).
-        engine = weakref.ref(self._engine)
-        os.register_at_fork(after_in_child=lambda: (e := engine()) is not None and e.dispose(close=False))
+        _HELD_ENGINES.add(self._engine)
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]) -> Any:
