@@ -120,16 +120,29 @@ def generated_definitions(lake: Lake) -> list[ViewDefinition]:
     """One view per table of every schema's generated model."""
     definitions = []
     for schema in lake.schemas():
-        path = lake.storage.aperio_path(schema.name, layout.GENERATED_MODEL)
-        try:
-            model = json.loads(lake.storage.read_bytes(path))
-        except FileNotFoundError:
+        model = _read_model(lake, schema.name)
+        if model is None:
             continue
         for table in model.get("tables", []):
             definition = _table_definition(lake, schema.name, table)
             if definition is not None:  # (None: nothing readable to show)
                 definitions.append(definition)
     return definitions
+
+
+def _read_model(lake: Lake, schema: str) -> dict[str, Any] | None:
+    """``schema``'s generated model, or None if it has none yet."""
+    try:
+        return json.loads(lake.storage.read_bytes(lake.storage.aperio_path(schema, layout.GENERATED_MODEL)))
+    except FileNotFoundError:
+        return None
+
+
+def _drifted(layout_entry: dict[str, Any], found: dict[tuple[str, ...], set[str]]) -> bool:
+    """Whether a layout bound from one footer (its ``columnsDigest``) now has files with other
+    columns (``found``: partition keys → the digests of its converted files' columns)."""
+    digest = layout_entry.get("columnsDigest")
+    return digest is not None and found.get(tuple(layout_entry["keys"]), {digest}) != {digest}
 
 
 def _table_definition(lake: Lake, schema: str, table: dict[str, Any]) -> ViewDefinition | None:
@@ -200,22 +213,18 @@ class ViewStore:
         that its model's scan of those keys, bound from one footer, does not: that scan with
         ``union_by_name``. Returns those tables. A user's or migrated view of that name is left
         alone; the next model and rebuild take over."""
-        path = self.lake.storage.aperio_path(schema, layout.GENERATED_MODEL)
         try:
-            model = json.loads(self.lake.storage.read_bytes(path))
-        except (FileNotFoundError, ValueError):
+            model = _read_model(self.lake, schema)
+        except ValueError:
+            model = None  # (unreadable: the next model write replaces it)
+        if model is None:
             return []  # no model yet: no view either
         drifted = []
         for table in model.get("tables", []):
             found = digests.get(table["name"], {})
-            layouts = [
-                {**entry, "columnsDigest": None}
-                if entry.get("columnsDigest") is not None
-                and found.get(tuple(entry["keys"]), {entry["columnsDigest"]}) != {entry["columnsDigest"]}
-                else entry
-                for entry in table.get("layouts") or []
-            ]
-            if layouts != (table.get("layouts") or []):
+            entries = table.get("layouts") or []
+            if any(_drifted(entry, found) for entry in entries):
+                layouts = [{**entry, "columnsDigest": None} if _drifted(entry, found) else entry for entry in entries]
                 drifted.append({**table, "layouts": layouts})
         if not drifted:
             return []

@@ -54,8 +54,9 @@ def _definitions(config_path: str) -> dg.Definitions:
 
 # What a batch run imports, imported once by the fork server: this module (Dagster, the code
 # location), the PostgreSQL instance storage, the S3 client and Arrow datasets (~1.7 s in all).
-# (The fork server skips a name that cannot be imported.)
-PRELOAD = [__name__, "aperio_assets.instance.postgres", "s3fs", "pyarrow.dataset"]
+# (By name, not ``__name__``: run as ``python -m`` that is ``__main__``, which a fork server does not
+# import for a module run that way. It skips a name that cannot be imported.)
+PRELOAD = ["aperio_assets.defs.launch", "aperio_assets.instance.postgres", "s3fs", "pyarrow.dataset"]
 
 
 def _start_fork_server() -> multiprocessing.context.BaseContext:

@@ -14,7 +14,7 @@ from aperio_assets.catalog.connect import CatalogReport, open_catalog
 from aperio_assets.config import CONFIG_ENV, find_config_path
 from aperio_assets.lake import Lake, open_lake
 from aperio_assets.state import ConversionLineage, IncrementalTracker, open_lineage, open_tracker
-from aperio_assets.state.access import StateAccess, open_state
+from aperio_assets.state.access import StateAccess, carry_tables, open_state
 from aperio_assets.storage import StorageProvider
 
 
@@ -72,12 +72,10 @@ def _run_lake(run_id: str, config_path: str) -> Lake:
             lake = open_lake(config_path)
             # A process that executes several runs (a launcher worker) reads each state file once:
             # a run's Lake takes the state tables of the process's last run on the same configuration
-            # (files are immutable and a table lists its directory on every read, so a run still
-            # sees every file written since; it only does not fetch again the ones already read).
-            # The configuration and the schemas are still read anew for each run.
+            # (the configuration and the schemas are still read anew for each run).
             previous = next((held for (_, path), held in reversed(_RUN_LAKES.items()) if path == config_path), None)
-            if previous is not None and previous.config == lake.config:
-                lake.state_tables.update(previous.state_tables)
+            if previous is not None:
+                carry_tables(previous, lake)
             _RUN_LAKES[key] = lake
             while len(_RUN_LAKES) > _RUN_LAKES_KEPT:
                 _RUN_LAKES.popitem(last=False)

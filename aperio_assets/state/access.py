@@ -170,6 +170,15 @@ def schema_table(lake: Lake, schema: str | None, spec: TableSpec) -> StateTable:
     return directory_table(lake, state_directory(lake, schema, spec), spec)
 
 
+def carry_tables(previous: Lake, lake: Lake) -> None:
+    """Give ``lake`` (new) the state tables ``previous`` opened, if both have the same configuration:
+    a table's files are immutable and it lists its directory on every read, so ``lake`` still sees
+    every file written since and only does not fetch again the ones ``previous`` read."""
+    if previous.config == lake.config:
+        for directory, table in previous.state_tables.items():
+            lake.state_tables.setdefault(directory, table)
+
+
 def forget_tables(lake: Lake) -> None:
     """Drop the Lake's open tables: its next reads start cold, as a new process's would. (An object
     holding one of them, a tracker say, keeps it; the Lake hands out new ones.)"""
