@@ -5,8 +5,13 @@ and a process's run Lakes share their state tables only for the same configurati
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
+import types
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,11 +26,11 @@ def test_workers_take_the_callers_environment_not_the_fork_servers(
 ) -> None:
     context = launch._start_fork_server()
     monkeypatch.setenv("APERIO_TEST_WORKER_MARK", "before")
-    with launch._worker_pool(context, 1) as pool:  # the fork server is running from here on
+    with launch._worker_pool(context, 1, None) as pool:  # the fork server is running from here on
         assert pool.submit(os.getenv, "APERIO_TEST_WORKER_MARK").result() == "before"
     monkeypatch.setenv("APERIO_TEST_WORKER_MARK", "after")
     monkeypatch.chdir(tmp_path)
-    with launch._worker_pool(context, 2) as pool:
+    with launch._worker_pool(context, 2, None) as pool:
         assert pool.submit(os.getenv, "APERIO_TEST_WORKER_MARK").result() == "after"
         assert Path(pool.submit(os.getcwd).result()) == tmp_path
         # forked from the fork server, which imported the launcher (and with it Dagster) already
@@ -55,3 +60,40 @@ def test_a_later_run_takes_the_state_tables_of_the_last_run_on_the_same_configur
     first.write_text("baseDirectory: lake\ncompaction:\n  max_small_files: 9\n")  # the file changed
     four = _run_lake("run-4", str(first))
     assert schema_table(four, "sales", PARTITION_STATUS) is not table
+
+
+class _WaitingPool:
+    """A worker pool whose every submit waits until released, as the first one waits while the fork
+    server imports."""
+
+    def __init__(self) -> None:
+        self.release, self.shut = threading.Event(), threading.Event()
+        self.submitted: list[Any] = []
+
+    def submit(self, fn: Any, *args: Any) -> Future[dict[int, bool]]:
+        assert self.release.wait(60)
+        self.submitted.append(fn)
+        share: Future[dict[int, bool]] = Future()
+        share.set_result({})  # (every request was taken already)
+        return share
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self.shut.set()
+
+
+def test_this_process_runs_what_its_workers_have_not_taken_and_does_not_wait_for_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = _WaitingPool()
+    monkeypatch.setattr(launch, "_worker_pool", lambda context, workers, next_run: pool)
+    ran: list[str | None] = []
+    monkeypatch.setattr(launch, "_run_here", lambda defs, instance, request, result: ran.append(request[1]) or True)
+    requests = [("sales_batches_job", f"p{i}", {}) for i in range(3)]
+    instance: Any = types.SimpleNamespace(get_ref=lambda: None)
+    context = multiprocessing.get_context("spawn")  # (for the shared counter only: no process starts)
+    outcomes = launch._share_runs(context, 4, requests, "aperio.yaml", None, instance, launch.LaunchResult())
+    assert outcomes == [True, True, True] and ran == ["p0", "p1", "p2"]  # all here, in order
+    assert not pool.shut.is_set() and pool.submitted == []  # returned without waiting for the workers
+    pool.release.set()
+    assert pool.shut.wait(60)  # the pool is shut once its workers' submits are through
+    assert pool.submitted == [launch._run_share] * 3

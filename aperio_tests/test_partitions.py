@@ -4,6 +4,9 @@ and batch runs executed several at once (local disk and the loopback S3) mark ev
 
 # (No ``from __future__ import annotations``: Dagster reads annotations at runtime.)
 import json
+import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -13,6 +16,7 @@ from aperio_assets.catalog import connect
 from aperio_assets.conversion.batches import batch_key
 from aperio_assets.conversion.refresh import refresh
 from aperio_assets.definitions import build_defs
+from aperio_assets.defs import launch
 from aperio_assets.defs.launch import refresh_with_runs
 from aperio_assets.defs.partitions import BATCHES_PER_RUN_ENV, batches_partitions, ranges
 from aperio_assets.defs.resources import AperioResource
@@ -31,10 +35,13 @@ def _delete(lake: Lake, relative: str) -> None:
 def _tick(defs: dg.Definitions, instance: dg.DagsterInstance, aperio: AperioResource, cursor: str | None):
     # (with the instance's ref, as the daemon gives it: requested partitions are checked against the
     # instance's partitions plus the tick's own additions)
-    context = dg.build_sensor_context(
+    # (as a context manager: it enters the instance it opens from the ref, which makes that instance's
+    # defs-state storage Dagster's current one until it is exited; left open, a later definitions load
+    # in this process read it after it was gone: "unable to open database file", run alone)
+    with dg.build_sensor_context(
         instance_ref=instance.get_ref(), resources={"aperio": aperio}, cursor=cursor, definitions=defs
-    )
-    return defs.resolve_sensor_def("lake_change_sensor").evaluate_tick(context)
+    ) as context:
+        return defs.resolve_sensor_def("lake_change_sensor").evaluate_tick(context)
 
 
 def _apply(defs: dg.Definitions, instance: dg.DagsterInstance, tick, automation_cursor) -> object:
@@ -158,14 +165,31 @@ def test_the_sensor_requests_exactly_the_changed_batches(
     assert len(lake_state(lake)["tables"]["events"]) == 8
 
 
+def _after_a_workers_first_run(run_here: Callable[..., bool]) -> Callable[..., bool]:
+    """``launch._run_here`` whose first run waits until a worker has created one: this process is
+    warm before its workers, and a small lake's runs could otherwise all be its own."""
+    waited: list[bool] = []
+
+    def wait_then_run(defs: dg.Definitions, instance: dg.DagsterInstance, *args: object) -> bool:
+        deadline = time.monotonic() + 120
+        while not waited and not instance.get_runs(limit=1):  # (any run by now is a worker's)
+            assert time.monotonic() < deadline, "no worker process started a run in 120 s"
+            time.sleep(0.05)
+        waited.append(True)
+        return run_here(defs, instance, *args)
+
+    return wait_then_run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [2, 4])
 def test_concurrent_batch_runs_mark_every_batch_once(
     lake_case: LakeCase, workers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batch runs executed ``workers`` at a time in worker processes: every batch marked once, every
-    file's lineage recorded, each table's rows once."""
+    """Batch runs executed ``workers`` at a time, by this process and its worker processes: every
+    batch marked once, every file's lineage recorded, each table's rows once."""
     monkeypatch.setenv(BATCHES_PER_RUN_ENV, "4")  # (inherited by the worker processes)
+    monkeypatch.setattr(launch, "_run_here", _after_a_workers_first_run(launch._run_here))
     lake = lake_case.lake()
     for day in range(24):
         for part in ("a", "b"):
@@ -178,8 +202,21 @@ def test_concurrent_batch_runs_mark_every_batch_once(
         assert (
             len({r.tags.get("dagster/partition") or r.tags["dagster/asset_partition_range_start"] for r in runs}) == 7
         )
-        # the batch runs were executed in the worker processes, not in this one (only the catalog job was)
-        assert [r.job_def.name for r in result.results] == [CATALOG_JOB]
+        # the batch runs were shared by this process and its workers: more than one process ran
+        # them, this one among them, and never more than ``workers`` ran at once
+        processes = {
+            e.dagster_event.pid
+            for r in runs
+            for e in instance.all_logs(r.run_id)
+            if e.dagster_event and e.dagster_event.pid
+        }
+        here = [r for r in result.results if r.job_def.name != CATALOG_JOB]
+        assert 2 <= len(processes) <= workers and os.getpid() in processes and 1 <= len(here) < len(runs)
+        assert [r.job_def.name for r in result.results][-1] == CATALOG_JOB
+        spans = [
+            (r.start_time, r.end_time) for r in instance.get_run_records(dg.RunsFilter(job_name="sales_batches_job"))
+        ]
+        assert max(sum(start <= s < end for start, end in spans) for s, _ in spans) <= workers
     lake = open_lake(lake_case.config_path)
     rows = open_tracker(lake, "sales").status_rows("events")
     assert sorted(r["incremental_key_values"] for r in rows) == [

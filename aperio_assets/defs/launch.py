@@ -4,9 +4,10 @@
 It does what ``lake_change_sensor`` and ``aperio_automation_sensor`` do in a deployment, at once:
 registers every schema's batches as partitions (removing vanished ones), runs the batch runs (a
 range of up to ``BATCHES_PER_RUN`` batches each; a failed batch is tried again, as ``aperio refresh``
-does), ``N`` runs at a time in worker processes (forked from a fork server that imported Dagster and
-the code location once; each run in-process in its worker, on the same instance: ``$DAGSTER_HOME``),
-then ``aperio_catalog_job`` once: the models, the views and the checks.
+does), ``N`` runs at a time: this process and ``N - 1`` worker processes (forked from a fork server
+that imported Dagster and the code location once) each take the next run until none is left, each
+run in-process where it is taken, on the same instance (``$DAGSTER_HOME``); then
+``aperio_catalog_job`` once: the models, the views and the checks.
 Every run is recorded in the instance, as the UI shows it.
 """
 
@@ -18,9 +19,10 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import forkserver
+from multiprocessing.sharedctypes import Synchronized
 
 import dagster as dg
 from dagster._serdes import serialize_value
@@ -37,7 +39,8 @@ class LaunchResult:
     runs: list[tuple[str, str, bool]] = field(default_factory=list)  # (job, partition or range, success)
     batches_added: int = 0
     batches_removed: int = 0
-    # the runs' results, when they ran in this process (one worker): their events, for a caller to read
+    # the results of the runs this process executed (all of them with one worker; with more, its share
+    # and the catalog run): their events, for a caller to read
     results: list[dg.ExecuteInProcessResult] = field(default_factory=list)
 
     @property
@@ -70,21 +73,103 @@ def _start_fork_server() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _worker_pool(context: multiprocessing.context.BaseContext, workers: int) -> ProcessPoolExecutor:
+def _worker_pool(
+    context: multiprocessing.context.BaseContext, workers: int, next_run: Synchronized[int] | None = None
+) -> ProcessPoolExecutor:
     """``workers`` processes for batch runs. From a fork server (see ``_start_fork_server``), a
     worker costs a fork, not an interpreter start and its imports. Never a fork of this process,
     which may hold threads (DuckDB, the S3 event loop) that a fork would copy mid-flight: the fork
     server is a new interpreter that only imported. Each worker takes this process's environment
-    and working directory first (the fork server has those of when it started)."""
+    and working directory first (the fork server has those of when it started), and ``next_run``,
+    the index of the next run request not taken yet (shared with the caller: see ``_share_runs``)."""
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_adopt, initargs=(dict(os.environ), os.getcwd())
+        max_workers=workers,
+        mp_context=context,
+        initializer=_adopt,
+        initargs=(dict(os.environ), os.getcwd(), next_run),
     )
 
 
-def _adopt(environment: dict[str, str], directory: str) -> None:
+_NEXT_RUN: Synchronized[int] | None = None  # (in a worker: its pool's ``next_run``)
+
+
+def _adopt(environment: dict[str, str], directory: str, next_run: Synchronized[int] | None) -> None:
+    global _NEXT_RUN
     os.environ.clear()
     os.environ.update(environment)
     os.chdir(directory)
+    _NEXT_RUN = next_run
+
+
+RunRequestTuple = tuple[str, str | None, dict[str, str]]  # (job, partition key, tags)
+
+
+def _take(next_run: Synchronized[int], count: int) -> int | None:
+    """The index of the next of ``count`` run requests, taken (by one process only), or None."""
+    with next_run.get_lock():
+        index = next_run.value
+        if index >= count:
+            return None
+        next_run.value = index + 1
+    return index
+
+
+def _share_runs(
+    context: multiprocessing.context.BaseContext,
+    slots: int,
+    requests: Sequence[RunRequestTuple],
+    config_path: str,
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    result: LaunchResult,
+) -> list[bool]:
+    """Each request's outcome, in order, ``slots`` runs at a time: this process and ``slots - 1``
+    workers each take the next request not taken yet until none is left. This process starts at
+    once (it is warm); a worker starts when it is forked and has built its definitions, ~2-3 s later
+    (the fork server's imports first). No request waits queued for a busy worker."""
+    next_run = context.Value("i", 0)
+    ref = instance.get_ref()
+    pool = _worker_pool(context, slots - 1, next_run)
+    # (in the background: the first submit waits for the fork server's imports, while this process runs)
+    starter = ThreadPoolExecutor(1, thread_name_prefix="aperio-run-workers")
+    started = starter.submit(lambda: [pool.submit(_run_share, config_path, ref, requests) for _ in range(slots - 1)])
+    try:
+        outcomes: dict[int, bool] = {}
+        while (index := _take(next_run, len(requests))) is not None:
+            outcomes[index] = _run_here(defs, instance, requests[index], result)
+        # Workers took the rest, or started after all was taken (their shares are empty; a failure to
+        # start them is raised here). Unless they are not started yet: then this process ran it all.
+        if len(outcomes) < len(requests) or started.done():
+            for share in started.result():
+                outcomes.update(share.result())
+    finally:
+        # Every run has ended (its result is in): the workers' exit, an interpreter's teardown each
+        # (~0.5 s of CPU), goes on while the catalog run starts. By the starter, after its submits:
+        # while one waits for the fork server, it holds the pool's lock that a shutdown takes.
+        starter.submit(pool.shutdown, wait=False, cancel_futures=True)
+        starter.shutdown(wait=False)
+    return [outcomes[index] for index in range(len(requests))]
+
+
+def _run_share(config_path: str, instance_ref: dg.InstanceRef, requests: Sequence[RunRequestTuple]) -> dict[int, bool]:
+    """In a worker: run the next request not taken yet, until none is left; their outcomes by index."""
+    if _NEXT_RUN is None:
+        raise RuntimeError("a worker without its pool's run counter")
+    outcomes: dict[int, bool] = {}
+    while (index := _take(_NEXT_RUN, len(requests))) is not None:
+        outcomes[index] = _execute(config_path, instance_ref, *requests[index])
+    return outcomes
+
+
+def _run_here(
+    defs: dg.Definitions, instance: dg.DagsterInstance, request: RunRequestTuple, result: LaunchResult
+) -> bool:
+    job, partition_key, tags = request
+    run = defs.resolve_job_def(job).execute_in_process(
+        instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
+    )
+    result.results.append(run)
+    return run.success
 
 
 def _execute(
@@ -131,7 +216,7 @@ def refresh_with_runs(
     result = LaunchResult()
     try:
         lake = AperioResource(config_path=config).lake()
-        requests: list[tuple[str, str | None, dict[str, str]]] = []
+        requests: list[RunRequestTuple] = []
         for schema in lake.schemas():
             partitions = batches_partitions(schema.name)
             plan = plan_schema(lake, schema, instance.get_dynamic_partitions(partitions.name), retry_failed=True)
@@ -143,26 +228,9 @@ def refresh_with_runs(
             result.batches_removed += len(plan.changes.removed)
             requests += [(r.job_name, r.partition_key, dict(r.tags)) for r in plan.runs if r.job_name]
         if context is not None and len(requests) > 1:
-            ref = instance.get_ref()
-            pool = _worker_pool(context, min(workers, len(requests)))
-            try:
-                outcomes = list(
-                    pool.map(
-                        _execute, *zip(*[(config, ref, job, key, tags) for job, key, tags in requests], strict=True)
-                    )
-                )
-            finally:
-                # Every run has ended (its result is in): the workers' exit, an interpreter's
-                # teardown each (~0.5 s of CPU), goes on while the catalog run starts.
-                pool.shutdown(wait=False, cancel_futures=True)
+            outcomes = _share_runs(context, min(workers, len(requests)), requests, config, defs, instance, result)
         else:
-            result.results = [
-                defs.resolve_job_def(job).execute_in_process(
-                    instance=instance, partition_key=key, tags=tags, raise_on_error=False
-                )
-                for job, key, tags in requests
-            ]
-            outcomes = [r.success for r in result.results]
+            outcomes = [_run_here(defs, instance, request, result) for request in requests]
         result.runs = [
             (
                 job,
