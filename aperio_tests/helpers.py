@@ -10,7 +10,6 @@ import contextlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from aperio_assets import layout
 from aperio_assets.bench.pginstance import postgres_server
 from aperio_assets.config import S3Settings
 from aperio_assets.lake import Lake, open_lake
+from aperio_assets.processes import worker_context, worker_process
 from aperio_assets.storage import LocalStorage, S3Storage, StorageProvider
 
 ROOT = Path(__file__).parents[1]
@@ -298,11 +299,22 @@ def assert_same_state(got: dict, expected: dict) -> None:
 # -- processes ---------------------------------------------------------------------------------------
 
 
+# What the tests' writer processes import, once per pytest process, in the fork server they are
+# forked from (``aperio_assets.processes``; the first caller in a process preloads it).
+TEST_PRELOAD = ["aperio_tests.helpers", "aperio_assets.conversion.parallel", "s3fs", "pyarrow.dataset"]
+
+
+def process_context() -> BaseContext:
+    """The context of a test's writer processes: real operating-system processes, forked from a
+    fork server, each with the test's environment (``worker_process``)."""
+    return worker_context(TEST_PRELOAD)
+
+
 def run_in_processes(target: Callable[..., None], args: Iterable[tuple], timeout: float = 300) -> None:
-    """``target(*a)`` for each ``a`` in ``args``, each in its own (spawned) process, all at once;
-    every one must exit 0 within ``timeout`` seconds."""
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=target, args=a) for a in args]
+    """``target(*a)`` for each ``a`` in ``args``, each in its own process, all at once; every one
+    must exit 0 within ``timeout`` seconds."""
+    ctx = process_context()
+    procs = [worker_process(ctx, target, a) for a in args]
     for p in procs:
         p.start()
     for p in procs:

@@ -7,7 +7,6 @@ repeated under faults until it succeeds equals a refresh that never met one."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,11 @@ from aperio_assets.config import CompactionSettings, S3Settings
 from aperio_assets.conversion.refresh import refresh
 from aperio_assets.errors import AperioError, WriteOutcomeUnknown
 from aperio_assets.lake import open_lake
+from aperio_assets.processes import worker_process
 from aperio_assets.state import ParquetPartitionStatusStore, open_lineage, open_tracker
 from aperio_assets.state.maintenance import compact_lake, doctor
 from aperio_assets.storage import S3Storage
+from aperio_tests.helpers import process_context
 
 SCHEMA = "sales"
 # About one request in ten meets a fault; lost answers only on writes (where they matter).
@@ -124,14 +125,14 @@ def test_writers_and_a_compactor_through_faults_tell_the_truth(faulty_s3, s3_buc
     writers, count = 3, 40
     root = f"s3://{s3_bucket}/lake/.aperio"
     faulty_s3.proxy.set_faults(**FAULTS, latency=0.05, latency_ms=(1, 15))
-    ctx = multiprocessing.get_context("spawn")
+    ctx = process_context()
     stop = ctx.Event()
     logs = [tmp_path / f"writer-{n}.json" for n in range(writers)]
     procs = [
-        ctx.Process(target=_writer, args=(faulty_s3.endpoint_url, root, n, count, str(logs[n]))) for n in range(writers)
+        worker_process(ctx, _writer, (faulty_s3.endpoint_url, root, n, count, str(logs[n]))) for n in range(writers)
     ]
     compactor_log = tmp_path / "compactor.json"
-    compactor = ctx.Process(target=_compactor, args=(faulty_s3.endpoint_url, root, stop, str(compactor_log)))
+    compactor = worker_process(ctx, _compactor, (faulty_s3.endpoint_url, root, stop, str(compactor_log)))
     for p in [*procs, compactor]:
         p.start()
     for p in procs:

@@ -13,9 +13,10 @@ from aperio_assets.conversion.refresh import refresh
 from aperio_assets.demo import write_demo_lake
 from aperio_assets.lake import open_lake
 from aperio_assets.migration import MIGRATION_WRITER, migrate
+from aperio_assets.processes import worker_process
 from aperio_assets.state import open_lineage, open_tracker
 from aperio_assets.state.keys import canonical_key
-from aperio_tests.helpers import S3Server, run_cli, run_in_processes
+from aperio_tests.helpers import S3Server, process_context, run_cli, run_in_processes
 
 
 @pytest.fixture
@@ -256,13 +257,12 @@ def _migrate(config: str) -> None:
     ],
 )
 def test_killed_anywhere_then_rerun_ends_correct(tmp_path: Path, method: str, calls: int) -> None:
-    import multiprocessing
     import signal
 
     reference = write_demo_lake(tmp_path / "reference", with_legacy=True, flights_per_month=20)
     migrate(open_lake(str(reference)))
     config = write_demo_lake(tmp_path / "killed", with_legacy=True, flights_per_month=20)
-    process = multiprocessing.get_context("spawn").Process(target=_migrate_and_die, args=(str(config), method, calls))
+    process = worker_process(process_context(), _migrate_and_die, (str(config), method, calls))
     process.start()
     process.join(timeout=120)
     assert process.exitcode == -signal.SIGKILL  # it really died part-way

@@ -3,7 +3,6 @@ and processes SIGKILLed at random moments: nothing that a returned call wrote is
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import random
 import signal
@@ -13,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from aperio_assets.config import CompactionSettings, S3Settings
+from aperio_assets.processes import worker_process
 from aperio_assets.state import ParquetPartitionStatusStore
 from aperio_assets.storage import LocalStorage, S3Storage
-from aperio_tests.helpers import StorageCase
+from aperio_tests.helpers import StorageCase, process_context
 
 SCHEMA = "sales"
 
@@ -61,12 +61,12 @@ def _root(case: StorageCase) -> str:
 @pytest.mark.slow
 def test_writers_and_a_compactor_lose_nothing(storage_case: StorageCase) -> None:
     writers, count = 4, 30
-    ctx = multiprocessing.get_context("spawn")
+    ctx = process_context()
     endpoint = storage_case.s3.endpoint_url if storage_case.s3 else None
     start, stop, rounds = ctx.Barrier(writers + 1), ctx.Event(), ctx.Queue()
     args = (storage_case.kind, endpoint, _root(storage_case))
-    procs = [ctx.Process(target=_writer, args=(*args, n, count, start)) for n in range(writers)]
-    compactor = ctx.Process(target=_compactor, args=(*args, stop, rounds))
+    procs = [worker_process(ctx, _writer, (*args, n, count, start)) for n in range(writers)]
+    compactor = worker_process(ctx, _compactor, (*args, stop, rounds))
     for p in [*procs, compactor]:
         p.start()
     start.wait(timeout=120)
@@ -117,14 +117,14 @@ def _looping_compactor(kind, endpoint, root) -> None:
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_no_returned_write(storage_case: StorageCase, tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("spawn")
+    ctx = process_context()
     rng = random.Random(1234)
     endpoint = storage_case.s3.endpoint_url if storage_case.s3 else None
     args = (storage_case.kind, endpoint, _root(storage_case))
     logs = [tmp_path / f"writer-{n}.log" for n in range(3)]
     for _ in range(4):
-        procs = [ctx.Process(target=_logging_writer, args=(*args, n, str(log))) for n, log in enumerate(logs)]
-        procs.append(ctx.Process(target=_looping_compactor, args=args))
+        procs = [worker_process(ctx, _logging_writer, (*args, n, str(log))) for n, log in enumerate(logs)]
+        procs.append(worker_process(ctx, _looping_compactor, args))
         sizes = [log.stat().st_size if log.exists() else 0 for log in logs]
         for p in procs:
             p.start()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import time
 
 import pytest
 
 from aperio_assets.errors import LocationNotFound
-from aperio_tests.helpers import StorageCase
+from aperio_assets.processes import worker_process
+from aperio_tests.helpers import StorageCase, process_context
 
 
 def test_write_read_and_replace(storage_case: StorageCase) -> None:
@@ -155,14 +155,13 @@ def _race_worker(kind: str, endpoint: str | None, path: str, me: int, barrier, r
 @pytest.mark.slow
 def test_create_if_absent_race_between_processes(storage_case: StorageCase) -> None:
     n = 8
-    ctx = multiprocessing.get_context("spawn")
+    ctx = process_context()
     barrier, results = ctx.Barrier(n), ctx.Queue()
     p = storage_case.provider
     path = p.join(storage_case.root, "race", "one-name.parquet")
     endpoint = storage_case.s3.endpoint_url if storage_case.s3 else None
     procs = [
-        ctx.Process(target=_race_worker, args=(storage_case.kind, endpoint, path, i, barrier, results))
-        for i in range(n)
+        worker_process(ctx, _race_worker, (storage_case.kind, endpoint, path, i, barrier, results)) for i in range(n)
     ]
     for proc in procs:
         proc.start()

@@ -8,7 +8,6 @@ counted back afterwards: a run that lost one fails.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import tempfile
 import time
@@ -20,11 +19,13 @@ from typing import Any
 from aperio_assets.bench.s3server import loopback_s3
 from aperio_assets.config import CompactionSettings, S3Settings
 from aperio_assets.errors import AperioError
+from aperio_assets.processes import worker_context, worker_process
 from aperio_assets.state import DuckDBPartitionStatusStore, IncrementalTracker, ParquetPartitionStatusStore
 from aperio_assets.storage import LocalStorage, S3Storage
 
 WRITERS = (1, 2, 4, 8)
 SERIES = ("shared/local", "shared/s3", "legacy/local")
+PRELOAD = ["aperio_assets.bench.throughput", "s3fs"]  # (what a writer imports, once, in the fork server)
 
 
 @dataclass
@@ -59,9 +60,9 @@ def _writer(target: dict[str, str], index: int, marks: int, barrier: Any, out: A
 
 
 def _run(target: dict[str, str], writers: int, marks: int) -> tuple[float, float]:
-    context = multiprocessing.get_context("spawn")  # no state (threads, sockets) inherited by a fork
+    context = worker_context(PRELOAD)  # (forked from a fork server: no thread or socket of this process)
     barrier, out = context.Barrier(writers), context.Queue()
-    processes = [context.Process(target=_writer, args=(target, i, marks, barrier, out)) for i in range(writers)]
+    processes = [worker_process(context, _writer, (target, i, marks, barrier, out)) for i in range(writers)]
     for p in processes:
         p.start()
     spans = [out.get(timeout=900) for _ in processes]

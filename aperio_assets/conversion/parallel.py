@@ -8,21 +8,21 @@ deletes what is gone and writes the model, as a one-process refresh does: the st
 
 Shares keep a batch's files together where they can (its mark is then written by the worker that
 converted it) and are balanced by bytes, largest batch first; a batch larger than a fair share is
-split by file. Workers are spawned, not forked: the parent may hold threads (DuckDB, the S3 event
-loop) that a fork would copy mid-flight. A worker costs a process start (0.5-1 s of CPU, imports
-included), so it must have enough to do: on S3, where a file is mostly waiting on requests, at
-least ``MIN_FILES_PER_WORKER_S3`` files; on local disk, where a file is a few milliseconds of CPU,
-``MIN_FILES_PER_WORKER_LOCAL``, and never more workers than cores. Each worker (and a one-process
+split by file. Workers are forked from a fork server that imported the conversion code once
+(``aperio_assets.processes``), never from the parent, which may hold threads (DuckDB, the S3 event
+loop) that a fork would copy mid-flight. A worker still costs a fork and its own S3 client, and the
+first a process starts waits for the fork server's imports (~1 s), so it must have enough to do: on
+S3, where a file is mostly waiting on requests, at least ``MIN_FILES_PER_WORKER_S3`` files; on local
+disk, where a file is a few milliseconds of CPU, ``MIN_FILES_PER_WORKER_LOCAL``, and never more
+workers than cores. Each worker (and a one-process
 refresh) also keeps several S3 conversions in flight (``SchemaRefresh.files_in_flight``).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 from aperio_assets import layout
@@ -30,11 +30,15 @@ from aperio_assets.config import AperioConfig, SchemaConfig
 from aperio_assets.conversion.discovery import Discovery, RawFile, RawTable
 from aperio_assets.conversion.refresh import BatchOutcome, FileOutcome, Key, LineageSink, SchemaRefresh
 from aperio_assets.lake import Lake
+from aperio_assets.processes import worker_context, worker_pool
 from aperio_assets.state.access import open_state
 from aperio_assets.state.lineage import Row
 
 MIN_FILES_PER_WORKER_S3 = 8
 MIN_FILES_PER_WORKER_LOCAL = 200
+# What a conversion worker imports, once, in the fork server: this module (the conversion, the state
+# protocol, storage), the S3 client and Arrow datasets.
+PRELOAD = ["aperio_assets.conversion.parallel", "s3fs", "pyarrow.dataset"]
 FILE_COST_BYTES = 256 * 1024  # what a file costs beyond its bytes (requests, a Parquet write), for balancing
 
 
@@ -90,8 +94,7 @@ def convert_in_workers(
     if len(parts) <= 1:
         return run.convert(todo, lineage, sink), set()
     discovery = run.discovery
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(parts), mp_context=context) as pool:
+    with worker_pool(worker_context(PRELOAD), len(parts)) as pool:
         futures = [
             pool.submit(
                 convert_share,

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing
 import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import forkserver
+from multiprocessing.context import BaseContext
 from multiprocessing.sharedctypes import Synchronized
 
 import dagster as dg
@@ -32,6 +31,7 @@ from aperio_assets.definitions import batch_partition_events, build_defs
 from aperio_assets.defs.partitions import batches_partitions
 from aperio_assets.defs.resources import AperioResource
 from aperio_assets.defs.sensors import CATALOG_JOB, plan_schema
+from aperio_assets.processes import worker_context, worker_pool
 
 
 @dataclass
@@ -62,42 +62,24 @@ def _definitions(config_path: str) -> dg.Definitions:
 PRELOAD = ["aperio_assets.defs.launch", "aperio_assets.instance.postgres", "s3fs", "pyarrow.dataset"]
 
 
-def _start_fork_server() -> multiprocessing.context.BaseContext:
-    """The context batch-run workers start from, its fork server started now: it imports while the
-    caller plans the runs. Spawn where there is no fork server (not Linux or macOS)."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)  # (taken by the first fork server a process starts)
-    forkserver.ensure_running()
-    return context
+def _start_fork_server() -> BaseContext:
+    """The context batch-run workers start from (``aperio_assets.processes``), its fork server
+    started now: it imports while the caller plans the runs."""
+    return worker_context(PRELOAD)
 
 
-def _worker_pool(
-    context: multiprocessing.context.BaseContext, workers: int, next_run: Synchronized[int] | None = None
-) -> ProcessPoolExecutor:
-    """``workers`` processes for batch runs. From a fork server (see ``_start_fork_server``), a
-    worker costs a fork, not an interpreter start and its imports. Never a fork of this process,
-    which may hold threads (DuckDB, the S3 event loop) that a fork would copy mid-flight: the fork
-    server is a new interpreter that only imported. Each worker takes this process's environment
-    and working directory first (the fork server has those of when it started), and ``next_run``,
-    the index of the next run request not taken yet (shared with the caller: see ``_share_runs``)."""
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_adopt,
-        initargs=(dict(os.environ), os.getcwd(), next_run),
-    )
+def _worker_pool(context: BaseContext, workers: int, next_run: Synchronized[int] | None = None) -> ProcessPoolExecutor:
+    """``workers`` processes for batch runs, each with the caller's environment and directory, and
+    ``next_run``: the index of the next run request not taken yet (shared with the caller: see
+    ``_share_runs``)."""
+    return worker_pool(context, workers, _keep_next_run, (next_run,))
 
 
 _NEXT_RUN: Synchronized[int] | None = None  # (in a worker: its pool's ``next_run``)
 
 
-def _adopt(environment: dict[str, str], directory: str, next_run: Synchronized[int] | None) -> None:
+def _keep_next_run(next_run: Synchronized[int] | None) -> None:
     global _NEXT_RUN
-    os.environ.clear()
-    os.environ.update(environment)
-    os.chdir(directory)
     _NEXT_RUN = next_run
 
 
@@ -115,7 +97,7 @@ def _take(next_run: Synchronized[int], count: int) -> int | None:
 
 
 def _share_runs(
-    context: multiprocessing.context.BaseContext,
+    context: BaseContext,
     slots: int,
     requests: Sequence[RunRequestTuple],
     config_path: str,

@@ -1,0 +1,72 @@
+"""Worker processes (``aperio_assets.processes``): real operating-system processes forked from a fork
+server, each with the caller's environment and working directory as they are when it is made, not as
+they were when the fork server started."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aperio_assets.processes import worker_context, worker_pool, worker_process
+
+
+def _report(path: str) -> None:
+    Path(path).write_text(
+        "\n".join([os.environ.get("APERIO_TEST_WORKER_MARK", "-"), os.getcwd(), str(os.getpid()), str(os.getppid())])
+    )
+
+
+def _sleep_forever() -> None:
+    while True:
+        time.sleep(1)
+
+
+def test_a_worker_process_takes_the_callers_environment_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context = worker_context(["json"])
+    monkeypatch.setenv("APERIO_TEST_WORKER_MARK", "after the fork server started")
+    monkeypatch.chdir(tmp_path)
+    process = worker_process(context, _report, (str(tmp_path / "report"),))
+    process.start()
+    process.join(timeout=120)
+    assert process.exitcode == 0
+    mark, directory, pid, parent = (tmp_path / "report").read_text().split("\n")
+    assert mark == "after the fork server started" and Path(directory) == tmp_path
+    assert int(pid) == process.pid and int(pid) != os.getpid()
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        assert int(parent) != os.getpid()  # the fork server's child, not this process's fork
+    # a pool's workers too
+    monkeypatch.setenv("APERIO_TEST_WORKER_MARK", "pool")
+    with worker_pool(context, 2) as pool:
+        assert pool.submit(os.getenv, "APERIO_TEST_WORKER_MARK").result() == "pool"
+        assert Path(pool.submit(os.getcwd).result()) == tmp_path
+
+
+def test_a_killed_worker_process_reports_its_signal() -> None:
+    process = worker_process(worker_context(["json"]), _sleep_forever)
+    process.start()
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(timeout=60)
+    assert process.exitcode == -signal.SIGKILL
+
+
+def test_the_first_fork_server_of_a_process_takes_the_preload() -> None:
+    # (in a fresh interpreter: this pytest process may have started its fork server already)
+    script = (
+        "import multiprocessing, sys\n"
+        "from aperio_assets.processes import worker_context, worker_pool\n"
+        "context = worker_context(['aperio_assets.state'])\n"
+        "with worker_pool(context, 1) as pool:\n"
+        "    print(pool.submit(eval, \"'aperio_assets.state' in __import__('sys').modules\").result())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("True" if "forkserver" in multiprocessing.get_all_start_methods() else "False")
