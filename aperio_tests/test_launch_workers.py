@@ -97,3 +97,22 @@ def test_this_process_runs_what_its_workers_have_not_taken_and_does_not_wait_for
     pool.release.set()
     assert pool.shut.wait(60)  # the pool is shut once its workers' submits are through
     assert pool.submitted == [launch._run_share] * 3
+
+
+def test_when_this_process_fails_the_workers_take_no_further_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    pool, counters = _WaitingPool(), []
+    pool.release.set()
+    monkeypatch.setattr(launch, "_worker_pool", lambda context, workers, next_run: counters.append(next_run) or pool)
+
+    def broken(defs: Any, instance: Any, request: Any, result: Any) -> bool:
+        raise RuntimeError("the instance went away")
+
+    monkeypatch.setattr(launch, "_run_here", broken)
+    requests = [("sales_batches_job", f"p{i}", {}) for i in range(5)]
+    instance: Any = types.SimpleNamespace(get_ref=lambda: None)
+    with pytest.raises(RuntimeError, match="went away"):
+        launch._share_runs(
+            multiprocessing.get_context("spawn"), 3, requests, "aperio.yaml", None, instance, launch.LaunchResult()
+        )
+    assert counters[0].value == 5  # every request counts as taken: a worker's next _take gets none
+    assert launch._take(counters[0], 5) is None

@@ -124,6 +124,10 @@ def _share_runs(
         if len(outcomes) < len(requests) or started.done():
             for share in started.result():
                 outcomes.update(share.result())
+    except BaseException:
+        with next_run.get_lock():
+            next_run.value = len(requests)  # (the workers take no further run)
+        raise
     finally:
         # Every run has ended (its result is in): the workers' exit, an interpreter's teardown each
         # (~0.5 s of CPU), goes on while the catalog run starts. By the starter, after its submits:
