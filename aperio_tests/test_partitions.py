@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView
 
 from aperio_assets.catalog import connect
 from aperio_assets.conversion.batches import batch_key
@@ -322,6 +323,60 @@ def test_the_views_wait_for_every_schemas_batches(tmp_path: Path) -> None:
             .execute_in_process(instance=instance, partition_key=ref.partition_key, tags=dict(ref.tags))
             .success
         )
+        automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation.cursor)
+        requested = {r.key.to_user_string() for r in automation.results if r.true_subset.size}
+        assert requested == {"ref/generated_model", "aperio/catalog_views"}
+
+
+def test_the_views_wait_for_a_schema_whose_batch_run_ends_during_the_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick reads the runs' progress asset by asset, not at one moment. The ref schema's batch run
+    ends during the tick: before the tick's first question about the ref batches, they are in
+    progress and not updated; after it, updated and not in progress. Whatever its model was told,
+    the views are not built from the ref model as it was (seen in the deployment test, a migrated
+    view lost the other schema's table): the views wait for the ref model, which the next tick runs."""
+    for relative, text in {"sales/events/day=01/a.csv": "id\n1\n", "ref/carriers.csv": "code\nAA\n"}.items():
+        (tmp_path / "lake" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "lake" / relative).write_text(text)
+    config = tmp_path / "aperio.yaml"
+    config.write_text("baseDirectory: lake\n")
+    aperio = AperioResource(config_path=str(config))
+    defs = build_defs(str(config), aperio)
+    with dg.instance_for_test() as instance:
+        before = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor  # (nothing updated yet)
+        tick = _tick(defs, instance, aperio, None)
+        for request in tick.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        for request in tick.run_requests:  # both schemas' batch runs, done by the end of the tick
+            job = defs.resolve_job_def(request.job_name)
+            tags = dict(request.tags)
+            assert job.execute_in_process(instance=instance, partition_key=request.partition_key, tags=tags).success
+
+        in_progress = AssetGraphView._compute_run_in_progress_asset_subset
+        updated = AssetGraphView._compute_updated_since_cursor_subset
+        ended: list[bool] = []  # (the ref run ends right after the tick's first question about it)
+
+        async def in_progress_then(view: AssetGraphView, key: dg.AssetKey) -> object:
+            if key.path[0] == "ref" and not ended:
+                ended.append(True)
+                return view.get_full_subset(key=key)
+            return await in_progress(view, key)
+
+        async def updated_then(view: AssetGraphView, key: dg.AssetKey, cursor: int | None) -> object:
+            if key.path[0] == "ref" and not ended:
+                ended.append(True)
+                return view.get_empty_subset(key=key)
+            return await updated(view, key, cursor=cursor)
+
+        monkeypatch.setattr(AssetGraphView, "_compute_run_in_progress_asset_subset", in_progress_then)
+        monkeypatch.setattr(AssetGraphView, "_compute_updated_since_cursor_subset", updated_then)
+        automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before)
+        assert ended  # the ref batches were asked about during the tick
+        requested = {r.key.to_user_string() for r in automation.results if r.true_subset.size}
+        assert requested == {"sales/generated_model"}
+        monkeypatch.undo()
+        # the next tick: the ref model and, with it, the views
         automation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=automation.cursor)
         requested = {r.key.to_user_string() for r in automation.results if r.true_subset.size}
         assert requested == {"ref/generated_model", "aperio/catalog_views"}

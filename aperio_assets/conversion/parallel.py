@@ -14,8 +14,8 @@ loop) that a fork would copy mid-flight. A worker still costs a fork and its own
 first a process starts waits for the fork server's imports (~1 s), so it must have enough to do: on
 S3, where a file is mostly waiting on requests, at least ``MIN_FILES_PER_WORKER_S3`` files; on local
 disk, where a file is a few milliseconds of CPU, ``MIN_FILES_PER_WORKER_LOCAL``, and never more
-workers than cores. Each worker (and a one-process
-refresh) also keeps several S3 conversions in flight (``SchemaRefresh.files_in_flight``).
+workers than cores. Each worker (and a one-process refresh) also keeps several S3 conversions in
+flight (``SchemaRefresh.files_in_flight``).
 """
 
 from __future__ import annotations

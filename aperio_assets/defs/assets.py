@@ -166,17 +166,22 @@ def _status_output(
 # The model and the views follow their batches: once per wave of batch runs (after every run of the
 # wave has finished, failed batches included: one bad file must not hold back the catalog), run by
 # Dagster's automation sensor (``aperio_automation_sensor``), or at the end of
-# ``python -m aperio_assets.defs.launch``.
+# ``python -m aperio_assets.defs.launch``. In progress is asked first: a tick reads the runs asset by
+# asset, not at one moment, and what it reads is kept for the tick. A batch run ending during the
+# tick is then either in progress for the model and for the views (both wait), or over before the
+# model asked whether its batches were updated (it runs). Asked after "updated", a run ending in
+# between made the model see no update and the views, asking later, no batch in progress: the views
+# were built from that model as it was (the deployment test saw a migrated view lose a table).
 AFTER_BATCHES = (
-    dg.AutomationCondition.any_deps_updated().since_last_handled()
-    & ~dg.AutomationCondition.any_deps_in_progress()
+    ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
+    & dg.AutomationCondition.any_deps_updated().since_last_handled()
 ).with_label("after its batches")
 # The views read every schema's model: they wait for the batches of every schema, not only for the
 # models (a schema's model waits for its own batches only), so that they are built once per wave and
 # a view reading another schema's tables (a migrated one, say) finds them.
 AFTER_EVERY_SCHEMAS_BATCHES = (
-    AFTER_BATCHES & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.any_deps_in_progress())
+    ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.any_deps_in_progress()) & AFTER_BATCHES
 ).with_label("after every schema's batches")
 
 
