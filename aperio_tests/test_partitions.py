@@ -283,22 +283,34 @@ def test_a_batch_run_writes_its_partition_events_in_batches(
         assert len(of_the_run) <= 3, [len(b) for b in of_the_run]
 
 
-def test_the_views_wait_for_every_schemas_batches(tmp_path: Path) -> None:
-    """A wave of batch runs over two schemas: once one schema's runs have finished, its model may
-    run, but not the views while the other schema's batch run is still queued (the views of both
-    are built once, after every batch; a migrated view reading the other schema would not resolve)."""
+def _two_schemas(tmp_path: Path) -> tuple[dg.Definitions, AperioResource]:
+    """A lake of two schemas, one batch each (sales: a Hive partition; ref: a table), and its
+    definitions."""
     for relative, text in {"sales/events/day=01/a.csv": "id\n1\n", "ref/carriers.csv": "code\nAA\n"}.items():
         (tmp_path / "lake" / relative).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "lake" / relative).write_text(text)
     config = tmp_path / "aperio.yaml"
     config.write_text("baseDirectory: lake\n")
     aperio = AperioResource(config_path=str(config))
-    defs = build_defs(str(config), aperio)
+    return build_defs(str(config), aperio), aperio
+
+
+def _registered_tick(defs: dg.Definitions, instance: dg.DagsterInstance, aperio: AperioResource):
+    """The first lake sensor tick, its new batches registered as partitions (as the daemon does)."""
+    tick = _tick(defs, instance, aperio, None)
+    for request in tick.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return tick
+
+
+def test_the_views_wait_for_every_schemas_batches(tmp_path: Path) -> None:
+    """A wave of batch runs over two schemas: once one schema's runs have finished, its model may
+    run, but not the views while the other schema's batch run is still queued (the views of both
+    are built once, after every batch; a migrated view reading the other schema would not resolve)."""
+    defs, aperio = _two_schemas(tmp_path)
     with dg.instance_for_test() as instance:
         before = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor  # (nothing updated yet)
-        tick = _tick(defs, instance, aperio, None)
-        for request in tick.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        tick = _registered_tick(defs, instance, aperio)
         by_job = {r.job_name: r for r in tick.run_requests}
         assert set(by_job) == {"sales_batches_job", "ref_batches_job"}
         sales = by_job["sales_batches_job"]
@@ -336,18 +348,10 @@ def test_the_views_wait_for_a_schema_whose_batch_run_ends_during_the_tick(
     progress and not updated; after it, updated and not in progress. Whatever its model was told,
     the views are not built from the ref model as it was (seen in the deployment test, a migrated
     view lost the other schema's table): the views wait for the ref model, which the next tick runs."""
-    for relative, text in {"sales/events/day=01/a.csv": "id\n1\n", "ref/carriers.csv": "code\nAA\n"}.items():
-        (tmp_path / "lake" / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "lake" / relative).write_text(text)
-    config = tmp_path / "aperio.yaml"
-    config.write_text("baseDirectory: lake\n")
-    aperio = AperioResource(config_path=str(config))
-    defs = build_defs(str(config), aperio)
+    defs, aperio = _two_schemas(tmp_path)
     with dg.instance_for_test() as instance:
         before = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor  # (nothing updated yet)
-        tick = _tick(defs, instance, aperio, None)
-        for request in tick.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        tick = _registered_tick(defs, instance, aperio)
         for request in tick.run_requests:  # both schemas' batch runs, done by the end of the tick
             job = defs.resolve_job_def(request.job_name)
             tags = dict(request.tags)
