@@ -24,7 +24,7 @@ from aperio_assets.state.tables import PARTITION_STATUS
 def test_workers_take_the_callers_environment_not_the_fork_servers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    context = launch._start_fork_server()
+    context = launch.worker_context(launch.PRELOAD)
     monkeypatch.setenv("APERIO_TEST_WORKER_MARK", "before")
     with launch._worker_pool(context, 1, None) as pool:  # the fork server is running from here on
         assert pool.submit(os.getenv, "APERIO_TEST_WORKER_MARK").result() == "before"

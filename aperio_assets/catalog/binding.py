@@ -120,17 +120,19 @@ def resolve_errors(
     own on the connection's database; the others, which may read what only ``con`` has (the
     registered state snapshot) or each other, one by one on ``con``."""
     apart = [n for n in names if f"{n[0]}.{n[1]}" in independent]
-    database = con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+    reasons: dict[tuple[str, str], str | None] = {}
+    if apart:
+        database = con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
 
-    def on_a_cursor(name: tuple[str, str]) -> str | None:
-        cursor = con.cursor()
-        try:
-            cursor.execute(f"USE {quote_identifier(database)}")  # (a cursor starts on the default database)
-            return resolve_error(cursor, *name)
-        finally:
-            cursor.close()
+        def on_a_cursor(name: tuple[str, str]) -> str | None:
+            cursor = con.cursor()
+            try:
+                cursor.execute(f"USE {quote_identifier(database)}")  # (a cursor starts on the default database)
+                return resolve_error(cursor, *name)
+            finally:
+                cursor.close()
 
-    with ThreadPoolExecutor(max_workers=max(1, min(RESOLVE_THREADS, len(apart)))) as pool:
-        reasons = dict(zip(apart, pool.map(on_a_cursor, apart), strict=True))
+        with ThreadPoolExecutor(max_workers=min(RESOLVE_THREADS, len(apart))) as pool:
+            reasons.update(zip(apart, pool.map(on_a_cursor, apart), strict=True))
     reasons.update({n: resolve_error(con, *n) for n in names if n not in reasons})
     return {f"{schema}.{view}": reasons[(schema, view)] for schema, view in names if reasons[(schema, view)]}

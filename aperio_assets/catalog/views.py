@@ -223,8 +223,9 @@ class ViewStore:
         for table in model.get("tables", []):
             found = digests.get(table["name"], {})
             entries = table.get("layouts") or []
-            if any(_drifted(entry, found) for entry in entries):
-                layouts = [{**entry, "columnsDigest": None} if _drifted(entry, found) else entry for entry in entries]
+            moved = [_drifted(entry, found) for entry in entries]
+            if any(moved):
+                layouts = [{**e, "columnsDigest": None} if m else e for e, m in zip(entries, moved, strict=True)]
                 drifted.append({**table, "layouts": layouts})
         if not drifted:
             return []

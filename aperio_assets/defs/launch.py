@@ -62,12 +62,6 @@ def _definitions(config_path: str) -> dg.Definitions:
 PRELOAD = ["aperio_assets.defs.launch", "aperio_assets.instance.postgres", "s3fs", "pyarrow.dataset"]
 
 
-def _start_fork_server() -> BaseContext:
-    """The context batch-run workers start from (``aperio_assets.processes``), its fork server
-    started now: it imports while the caller plans the runs."""
-    return worker_context(PRELOAD)
-
-
 def _worker_pool(context: BaseContext, workers: int, next_run: Synchronized[int] | None = None) -> ProcessPoolExecutor:
     """``workers`` processes for batch runs, each with the caller's environment and directory, and
     ``next_run``: the index of the next run request not taken yet (shared with the caller: see
@@ -143,34 +137,32 @@ def _run_share(config_path: str, instance_ref: dg.InstanceRef, requests: Sequenc
         raise RuntimeError("a worker without its pool's run counter")
     outcomes: dict[int, bool] = {}
     while (index := _take(_NEXT_RUN, len(requests))) is not None:
-        outcomes[index] = _execute(config_path, instance_ref, *requests[index])
+        outcomes[index] = _execute(config_path, instance_ref, requests[index])
     return outcomes
 
 
 def _run_here(
     defs: dg.Definitions, instance: dg.DagsterInstance, request: RunRequestTuple, result: LaunchResult
 ) -> bool:
-    job, partition_key, tags = request
-    run = defs.resolve_job_def(job).execute_in_process(
-        instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
-    )
+    run = _execute_run(defs, instance, request)
     result.results.append(run)
     return run.success
 
 
-def _execute(
-    config_path: str,
-    instance_ref: dg.InstanceRef | None,
-    job_name: str,
-    partition_key: str | None,
-    tags: dict[str, str],
-) -> bool:
-    job = _definitions(config_path).resolve_job_def(job_name)
+def _execute(config_path: str, instance_ref: dg.InstanceRef | None, request: RunRequestTuple) -> bool:
+    """In a worker: ``request`` run on the worker's definitions and instance."""
     if instance_ref is None:
         raise ValueError("the instance has no reference worker processes can open")
-    return job.execute_in_process(
-        instance=_worker_instance(instance_ref), partition_key=partition_key, tags=tags, raise_on_error=False
-    ).success
+    return _execute_run(_definitions(config_path), _worker_instance(instance_ref), request).success
+
+
+def _execute_run(
+    defs: dg.Definitions, instance: dg.DagsterInstance, request: RunRequestTuple
+) -> dg.ExecuteInProcessResult:
+    job, partition_key, tags = request
+    return defs.resolve_job_def(job).execute_in_process(
+        instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
+    )
 
 
 _WORKER_INSTANCES: dict[str, dg.DagsterInstance] = {}
@@ -194,7 +186,7 @@ def refresh_with_runs(
     config = str(find_config_path(config_path).resolve())
     batch_partition_events()  # (before the runs are created: their planned events; workers get it too)
     # (first: the fork server imports while this process builds its definitions and plans the runs)
-    context = _start_fork_server() if workers > 1 else None
+    context = worker_context(PRELOAD) if workers > 1 else None
     defs = _definitions(config)
     owned = instance is None
     if instance is None:  # $DAGSTER_HOME's, or (none set) a temporary one that the runs share
