@@ -10,26 +10,35 @@ from collections import Counter
 import dagster as dg
 import pytest
 
+from aperio_assets.conversion.discovery import ListingSlice
+from aperio_assets.conversion.refresh import SchemaRefresh, refresh
 from aperio_assets.definitions import build_defs
-from aperio_assets.defs.partitions import batches_partitions
+from aperio_assets.defs.partitions import BATCHES_PER_RUN_ENV, LISTING_SLICE_TAG, batches_partitions, slice_of
 from aperio_assets.defs.resources import AperioResource
+from aperio_assets.defs.sensors import plan_schema
 from aperio_assets.lake import Lake, open_lake
 from aperio_assets.state import open_tracker
 from aperio_assets.storage import LocalStorage, S3Storage
-from aperio_tests.helpers import LakeCase, put
+from aperio_tests.helpers import LakeCase, assert_same_state, lake_state, put
 
 
-def _spy(patch: pytest.MonkeyPatch) -> tuple[list[str], Counter[str]]:
-    """Record every recursive listing and every whole-file read, on both providers."""
+def _spy(
+    patch: pytest.MonkeyPatch, entries: dict[str, list[list[str]]] | None = None
+) -> tuple[list[str], Counter[str]]:
+    """Record every recursive listing (and in ``entries``, by prefix, the paths each one returned) and
+    every whole-file read, on both providers."""
     listed: list[str] = []
     reads: Counter[str] = Counter()
     for provider in (LocalStorage, S3Storage):
         real_list, real_read = provider.list, provider.read_bytes
 
-        def listing(self, prefix, *, recursive=False, _real=real_list):
+        def listing(self, prefix, *, recursive=False, _real=real_list, **bounds):
+            found = _real(self, prefix, recursive=recursive, **bounds)
             if recursive:
                 listed.append(prefix.rstrip("/"))
-            return _real(self, prefix, recursive=recursive)
+                if entries is not None:
+                    entries.setdefault(prefix.rstrip("/"), []).append([e.path for e in found])
+            return found
 
         def reading(self, path, _real=real_read):
             reads[path] += 1
@@ -83,3 +92,72 @@ def state_files(lake: Lake) -> set[str]:
     return {
         e.path for e in lake.storage.list(lake.config.aperio_directory, recursive=True) if e.path.endswith(".parquet")
     }
+
+
+def test_a_planned_run_lists_only_the_slice_of_the_schema_that_holds_its_batches(
+    lake_case: LakeCase, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run its planner requested (``lake_change_sensor``, the launcher: both list the whole schema)
+    lists only the slice of the sorted listing that holds its batches' files, not the schema: a LIST
+    per run of what it converts, not of the lake. A batch with files in two folders (``events/a/day=1``
+    and ``events/b/day=1``) has them all in its slice; a file at the top of the schema is a table whose
+    name depends on the other files there, so its run lists everything. The state is what one full
+    refresh leaves."""
+    monkeypatch.setenv(BATCHES_PER_RUN_ENV, "2")
+    lake = lake_case.lake()
+    files = {
+        "events/a/day=1/x.csv": b"v\n1\n",
+        "events/a/day=2/x.csv": b"v\n2\n",
+        "events/b/day=1/y.csv": b"v\n11\n",
+        "events/c/day=3/x.csv": b"v\n3\n",
+        "events/c/day=4/x.csv": b"v\n4\n",
+        "events/c/day=5/x.csv": b"v\n5\n",
+        "orders.csv": b"id\n1\n",
+    }
+    for name, data in files.items():
+        put(lake, f"sales/{name}", data)
+    schema_dir = lake.schema("sales").directory.rstrip("/")
+    path = {name: lake.lake_storage.join(schema_dir, name) for name in files}
+    defs = build_defs(lake_case.config_path, AperioResource(config_path=lake_case.config_path))
+    job = defs.resolve_job_def("sales_batches_job")
+    with dg.instance_for_test() as instance:
+        plan = plan_schema(lake, lake.schema("sales"), [], retry_failed=True)
+        instance.add_dynamic_partitions(batches_partitions("sales").name, plan.changes.added)
+        assert [
+            (r.tags.get("dagster/asset_partition_range_start"), r.tags.get("dagster/asset_partition_range_end"))
+            for r in plan.runs
+        ] == [("events/day=1", "events/day=2"), ("events/day=3", "events/day=4"), ("events/day=5", "orders")]
+        assert [LISTING_SLICE_TAG in r.tags for r in plan.runs] == [True, True, False]
+        # each slice says how many files it held (a page-size hint for its LIST)
+        assert [getattr(slice_of(r.tags), "files", None) for r in plan.runs] == [3, 2, None]
+        listed: list[list[str]] = []
+        for request in plan.runs:
+            entries: dict[str, list[list[str]]] = {}
+            with pytest.MonkeyPatch.context() as patch:
+                _spy(patch, entries)
+                result = job.execute_in_process(
+                    instance=instance, partition_key=request.partition_key, tags=request.tags
+                )
+            assert result.success
+            assert len(entries[schema_dir]) == 1  # one listing of the schema: its slice, or all of it
+            listed += entries[schema_dir]
+        assert defs.resolve_job_def("aperio_catalog_job").execute_in_process(instance=instance).success
+        assert listed == [
+            # day=1 and day=2: from day=1's first file to its last, day=2 between them
+            [path["events/a/day=1/x.csv"], path["events/a/day=2/x.csv"], path["events/b/day=1/y.csv"]],
+            [path["events/c/day=3/x.csv"], path["events/c/day=4/x.csv"]],
+            sorted(path.values()),
+        ]
+    twin = lake_case.sibling(tmp_path, "twin")
+    for name, data in files.items():
+        put(twin, f"sales/{name}", data)
+    refresh(twin)
+    assert_same_state(lake_state(lake), lake_state(twin))
+    assert len(lake_state(lake)["tables"]["events"]) == 6
+    # a slice of the listing cannot say what is gone: asking is an error, never a forgotten file
+    sliced = SchemaRefresh(lake, lake.schema("sales"))
+    sliced.list_only(ListingSlice(path["events/c/day=3/x.csv"][:-1], path["events/c/day=4/x.csv"]))
+    with pytest.raises(RuntimeError, match="cannot say which files are gone"):
+        sliced.gone({})
+    with pytest.raises(RuntimeError, match="cannot say which batches are gone"):
+        sliced.vanished_batches([])

@@ -14,12 +14,13 @@ forget the files and batches that are gone and write the model.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from aperio_assets import layout
-from aperio_assets.conversion.discovery import RawFile, RawTable
+from aperio_assets.conversion.discovery import ListingSlice, RawFile, RawTable
 from aperio_assets.conversion.refresh import LineageSink, SchemaRefresh, unchanged
 from aperio_assets.state.access import open_state
 from aperio_assets.state.lineage import Row
@@ -77,6 +78,21 @@ def select_batches(run: SchemaRefresh, keys: Collection[str]) -> tuple[dict[str,
     return {key: batches[key] for key in keys if key in batches}, [key for key in keys if key not in batches]
 
 
+def listing_slice(batches: Collection[Batch], listed: Sequence[str]) -> ListingSlice | None:
+    """The slice of the schema's sorted listing (``listed``: every file's path, sorted) that holds
+    every file of ``batches``, for :meth:`SchemaRefresh.list_only`: a run of these batches lists that
+    slice, not the whole schema (a LIST per run of what the run converts, not of the lake). It starts
+    after the first path less its last character (which sorts just before it). None when a batch is a
+    file at the top of the schema folder: its table's name depends on the other files there
+    (``discover_tables``)."""
+    paths = [f.path for b in batches for f in b.files]
+    if not paths or not all(b.table.folder for b in batches):
+        return None
+    first, last = min(paths), max(paths)
+    held = bisect.bisect_right(listed, last) - bisect.bisect_left(listed, first)  # (others' files too)
+    return ListingSlice(first[:-1], last, held)
+
+
 def convert_batches(run: SchemaRefresh, batches: dict[str, Batch], lineage: dict[str, Row], sink: LineageSink) -> None:
     """Convert what needs converting in ``batches`` (as :meth:`SchemaRefresh.convert_files` does for
     the whole schema, but forgetting nothing: that is :func:`finish_schema`'s)."""
@@ -127,6 +143,8 @@ class BatchChanges:
     requested: dict[str, str]  # key → fingerprint, for every batch that needs a run
     ordered: list[str]  # the keys once registered: those kept in their order, then the added ones
     listing: str  # a digest of the whole listing: an unchanged lake has the same one
+    batches: dict[str, Batch] = field(default_factory=dict)  # every batch listed, by key
+    listed: list[str] = field(default_factory=list)  # every listed file's path, sorted
 
 
 def batch_changes(run: SchemaRefresh, registered: Sequence[str], *, retry_failed: bool = True) -> BatchChanges:
@@ -141,4 +159,5 @@ def batch_changes(run: SchemaRefresh, registered: Sequence[str], *, retry_failed
     requested = {key: b.fingerprint for key, b in batches.items() if b.needs_run(lineage, retry_failed=retry_failed)}
     ordered = [key for key in registered if key in batches] + added
     digest = hashlib.sha256("\n".join(f"{k}\0{batches[k].fingerprint}" for k in sorted(batches)).encode())
-    return BatchChanges(added, removed, requested, ordered, digest.hexdigest()[:16])
+    listed = sorted(f.path for b in batches.values() for f in b.files)
+    return BatchChanges(added, removed, requested, ordered, digest.hexdigest()[:16], batches, listed)

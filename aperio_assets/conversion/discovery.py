@@ -81,6 +81,8 @@ class Discovery:
     tables: list[RawTable]
     ignored: list[str]  # files aperio does not read: other formats, and those in ``reasons``
     reasons: dict[str, str] = field(default_factory=dict)  # path → why, for files aperio refuses to read
+    # A slice of the listing (a batch run's): it cannot say which files or tables are gone
+    partial: bool = False
 
 
 def catalog_key(name: str) -> str:
@@ -122,13 +124,26 @@ def _utf8(path: str) -> bool:
     return True
 
 
-def discover_tables(storage: StorageProvider, schema_directory: str) -> Discovery:
+@dataclass(frozen=True)
+class ListingSlice:
+    """The part of a schema's sorted listing whose paths sort after ``after`` and not after ``upto``
+    (None: unbounded), ``files`` about how many files it held when it was chosen (a page-size hint)."""
+
+    after: str | None
+    upto: str | None
+    files: int | None = None
+
+
+def discover_tables(storage: StorageProvider, schema_directory: str, part: ListingSlice | None = None) -> Discovery:
+    """The schema's tables; with ``part``, from that slice of its listing only (a batch run's: see
+    :func:`~aperio_assets.conversion.batches.listing_slice`)."""
     root = schema_directory.rstrip("/")
     top_files: list[RawFile] = []
     folders: dict[str, RawTable] = {}
     ignored: list[str] = []
     reasons: dict[str, str] = {}
-    for info in storage.list(root, recursive=True):
+    bounds = {"after": part.after, "upto": part.upto, "expect": part.files} if part is not None else {}
+    for info in storage.list(root, recursive=True, **bounds):
         if not info.path.startswith(root + "/"):
             continue
         relative = info.path[len(root) + 1 :]  # only the separator: an S3 key may hold empty segments
@@ -180,4 +195,4 @@ def discover_tables(storage: StorageProvider, schema_directory: str) -> Discover
     tables.sort(key=lambda t: t.name)
     for table in tables:
         table.files.sort(key=lambda f: f.relative)
-    return Discovery(tables, sorted(ignored), reasons)
+    return Discovery(tables, sorted(ignored), reasons, partial=part is not None)

@@ -37,7 +37,7 @@ from typing import Any
 from aperio_assets import layout
 from aperio_assets.catalog.views import ViewStore
 from aperio_assets.config import SchemaConfig, is_s3_url
-from aperio_assets.conversion.discovery import Discovery, RawFile, RawTable, discover_tables
+from aperio_assets.conversion.discovery import Discovery, ListingSlice, RawFile, RawTable, discover_tables
 from aperio_assets.conversion.formats import (
     ConversionError,
     Converted,
@@ -134,6 +134,7 @@ class SchemaRefresh:
         self.tables_root = self.storage.aperio_path(schema.name, layout.TABLES_DIR)
         self.result = RefreshResult(schema.name)
         self._discovery: Discovery | None = None
+        self._slice: ListingSlice | None = None  # see list_only
         self._owners: dict[str, str] | None = None  # target → the raw file it belongs to
         self.model: dict[str, Any] | None = None  # set by write_model
 
@@ -141,7 +142,7 @@ class SchemaRefresh:
     def discovery(self) -> Discovery:
         """The schema's tables, listed once per refresh."""
         if self._discovery is None:
-            self._discovery = discover_tables(self.raw_storage, self.schema.directory)
+            self._discovery = discover_tables(self.raw_storage, self.schema.directory, self._slice)
             self.result.tables = len(self._discovery.tables)
             self.result.ignored_files = self._discovery.ignored
             self.result.ignored_reasons = self._discovery.reasons
@@ -166,6 +167,14 @@ class SchemaRefresh:
             return 1
         configured = os.environ.get(FILES_IN_FLIGHT_ENV, "")
         return int(configured) if configured.isdigit() and int(configured) > 0 else S3_FILES_IN_FLIGHT
+
+    def list_only(self, part: ListingSlice) -> None:
+        """List only the raw files in ``part`` of the schema's listing (a batch run's slice:
+        :func:`~aperio_assets.conversion.batches.listing_slice`). Such a refresh converts and marks
+        batches, but cannot forget what is gone."""
+        if self._discovery is not None:
+            raise RuntimeError("the schema is listed already")
+        self._slice = part
 
     def use_discovery(self, discovery: Discovery) -> None:
         """Work from a listing made elsewhere (a worker gets its parent's) instead of listing again."""
@@ -310,6 +319,8 @@ class SchemaRefresh:
 
     def gone(self, lineage: dict[str, Row]) -> list[Row]:
         """The lineage rows of this schema's raw files that the listing no longer has."""
+        if self.discovery.partial:
+            raise RuntimeError("a slice of the listing cannot say which files are gone")
         present = {f.path for t in self.discovery.tables for f in t.files}
         root = self.schema.directory.rstrip("/") + "/"
         return [row for path, row in lineage.items() if path.startswith(root) and path not in present]
@@ -322,7 +333,7 @@ class SchemaRefresh:
         their own, injective one), or whose converted file is gone. The rest are recorded skipped.
         ``only``: look at these raw paths alone (a batch run's)."""
         discovery = self.discovery
-        gone = self.gone(lineage)
+        gone = [] if discovery.partial else self.gone(lineage)
         todo: list[tuple[RawTable, RawFile]] = []
         stored: set[str] | None = None  # the converted files there are (one listing, when first needed)
         for table in discovery.tables:
@@ -476,6 +487,8 @@ class SchemaRefresh:
     def vanished_batches(self, status: Sequence[Row]) -> list[Key]:
         """The ``(alternate, key)`` of batches this refresh marked whose files are all gone (status
         rows of other pipelines are theirs to manage); recorded as removed."""
+        if self.discovery.partial:
+            raise RuntimeError("a slice of the listing cannot say which batches are gone")
         live = {(table.name, batch) for table in self.discovery.tables for batch in table.batches()}
         deletes = [
             (r["alternate_name"], r["incremental_key_values"])

@@ -20,7 +20,7 @@ from aperio_assets.config import SchemaConfig
 from aperio_assets.conversion.batches import Batch, convert_batches, finish_schema, mark_batches, select_batches
 from aperio_assets.conversion.refresh import FileOutcome, SchemaRefresh
 from aperio_assets.defs.io_managers import state_table_metadata
-from aperio_assets.defs.partitions import AssetJob, batch_policy, batches_job_name, batches_partitions
+from aperio_assets.defs.partitions import AssetJob, batch_policy, batches_job_name, batches_partitions, slice_of
 from aperio_assets.defs.resources import AperioResource
 from aperio_assets.state.access import StateAccess
 from aperio_assets.state.frames import to_frame
@@ -141,6 +141,9 @@ def _status_output(
     counts: dict[str, object] = {
         f"batches {s}": sum(1 for o in run.result.batches if o.status == s) for s in BATCH_STATES
     }
+    files_before = status.file_count(fresh=False)  # as the read above saw them: no LIST for it
+    if files_before is not None:
+        counts["state files before"] = files_before
     per_table: dict[str, dict[str, int]] = {}
     for outcome in run.result.batches:
         per_table.setdefault(outcome.table, dict.fromkeys(BATCH_STATES, 0))[outcome.status] += 1
@@ -229,6 +232,9 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
         # One step for both assets: one listing of the schema and one read of each state table serve
         # the conversions and the marks (DESIGN §9). Either asset may be selected alone.
         run = _refresh(aperio, name)
+        part = slice_of(context.run.tags)
+        if part is not None:  # (its planner's: the slice of the listing that holds these batches)
+            run.list_only(part)
         selected, unknown = select_batches(run, context.partition_keys)
         conversions = aperio.state(name, CONVERSIONS.name)
         lineage = {r["source_path"]: r for r in conversions.rows()}

@@ -17,12 +17,15 @@ run queue allows (``max_concurrent_runs``).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from aperio_assets.conversion.discovery import ListingSlice
 
 AssetJob = UnresolvedAssetJobDefinition  # what ``define_asset_job`` returns (not exported by name)
 
@@ -76,3 +79,24 @@ def ranges(ordered: Sequence[str], wanted: set[str], size: int) -> Iterator[tupl
 
 def range_tags(first: str, last: str) -> dict[str, str]:
     return {RANGE_START_TAG: first, RANGE_END_TAG: last}
+
+
+# The slice of the schema's listing that holds a run's batches, set by the planner that listed the
+# whole schema (the sensor, the launcher): the run lists that slice only. A run without it (a backfill
+# or a launch from the UI) lists the whole schema.
+LISTING_SLICE_TAG = "aperio/listing_slice"
+
+
+def slice_tags(part: ListingSlice | None) -> dict[str, str]:
+    return {LISTING_SLICE_TAG: json.dumps([part.after, part.upto, part.files])} if part is not None else {}
+
+
+def slice_of(tags: Mapping[str, str]) -> ListingSlice | None:
+    """The listing slice a run's tags give, or None (none given, or not one that this module wrote)."""
+    try:
+        after, upto, files = json.loads(tags[LISTING_SLICE_TAG])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (isinstance(after, str) and isinstance(upto, str) and (files is None or isinstance(files, int))):
+        return None
+    return ListingSlice(after, upto, files)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from aperio_assets.config import SchemaConfig
-from aperio_assets.conversion.batches import BatchChanges, batch_changes
+from aperio_assets.conversion.batches import BatchChanges, batch_changes, listing_slice
 from aperio_assets.conversion.refresh import SchemaRefresh
 from aperio_assets.defs.partitions import (
     AssetJob,
@@ -38,6 +38,7 @@ from aperio_assets.defs.partitions import (
     batches_per_run,
     range_tags,
     ranges,
+    slice_tags,
 )
 from aperio_assets.defs.resources import AperioResource
 from aperio_assets.lake import Lake
@@ -75,11 +76,17 @@ def plan_schema(lake: Lake, schema: SchemaConfig, registered: Sequence[str], *, 
         keys = changes.ordered[position[first] : position[last] + 1]
         digest = hashlib.sha256("\n".join(f"{k}\0{changes.requested[k]}" for k in keys).encode()).hexdigest()[:16]
         run_key = f"{schema.name}:{first}...{last}:{digest}"
+        # (the run lists only the slice of the listing that holds its batches' files)
+        tags = slice_tags(listing_slice([changes.batches[k] for k in keys], changes.listed))
         if first == last:
-            runs.append(dg.RunRequest(run_key=run_key, job_name=batches_job_name(schema.name), partition_key=first))
+            runs.append(
+                dg.RunRequest(run_key=run_key, job_name=batches_job_name(schema.name), partition_key=first, tags=tags)
+            )
         else:
             runs.append(
-                dg.RunRequest(run_key=run_key, job_name=batches_job_name(schema.name), tags=range_tags(first, last))
+                dg.RunRequest(
+                    run_key=run_key, job_name=batches_job_name(schema.name), tags={**range_tags(first, last), **tags}
+                )
             )
     return SchemaPlan(schema.name, changes, runs)
 

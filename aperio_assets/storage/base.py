@@ -46,6 +46,11 @@ class RequestCounter:
             self._counts.clear()
 
 
+def in_slice(path: str, after: str | None, upto: str | None) -> bool:
+    """Whether ``path`` is in the slice ``(after, upto]`` of a sorted listing (None: unbounded)."""
+    return (after is None or path > after) and (upto is None or path <= upto)
+
+
 class StorageProvider(ABC):
     """Operations on full locations (local paths or ``s3://bucket/key`` URLs) of one kind of storage.
 
@@ -79,11 +84,22 @@ class StorageProvider(ABC):
 
     # -- operations ------------------------------------------------------------------------------
     @abstractmethod
-    def list(self, prefix: str, *, recursive: bool = False) -> list[FileInfo]:
+    def list(
+        self,
+        prefix: str,
+        *,
+        recursive: bool = False,
+        after: str | None = None,
+        upto: str | None = None,
+        expect: int | None = None,
+    ) -> list[FileInfo]:
         """Entries below ``prefix``, fresh from the storage (no listing cache), sorted by path.
 
         Non-recursive listings include sub-directories (``is_dir``); recursive ones only files.
-        A prefix that does not exist lists as empty.
+        A prefix that does not exist lists as empty. ``after`` and ``upto`` (recursive listings):
+        only the files whose path sorts after ``after`` and not after ``upto``, a slice of the whole
+        listing that is listed without the rest (S3 starts there and stops there); ``expect``, about
+        how many files there are in it (on S3 the first page asks for that many, not 1,000).
         """
 
     @abstractmethod

@@ -9,7 +9,7 @@ import shutil
 import uuid
 
 from aperio_assets.errors import LocationNotFound, StorageError
-from aperio_assets.storage.base import FileInfo, StorageProvider
+from aperio_assets.storage.base import FileInfo, StorageProvider, in_slice
 
 # Temp files are written next to their target so the final link/rename stays on one filesystem;
 # listings hide them, and a crashed writer's leftovers are never taken for real files.
@@ -38,17 +38,34 @@ class LocalStorage(StorageProvider):
     def describe(self, location: str | None = None) -> str:
         return f"local disk ({location})" if location else "local disk"
 
-    def list(self, prefix: str, *, recursive: bool = False) -> list[FileInfo]:
+    def list(
+        self,
+        prefix: str,
+        *,
+        recursive: bool = False,
+        after: str | None = None,
+        upto: str | None = None,
+        expect: int | None = None,
+    ) -> list[FileInfo]:
         self.counters.add("LIST")
         entries: list[FileInfo] = []
         if recursive:
             for directory, dirnames, filenames in os.walk(prefix):
-                dirnames.sort()
+                # (a folder whose paths all sort outside the slice is not walked: they all begin
+                # with "<folder>/" and sort before "<folder>0")
+                dirnames[:] = sorted(
+                    name
+                    for name in dirnames
+                    if (upto is None or os.path.join(directory, name) + "/" <= upto)
+                    and (after is None or os.path.join(directory, name) + "0" > after)
+                )
                 for name in filenames:
-                    if not name.startswith(TEMP_PREFIX):
-                        info = self._stat(os.path.join(directory, name))
-                        if info is not None:
-                            entries.append(info)
+                    path = os.path.join(directory, name)
+                    if name.startswith(TEMP_PREFIX) or not in_slice(path, after, upto):
+                        continue
+                    info = self._stat(path)
+                    if info is not None:
+                        entries.append(info)
         else:
             try:
                 with os.scandir(prefix) as it:

@@ -17,7 +17,7 @@ from typing import Any
 
 from aperio_assets.config import S3Settings
 from aperio_assets.errors import LocationNotFound, StorageError, StorageUnavailable, WriteOutcomeUnknown
-from aperio_assets.storage.base import FileInfo, StorageProvider
+from aperio_assets.storage.base import FileInfo, StorageProvider, in_slice
 from aperio_assets.storage.retry import RetryPolicy, error_code, http_status, is_transient
 
 ACCESS_DENIED_CODES = frozenset(
@@ -92,6 +92,23 @@ def _aio_session() -> Any:
     session.register_component("data_loader", _data_loader(session.get_config_variable("data_path")))
     session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
     return session
+
+
+def load_botocore_data() -> None:
+    """Read botocore's S3 data (its service model, endpoint rules and the like: ~0.2 s of CPU) into
+    this process's loader now, by making a client (no request, no thread). In a fork server, every
+    worker it forks then has it (``aperio_assets.storage.s3_preload``)."""
+    import botocore.session
+
+    session = botocore.session.Session()
+    session.register_component("data_loader", _data_loader(session.get_config_variable("data_path")))
+    session.create_client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="-",
+        aws_secret_access_key="-",
+    )
 
 
 class S3Storage(StorageProvider):
@@ -221,30 +238,48 @@ class S3Storage(StorageProvider):
         )
 
     # -- operations ------------------------------------------------------------------------------
-    def list(self, prefix: str, *, recursive: bool = False) -> list[FileInfo]:
+    def list(
+        self,
+        prefix: str,
+        *,
+        recursive: bool = False,
+        after: str | None = None,
+        upto: str | None = None,
+        expect: int | None = None,
+    ) -> list[FileInfo]:
         bucket, key = split_s3_url(prefix)
         params: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{key}/" if key else ""}
         if not recursive:
             params["Delimiter"] = "/"
+            after = upto = None
+        else:
+            if after is not None and after.startswith(f"s3://{bucket}/"):
+                params["StartAfter"] = split_s3_url(after)[1]  # (S3 lists in key order, from there)
+            if upto is not None and expect is not None:
+                # A page is up to 1,000 keys however few the slice holds, each serialized by the
+                # server and parsed here (~0.24 s of CPU for 1,000): ask for what the slice should
+                # hold, and a few more; the next pages (if it holds more now) are of 1,000.
+                params["MaxKeys"] = max(1, min(1000, expect + 16))
         entries: list[FileInfo] = []
-        while True:
+        past = False  # a key after ``upto`` was listed: the rest are too
+        while not past:
             page = self._request("LIST", "list_objects_v2", **params)
             for obj in page.get("Contents", ()):
-                if obj["Key"].endswith("/"):
-                    continue  # a zero-byte "folder" marker, not a file
+                path = f"s3://{bucket}/{obj['Key']}"
+                if upto is not None and path > upto:
+                    past = True
+                    break
+                if obj["Key"].endswith("/") or not in_slice(path, after, upto):
+                    continue  # (a zero-byte "folder" marker is not a file)
                 entries.append(
-                    FileInfo(
-                        f"s3://{bucket}/{obj['Key']}",
-                        obj["Size"],
-                        obj["LastModified"].timestamp(),
-                        obj.get("ETag", "").strip('"'),
-                    )
+                    FileInfo(path, obj["Size"], obj["LastModified"].timestamp(), obj.get("ETag", "").strip('"'))
                 )
             for common in page.get("CommonPrefixes", ()):
                 entries.append(FileInfo(f"s3://{bucket}/{common['Prefix'].rstrip('/')}", 0, 0.0, None, True))
             if not page.get("IsTruncated"):
                 break
             params["ContinuationToken"] = page["NextContinuationToken"]
+            params.pop("MaxKeys", None)
         entries.sort(key=lambda e: e.path)
         return entries
 
