@@ -14,6 +14,7 @@ from aperio_assets.catalog.views import ViewDefinition
 from aperio_assets.lake import Lake
 from aperio_assets.sqlutil import quote_identifier
 from aperio_assets.state.access import cached_table, directory_table, forget_tables
+from aperio_assets.state.arrow import empty_table
 from aperio_assets.state.spec import DELETED, TableSpec
 from aperio_assets.state.table import StateTable
 from aperio_assets.state.tables import CONVERSIONS, PARTITION_STATUS, TABLE_COMPLETION, VIEWS
@@ -62,7 +63,7 @@ def packed(view: str, parts: list[tuple[str | None, pa.Table]]) -> pa.Array:
                 schema=schema,
             )
         )
-    rows = pa.concat_tables(tables) if tables else schema.empty_table()
+    rows = pa.concat_tables(tables) if tables else empty_table(schema)
     structs = pa.StructArray.from_arrays([rows[f.name].combine_chunks() for f in schema], fields=list(schema))
     return pa.ListArray.from_arrays(pa.array([0, len(structs)], pa.int32()), structs)
 

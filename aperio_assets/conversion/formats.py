@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from polars.exceptions import NoDataError, PanicException, PolarsError
 
 from aperio_assets.errors import AperioError
+from aperio_assets.state.arrow import empty_table
 
 __all__ = [
     "RAW_FORMATS",
@@ -318,7 +319,7 @@ def _inspect(path: pathlib.Path) -> Converted:
 def _polars_columns(schema: pa.Schema) -> tuple[tuple[str, str], ...]:
     """(name, str(Polars dtype)) per field, by converting an empty table: Polars' own Arrow mapping, no data."""
     try:
-        frame = pl.from_arrow(schema.empty_table())
+        frame = pl.from_arrow(empty_table(schema))
         assert isinstance(frame, pl.DataFrame)
         return tuple((name, str(dtype)) for name, dtype in frame.schema.items())
     except (PolarsError, PanicException, pa.ArrowException, TypeError, ValueError):
@@ -328,7 +329,7 @@ def _polars_columns(schema: pa.Schema) -> tuple[tuple[str, str], ...]:
     columns = []
     for field in schema:
         try:
-            single = pl.from_arrow(pa.schema([field]).empty_table())
+            single = pl.from_arrow(empty_table(pa.schema([field])))
             assert isinstance(single, pl.DataFrame)
             dtype = str(single.dtypes[0])
         except (PolarsError, PanicException, pa.ArrowException, TypeError, ValueError):

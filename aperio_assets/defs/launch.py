@@ -56,10 +56,17 @@ def _definitions(config_path: str) -> dg.Definitions:
 
 
 # What a batch run imports, imported once by the fork server: this module (Dagster, the code
-# location), the PostgreSQL instance storage, the S3 client and Arrow datasets (~1.7 s in all).
+# location), the PostgreSQL instance storage, the S3 client (and botocore's S3 data), and Arrow
+# datasets with pandas (pyarrow imports pandas when handed Python values: every state write does).
 # (By name, not ``__name__``: run as ``python -m`` that is ``__main__``, which a fork server does not
 # import for a module run that way. It skips a name that cannot be imported.)
-PRELOAD = ["aperio_assets.defs.launch", "aperio_assets.instance.postgres", "s3fs", "pyarrow.dataset"]
+PRELOAD = [
+    "aperio_assets.defs.launch",
+    "aperio_assets.instance.postgres",
+    "s3fs",
+    "aperio_assets.storage.s3_preload",
+    "pyarrow.dataset",
+]
 
 
 def _worker_pool(context: BaseContext, workers: int, next_run: Synchronized[int] | None = None) -> ProcessPoolExecutor:

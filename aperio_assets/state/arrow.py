@@ -39,5 +39,6 @@ def true_array() -> pa.BooleanArray:
     return pa.Array.from_buffers(pa.bool_(), 1, [None, pa.py_buffer(b"\x01")])
 
 
-def empty_table(fields: Sequence[tuple[str, pa.DataType]]) -> pa.Table:
-    return pa.Table.from_arrays([pa.nulls(0, t) for _, t in fields], names=[n for n, _ in fields])
+def empty_table(fields: pa.Schema | Sequence[tuple[str, pa.DataType]]) -> pa.Table:
+    """A table with no rows (``Schema.empty_table()`` imports pandas)."""
+    return pa.Table.from_batches([], schema=fields if isinstance(fields, pa.Schema) else pa.schema(list(fields)))

@@ -10,6 +10,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from aperio_assets.state.arrow import empty_table
 from aperio_assets.state.spec import DELETED, TableSpec
 
 Row = dict[str, Any]
@@ -18,7 +19,7 @@ Key = tuple[str, ...]
 
 def frame_schema(spec: TableSpec, *, with_deleted: bool = False) -> pl.Schema:
     arrow = pa.schema([pa.field(k, pa.string()) for k in spec.keys] + [pa.field(n, t) for n, t in spec.values])
-    schema = pl.Schema(pl.from_arrow(arrow.empty_table()).schema)
+    schema = pl.Schema(pl.from_arrow(empty_table(arrow)).schema)
     if with_deleted:
         schema[DELETED] = pl.Boolean
     return schema

@@ -450,7 +450,7 @@ class StateTable:
             if table.num_rows:
                 tables.append(table)
         if not tables:
-            return self._schema.empty_table(), pa.array([], pa.bool_())
+            return empty_table(self._schema), true_array()[:0]
         combined = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
         return resolve(combined, self.spec.keys)
 
