@@ -10,14 +10,22 @@ from collections import Counter
 import dagster as dg
 import pytest
 
+from aperio_assets import layout
 from aperio_assets.conversion.discovery import ListingSlice
 from aperio_assets.conversion.refresh import SchemaRefresh, refresh
 from aperio_assets.definitions import build_defs
-from aperio_assets.defs.partitions import BATCHES_PER_RUN_ENV, LISTING_SLICE_TAG, batches_partitions, slice_of
+from aperio_assets.defs.partitions import (
+    BATCHES_PER_RUN_ENV,
+    LISTING_SLICE_TAG,
+    batches_partitions,
+    slice_of,
+    slice_tags,
+)
 from aperio_assets.defs.resources import AperioResource
 from aperio_assets.defs.sensors import plan_schema
 from aperio_assets.lake import Lake, open_lake
 from aperio_assets.state import open_tracker
+from aperio_assets.state.access import open_state
 from aperio_assets.storage import LocalStorage, S3Storage
 from aperio_tests.helpers import LakeCase, assert_same_state, lake_state, put
 
@@ -161,3 +169,41 @@ def test_a_planned_run_lists_only_the_slice_of_the_schema_that_holds_its_batches
         sliced.gone({})
     with pytest.raises(RuntimeError, match="cannot say which batches are gone"):
         sliced.vanished_batches([])
+
+
+def test_a_run_whose_batches_are_not_all_in_its_slice_lists_the_whole_schema(lake_case: LakeCase) -> None:
+    """The slice is the planner's: a run given one that does not hold all its batches (its tags
+    copied to other partitions, or a batch's files moved since) lists the whole schema again rather
+    than take a batch it cannot see for gone."""
+    lake = lake_case.lake()
+    for day in (1, 2, 3):
+        put(lake, f"sales/events/day={day}/x.csv", f"v\n{day}\n".encode())
+    schema_dir = lake.schema("sales").directory.rstrip("/")
+    first = lake.lake_storage.join(schema_dir, "events/day=1/x.csv")
+    defs = build_defs(lake_case.config_path, AperioResource(config_path=lake_case.config_path))
+    keys = [f"events/day={day}" for day in (1, 2, 3)]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(batches_partitions("sales").name, keys)
+        tags = {
+            "dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1],
+            **slice_tags(ListingSlice(first[:-1], first, 1)),  # day=1's slice, for days 1 to 3
+        }
+        entries: dict[str, list[list[str]]] = {}
+        with pytest.MonkeyPatch.context() as patch:
+            _spy(patch, entries)
+            result = defs.resolve_job_def("sales_batches_job").execute_in_process(instance=instance, tags=tags)
+        assert result.success
+        everything = len(lake.lake_storage.list(schema_dir, recursive=True))  # (the fixture's orders.csv too)
+        assert [len(found) for found in entries[schema_dir]] == [1, everything]  # the slice, then all
+        materialized = {
+            (e.materialization.asset_key.to_user_string(), e.materialization.partition)
+            for e in result.get_asset_materialization_events()
+        }
+        assert materialized == {(f"sales/{a}", k) for a in ("conversion_lineage", "partition_status") for k in keys}
+    rows = open_state(open_lake(lake_case.config_path), "sales", layout.CONVERSIONS).rows()
+    assert sorted(r["source_path"].rsplit("/", 2)[-2] for r in rows if not r.get("error")) == [
+        "day=1",
+        "day=2",
+        "day=3",
+    ]
