@@ -85,6 +85,9 @@ def s3_server() -> Iterator[S3Server]:
     between tests; bucket names are unique anyway)."""
     from moto.server import ThreadedMotoServer
 
+    from aperio_assets.bench.s3server import lighten_moto
+
+    lighten_moto()  # (as the bench's: no per-request listing of moto's own package, no request log)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
