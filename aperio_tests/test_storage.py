@@ -233,10 +233,12 @@ def test_download_and_upload_stream_files(storage_case: StorageCase, tmp_path) -
     assert (p.local_path(target) == target) is (storage_case.kind == "local")
 
 
-def test_s3_sessions_share_botocore_data_and_parse_timestamps_quickly() -> None:
-    """Each S3Storage (each Lake: each Dagster run's) has its own botocore session, but they share
-    the process's data loader: botocore's endpoint and S3 files are parsed once per process. A
-    listing's ISO timestamps and a header's HTTP date parse to the same instant."""
+def test_s3_storages_share_a_client_per_settings_and_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3Storages (a Lake each: each Dagster run's) with the same settings, under the same
+    credentials environment, share one filesystem (one client, one connection pool) in a process;
+    other settings or other credentials get their own. Every session shares the process's data
+    loader: botocore's endpoint and S3 files are parsed once per process. A listing's ISO timestamps
+    and a header's HTTP date parse to the same instant."""
     import datetime
 
     from aperio_assets.config import S3Settings
@@ -246,8 +248,18 @@ def test_s3_sessions_share_botocore_data_and_parse_timestamps_quickly() -> None:
     first, second = _aio_session(), _aio_session()
     assert first is not second
     assert first.get_component("data_loader") is second.get_component("data_loader")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "one")
     settings = S3Settings(endpoint_url="http://127.0.0.1:9")
-    assert S3Storage(settings).fs.session.get_component("data_loader") is first.get_component("data_loader")
+    shared = S3Storage(settings).fs
+    assert shared.session.get_component("data_loader") is first.get_component("data_loader")
+    assert S3Storage(S3Settings(endpoint_url="http://127.0.0.1:9")).fs is shared
+    assert S3Storage(S3Settings(endpoint_url="http://127.0.0.1:10")).fs is not shared
+    assert S3Storage(S3Settings(endpoint_url="http://127.0.0.1:9", region="eu-west-1")).fs is not shared
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "two")
+    other = S3Storage(settings).fs
+    assert other is not shared
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "one")
+    assert S3Storage(settings).fs is shared
     utc = datetime.UTC
     expected = datetime.datetime(2026, 11, 30, 16, 42, 16, tzinfo=utc)
     assert _timestamp("2026-11-30T16:42:16.000Z") == expected
