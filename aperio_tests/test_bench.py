@@ -136,3 +136,15 @@ def test_throughput_counts_every_mark_and_plots(tmp_path: Path) -> None:
     assert all(r.marks_per_second > 0 for r in rows)
     plot(rows, tmp_path / "throughput.png", "test")
     assert (tmp_path / "throughput.png").read_bytes()[:8] == PNG
+
+
+def test_a_throughput_writer_that_dies_is_reported_at_once(tmp_path: Path) -> None:
+    """A writer that dies sends no result: the bench says which exit it had, without waiting out its
+    15-minute deadline (a damaged legacy file: each writer's first mark raises)."""
+    from aperio_assets.bench.throughput import _run
+    from aperio_assets.errors import AperioError
+
+    damaged = tmp_path / ".partition_status.duckdb"
+    damaged.write_bytes(b"this is not a duckdb database" * 100)
+    with pytest.raises(AperioError, match="a benchmark writer exited with 1"):
+        _run({"kind": "legacy", "path": str(damaged)}, 2, 5)

@@ -3,6 +3,8 @@ between processes, never damage or drop a file; and storage errors always raise.
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import duckdb
@@ -52,6 +54,35 @@ def test_damaged_file_raises_and_is_left_alone(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match=r"cannot open .*partition_status.duckdb.*left as it is"):
         store.is_processed("a", "a", {})
     assert path.read_bytes() == before
+
+
+def test_a_file_being_created_by_another_process_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB creates its file, then writes its headers: another process opening it in between is
+    told it "is not a valid DuckDB database file" (the throughput bench's two legacy writers hit
+    this). An empty file is tried again until it is a database; one that stays empty is refused
+    after ``CREATION_SECONDS``; a damaged file is refused at once (above)."""
+    from aperio_assets.state import duckdb_tracker
+
+    path = tmp_path / ".partition_status.duckdb"
+    path.write_bytes(b"")  # created, its headers not written yet
+    made = tmp_path / "made.duckdb"
+    duckdb.connect(str(made)).close()
+    creator = threading.Timer(0.3, os.replace, (made, path))  # the other process finishes creating it
+    creator.start()
+    try:
+        DuckDBPartitionStatusStore(path).mark_processed("t", "t", {"d": "1"}, row_count=3)
+    finally:
+        creator.join()
+    assert DuckDBPartitionStatusStore(path).get_processed_key_values("t") == [{"d": "1"}]
+
+    stuck = tmp_path / "stuck.duckdb"
+    stuck.write_bytes(b"")
+    monkeypatch.setattr(duckdb_tracker, "CREATION_SECONDS", 0.2)
+    with pytest.raises(StorageError, match="not a valid DuckDB database file"):
+        DuckDBPartitionStatusStore(stuck).mark_processed("t", "t", {"d": "1"})
+    assert stuck.read_bytes() == b""
 
 
 def _mark_in_process(path: str, me: int, count: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,7 +66,20 @@ def _run(target: dict[str, str], writers: int, marks: int) -> tuple[float, float
     processes = [worker_process(context, _writer, (target, i, marks, barrier, out)) for i in range(writers)]
     for p in processes:
         p.start()
-    spans = [out.get(timeout=900) for _ in processes]
+    spans: list[tuple[float, float]] = []
+    deadline = time.monotonic() + 900
+    while len(spans) < len(processes):
+        try:
+            spans.append(out.get(timeout=1))
+        except queue.Empty:
+            # A writer that died (its traceback is on stderr) sends nothing: say so now, not at the deadline.
+            failed = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                for p in processes:
+                    p.kill()
+                raise AperioError(
+                    f"a benchmark writer exited with {failed[0]}" if failed else "the benchmark writers did not finish"
+                ) from None
     for p in processes:
         p.join(timeout=60)
         if p.exitcode != 0:

@@ -51,6 +51,27 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+# DuckDB creates a database file, then writes its headers (three blocks of 4 KiB, "DUCK" at byte 8).
+# Another process opening it in between is told the file "is not a valid DuckDB database file". An
+# empty file, or a short one that begins as DuckDB's do, is being created: tried again for this long.
+# Any other invalid file is refused at once.
+DUCKDB_HEADERS_BYTES = 3 * 4096
+CREATION_SECONDS = 10.0
+
+
+def _is_being_created(exc: Exception, path: Path) -> bool:
+    if "not a valid duckdb database file" not in str(exc).lower():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(DUCKDB_HEADERS_BYTES)
+    except FileNotFoundError:
+        return True  # gone meanwhile: the next try creates it
+    except OSError:
+        return False
+    return not head or (len(head) < DUCKDB_HEADERS_BYTES and head[8:12] == b"DUCK")
+
+
 class DuckDBPartitionStatusStore(IncrementalTracker):
     mode = "local"
 
@@ -66,14 +87,17 @@ class DuckDBPartitionStatusStore(IncrementalTracker):
         with self._lock:
             if not read_only:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            deadline = time.monotonic() + self.lock_timeout_seconds
+            started = time.monotonic()
             delay = 0.005
             while True:
                 try:
                     con = duckdb.connect(str(self.path), read_only=read_only)
                     break
                 except duckdb.Error as exc:
-                    if _is_lock_error(exc) and time.monotonic() < deadline:
+                    waited = time.monotonic() - started
+                    if (_is_lock_error(exc) and waited < self.lock_timeout_seconds) or (
+                        _is_being_created(exc, self.path) and waited < CREATION_SECONDS
+                    ):
                         time.sleep(delay * (0.5 + random.random()))
                         delay = min(delay * 2, 0.25)
                         continue
