@@ -73,8 +73,13 @@ def schema_batches(run: SchemaRefresh) -> dict[str, Batch]:
 
 
 def select_batches(run: SchemaRefresh, keys: Collection[str]) -> tuple[dict[str, Batch], list[str]]:
-    """The batches of ``keys`` that the listing has, and the keys it no longer has."""
+    """The batches of ``keys`` that the listing has, and the keys it no longer has. A slice of the
+    listing (``SchemaRefresh.list_only``) that lacks one of them (its files moved since it was
+    planned, or it was given for other batches) cannot say it is gone: the whole schema is listed."""
     batches = schema_batches(run)
+    if run.discovery.partial and any(key not in batches for key in keys):
+        run.list_everything()
+        batches = schema_batches(run)
     return {key: batches[key] for key in keys if key in batches}, [key for key in keys if key not in batches]
 
 
@@ -144,7 +149,6 @@ class BatchChanges:
     ordered: list[str]  # the keys once registered: those kept in their order, then the added ones
     listing: str  # a digest of the whole listing: an unchanged lake has the same one
     batches: dict[str, Batch] = field(default_factory=dict)  # every batch listed, by key
-    listed: list[str] = field(default_factory=list)  # every listed file's path, sorted
 
 
 def batch_changes(run: SchemaRefresh, registered: Sequence[str], *, retry_failed: bool = True) -> BatchChanges:
@@ -159,5 +163,4 @@ def batch_changes(run: SchemaRefresh, registered: Sequence[str], *, retry_failed
     requested = {key: b.fingerprint for key, b in batches.items() if b.needs_run(lineage, retry_failed=retry_failed)}
     ordered = [key for key in registered if key in batches] + added
     digest = hashlib.sha256("\n".join(f"{k}\0{batches[k].fingerprint}" for k in sorted(batches)).encode())
-    listed = sorted(f.path for b in batches.values() for f in b.files)
-    return BatchChanges(added, removed, requested, ordered, digest.hexdigest()[:16], batches, listed)
+    return BatchChanges(added, removed, requested, ordered, digest.hexdigest()[:16], batches)

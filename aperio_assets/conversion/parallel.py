@@ -37,7 +37,7 @@ from aperio_assets.state.lineage import Row
 MIN_FILES_PER_WORKER_S3 = 8
 MIN_FILES_PER_WORKER_LOCAL = 200
 # What a conversion worker imports, once, in the fork server: this module (the conversion, the state
-# protocol, storage), the S3 client and Arrow datasets.
+# protocol, storage), the S3 client (and botocore's S3 data) and Arrow datasets.
 PRELOAD = ["aperio_assets.conversion.parallel", "s3fs", "aperio_assets.storage.s3_preload", "pyarrow.dataset"]
 FILE_COST_BYTES = 256 * 1024  # what a file costs beyond its bytes (requests, a Parquet write), for balancing
 

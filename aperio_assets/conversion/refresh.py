@@ -176,6 +176,10 @@ class SchemaRefresh:
             raise RuntimeError("the schema is listed already")
         self._slice = part
 
+    def list_everything(self) -> None:
+        """List the whole schema from now on (after a slice that did not hold what was asked)."""
+        self._slice = self._discovery = self._owners = None
+
     def use_discovery(self, discovery: Discovery) -> None:
         """Work from a listing made elsewhere (a worker gets its parent's) instead of listing again."""
         self._discovery = discovery

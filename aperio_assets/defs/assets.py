@@ -236,11 +236,6 @@ def schema_assets(schema: SchemaConfig) -> list[dg.AssetsDefinition]:
         if part is not None:  # (its planner's: the slice of the listing that holds these batches)
             run.list_only(part)
         selected, unknown = select_batches(run, context.partition_keys)
-        if unknown and part is not None:
-            # A batch not in the slice (its files moved since it was planned, or the run's tags were
-            # copied to other partitions): the whole listing says whether it is gone.
-            run = _refresh(aperio, name)
-            selected, unknown = select_batches(run, context.partition_keys)
         conversions = aperio.state(name, CONVERSIONS.name)
         lineage = {r["source_path"]: r for r in conversions.rows()}
         if lineage_key(name) in context.selected_asset_keys:

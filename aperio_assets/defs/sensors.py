@@ -72,12 +72,13 @@ def plan_schema(lake: Lake, schema: SchemaConfig, registered: Sequence[str], *, 
     changes = batch_changes(SchemaRefresh(lake, schema), registered, retry_failed=retry_failed)
     runs = []
     position = {key: i for i, key in enumerate(changes.ordered)}  # (not list.index: O(batches) per range)
+    listed = sorted(f.path for b in changes.batches.values() for f in b.files)  # (for each run's slice)
     for first, last in ranges(changes.ordered, set(changes.requested), batches_per_run()):
         keys = changes.ordered[position[first] : position[last] + 1]
         digest = hashlib.sha256("\n".join(f"{k}\0{changes.requested[k]}" for k in keys).encode()).hexdigest()[:16]
         run_key = f"{schema.name}:{first}...{last}:{digest}"
         # (the run lists only the slice of the listing that holds its batches' files)
-        tags = slice_tags(listing_slice([changes.batches[k] for k in keys], changes.listed))
+        tags = slice_tags(listing_slice([changes.batches[k] for k in keys], listed))
         if first == last:
             runs.append(
                 dg.RunRequest(run_key=run_key, job_name=batches_job_name(schema.name), partition_key=first, tags=tags)

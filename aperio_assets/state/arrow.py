@@ -39,6 +39,6 @@ def true_array() -> pa.BooleanArray:
     return pa.Array.from_buffers(pa.bool_(), 1, [None, pa.py_buffer(b"\x01")])
 
 
-def empty_table(fields: pa.Schema | Sequence[tuple[str, pa.DataType]]) -> pa.Table:
+def empty_table(schema: pa.Schema) -> pa.Table:
     """A table with no rows (``Schema.empty_table()`` imports pandas)."""
-    return pa.Table.from_batches([], schema=fields if isinstance(fields, pa.Schema) else pa.schema(list(fields)))
+    return pa.Table.from_batches([], schema=schema)

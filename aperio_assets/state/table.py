@@ -382,7 +382,9 @@ class StateTable:
             )
         if not parts:
             return empty_table(
-                [("probe", pa.uint64()), ("segment", pa.int64()), ("position", pa.int32()), (DELETED, pa.bool_())]
+                pa.schema(
+                    [("probe", pa.uint64()), ("segment", pa.int64()), ("position", pa.int32()), (DELETED, pa.bool_())]
+                )
             )
         if len(parts) == 1:
             return parts[0]  # one file holds each key at most once
