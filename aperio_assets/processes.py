@@ -33,6 +33,21 @@ def worker_context(preload: Sequence[str]) -> BaseContext:
     return context
 
 
+def stop_fork_server() -> bool:
+    """Stop this process's fork server, if one runs; the next ``worker_context`` starts a new one,
+    which imports its preload again. For a measurement whose every run must start its workers as a
+    command run afresh does (``aperio bench --scale-out``), not from the fork server an earlier run
+    left. Whether one was stopped (False: none ran, or this Python lacks the stdlib's own stop,
+    ``ForkServer._stop``, which is there for its tests; the 3.11 used here has it)."""
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if server is None or stop is None:
+        return False
+    running = getattr(server, "_forkserver_pid", None) is not None
+    stop()
+    return running
+
+
 def worker_pool(
     context: BaseContext,
     workers: int,

@@ -57,7 +57,9 @@ def test_scale_out_reports_every_run_with_the_same_state(tmp_path: Path, capsys:
             "same_state",
             "requests",
             "note",
+            "round",
         }
+        assert r["round"] == 1  # one round: no medians
         assert (r["files"], r["batches"]) == (20, 20)  # 19 partitions of `events` and one top-level table
         assert r["same_state"] is True and r["note"] is None, r
         assert r["seconds"] > 0 and r["speedup"] > 0
@@ -173,3 +175,70 @@ def test_dagster_runs_leave_the_state_the_library_call_leaves(
     # the Dagster rows are compared with the library call's 1-worker state
     assert all(r["same_state"] is True and (r["files"], r["batches"]) == (20, 20) for r in rows), rows
     assert all(r["requests"] is None for r in rows)  # local disk: no S3 requests to count
+
+
+def test_rounds_interleave_the_worker_counts_and_pair_each_run_with_its_rounds_1_worker_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    png = tmp_path / "scaleout.png"
+    code = main(
+        [
+            "bench",
+            "--scale-out",
+            str(png),
+            "--batches",
+            "20",
+            "--worker-counts",
+            "1,2",
+            "--modes",
+            "cli",
+            "--storage",
+            "local",
+            "--repetitions",
+            "3",
+            "--smoke",
+            "--json",
+        ]
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0, rows
+    # odd rounds count up, even rounds down; then the medians (round None)
+    assert [(r["round"], r["workers"]) for r in rows] == [
+        (1, 1),
+        (1, 2),
+        (2, 2),
+        (2, 1),
+        (3, 1),
+        (3, 2),
+        (None, 1),
+        (None, 2),
+    ]
+    runs, medians = rows[:6], rows[6:]
+    assert all(r["same_state"] is True and (r["files"], r["batches"]) == (20, 20) for r in rows), rows
+    for r in runs:  # each run over its own round's 1-worker run
+        (one,) = [o for o in runs if o["round"] == r["round"] and o["workers"] == 1]
+        assert r["speedup"] == round(one["seconds"] / r["seconds"], 2)
+    for m in medians:
+        mine = sorted(r["speedup"] for r in runs if r["workers"] == m["workers"])
+        assert m["speedup"] == mine[1]  # the middle of three
+        assert m["seconds"] == sorted(r["seconds"] for r in runs if r["workers"] == m["workers"])[1]
+        assert m["note"] == f"median of 3 round(s), speed-ups {mine[0]:.2f}-{mine[-1]:.2f}"
+    assert png.read_bytes()[:8] == PNG
+
+
+def test_the_medians_say_how_many_rounds_failed() -> None:
+    def row(round_: int, workers: int, seconds: float | None) -> scaleout.ScaleOutRow:
+        return scaleout.ScaleOutRow(
+            "s3", "dagster", workers, seconds, None, 20, 20, seconds is not None, 50, None, round_
+        )
+
+    rows = scaleout._with_speedups(
+        [row(1, 1, 60.0), row(1, 4, 20.0), row(2, 4, 30.0), row(2, 1, 90.0), row(3, 1, 70.0), row(3, 4, None)],
+        [1, 4],
+        3,
+    )
+    assert [r.speedup for r in rows[:6]] == [1.0, 3.0, 3.0, 1.0, 1.0, None]
+    one, four = rows[6:]
+    assert (one.seconds, one.speedup, one.same_state) == (70.0, 1.0, True)
+    assert (four.seconds, four.speedup, four.same_state) == (25.0, 3.0, False)
+    assert four.note == "median of 2 round(s), speed-ups 3.00-3.00; 1 round(s) failed"

@@ -70,3 +70,26 @@ def test_the_first_fork_server_of_a_process_takes_the_preload() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ("True" if "forkserver" in multiprocessing.get_all_start_methods() else "False")
+
+
+def test_a_stopped_fork_server_is_started_again_with_the_next_preload() -> None:
+    # (in a fresh interpreter, as above) what `aperio bench --scale-out` does between its runs
+    script = (
+        "import os, sys\n"
+        "from aperio_assets.processes import stop_fork_server, worker_context, worker_pool\n"
+        "def served(preload, module):\n"
+        "    probe = f\"(__import__('os').getppid(), {module!r} in __import__('sys').modules)\"\n"
+        "    with worker_pool(worker_context(preload), 1) as pool:\n"
+        "        return pool.submit(eval, probe).result()\n"
+        "print(stop_fork_server())\n"
+        "first = served(['json'], 'aperio_assets.state')\n"
+        "print(stop_fork_server())\n"
+        "second = served(['aperio_assets.state'], 'aperio_assets.state')\n"
+        "print(first[0] != second[0], first[1], second[1])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform")  # (Linux, where CI runs, has one)
+    # none ran; the first was stopped; the second is another server, which preloaded what it was asked
+    assert result.stdout.split("\n")[:3] == ["False", "True", "True False True"]

@@ -13,7 +13,8 @@ shares the bench's interpreter lock) that delays every request by ``s3_latency_m
 refresh goes through the proxy, which counts its requests. The proxy's sockets send without Nagle's
 delay (see :func:`_serve_proxy`): with it, every GET and LIST would wait ~40 ms more than asked for.
 Before each storage and mode's runs, a two-file lake is refreshed untimed the same way, so that the
-1-worker run does not pay this process's first imports (spawned workers always pay theirs).
+1-worker run does not pay this process's first imports. Worker processes always pay theirs: before
+each run the fork server that an earlier run started is stopped, so every run starts its own.
 
 Modes: ``cli`` is the library call behind ``aperio refresh --workers N``
 (``refresh(lake, workers=N)``, in this process); ``dagster`` is
@@ -34,6 +35,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import statistics
 import tempfile
 import textwrap
 import time
@@ -47,6 +49,7 @@ from typing import Any
 
 from aperio_assets.bench.pginstance import InstanceFactory, PostgresUnavailable, instance_factory
 from aperio_assets.bench.s3server import loopback_s3
+from aperio_assets.processes import stop_fork_server
 
 STORAGES = ("local", "s3")
 MODES = ("cli", "dagster")
@@ -69,6 +72,7 @@ class ScaleOutRow:
     same_state: bool | None  # None: not measured (a series not available)
     requests: int | None = None  # requests the refresh sent to S3 (through the proxy); None on local disk
     note: str | None = None  # why a run is not the same state, failed, or a series is not available
+    round: int | None = None  # which round of --repetitions (1, 2, ...); None: a summary of the rounds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -305,18 +309,25 @@ def measure_scale_out(
     progress: Callable[[str], None] | None = None,
     warm_up: bool = True,
     dagster_instance: str = "sqlite",
+    rounds: int = 1,
 ) -> list[ScaleOutRow]:
     """One row per storage, mode and worker count (a series not available: one row saying why).
     ``warm_up=False`` (the smoke size, for the test suite) skips the untimed warm-up refreshes: every
     row and check is still made, but the 1-worker times then include this process's first imports.
     ``dagster_instance``: where the Dagster runs keep their runs and events, ``sqlite`` (Dagster's
-    default) or ``postgres`` (a PostgreSQL server from the ``pgserver`` wheel, as a deployment)."""
+    default) or ``postgres`` (a PostgreSQL server from the ``pgserver`` wheel, as a deployment).
+    ``rounds``: each worker count measured that many times, the counts interleaved (1, 2, 4, 8, then
+    8, 4, 2, 1, ...): each row's speed-up is over its own round's 1-worker run, and a summary row per
+    count (``round`` None) gives the medians. This machine's speed drifts by 10-30% within an hour:
+    series of one 1-worker and one 4-worker run gave 2.83x to 3.97x on the same code in an hour."""
     note = progress or (lambda message: None)
     counts = sorted(set(worker_counts))
     if not counts or counts[0] < 1 or 1 not in counts:
         raise ValueError("worker counts must be positive and include 1 (the speed-up's reference)")
     if batches < 1:
         raise ValueError("batches must be at least 1")
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
     files = lake_files(batches)
     rows: list[ScaleOutRow] = []
     with tempfile.TemporaryDirectory(prefix="aperio-scaleout-") as tmp_name, contextlib.ExitStack() as stack:
@@ -363,90 +374,147 @@ def measure_scale_out(
                     )
                     with contextlib.suppress(Exception):
                         calls[mode](warm.config_path, 1)
-                reference: float | None = None
-                for n in counts:
-                    note(f"{storage}, {mode}, {n} worker(s): generating {len(files):,} files")
-                    name = f"{storage}-{mode}-{n}"
-                    if storage == "s3":
-                        assert endpoint is not None and proxy is not None
-                        place = _generate_s3(tmp, name, files, endpoint.endpoint_url, proxy.url)
-                    else:
-                        place = _generate_local(tmp, name, files)
-                    note(f"{storage}, {mode}, {n} worker(s): refreshing")
-                    before = proxy.requests() if storage == "s3" and proxy is not None else None
-                    started = time.perf_counter()
-                    try:
-                        counted = calls[mode](place.config_path, n)
-                    except Exception as exc:  # reported, never hidden; the other runs go on
-                        rows.append(
-                            ScaleOutRow(storage, mode, n, None, None, None, None, False, note=f"failed: {_short(exc)}")
+                measured: list[ScaleOutRow] = []
+                for round_ in range(1, rounds + 1):
+                    # (every other round in reverse order: a machine that drifts faster or slower
+                    # over a round favours neither end of the worker counts)
+                    order = counts if round_ % 2 else counts[::-1]
+                    for n in order:
+                        row, state = _measure_one(
+                            calls[mode], storage, mode, n, files, tmp, endpoint, proxy, baseline, round_, note
                         )
-                        traceback.print_exc()
-                        continue
-                    seconds = time.perf_counter() - started
-                    if isinstance(counted, _Timed):
-                        counted, seconds = counted.result, counted.seconds
-                    requests = proxy.requests() - before if before is not None and proxy is not None else None
-                    note(f"{storage}, {mode}, {n} worker(s): checking the state")
-                    try:
-                        state = read_state(place, len(files), len(files))
-                    except Exception as exc:  # a state that cannot be read back is a mismatch, shown
-                        rows.append(
-                            ScaleOutRow(
-                                storage,
-                                mode,
-                                n,
-                                round(seconds, 3),
-                                None,
-                                None,
-                                None,
-                                False,
-                                requests,
-                                note=f"state not readable: {_short(exc)}",
-                            )
-                        )
-                        traceback.print_exc()
-                        continue
-                    if baseline is None and n == 1:
-                        baseline = state
-                    same, why = compare(state, baseline)
-                    if isinstance(counted, tuple):  # the library call says what it did
-                        converted, processed = counted
-                    else:  # refresh_with_runs: what the state holds
-                        converted, processed = len(state.lineage), len(state.status)
-                        failed_runs = getattr(counted, "failed", None)  # its LaunchResult, if it returns one
-                        if failed_runs:
-                            same = False
-                            why = "; ".join(filter(None, [why, f"{len(failed_runs)} Dagster run(s) failed"]))
-                    if (converted, processed) != (len(files), len(files)):
-                        same = False
-                        why = "; ".join(
-                            filter(
-                                None,
-                                [
-                                    why,
-                                    f"the refresh converted {converted} files and processed "
-                                    f"{processed} batches of {len(files)}",
-                                ],
-                            )
-                        )
-                    if n == 1:
-                        reference = seconds
-                    rows.append(
-                        ScaleOutRow(
-                            storage,
-                            mode,
-                            n,
-                            round(seconds, 3),
-                            round(reference / seconds, 2) if reference else None,
-                            converted,
-                            processed,
-                            same,
-                            requests,
-                            why,
-                        )
-                    )
+                        if baseline is None and n == 1 and state is not None:
+                            baseline = state
+                        measured.append(row)
+                rows += _with_speedups(measured, counts, rounds)
     return rows
+
+
+def _measure_one(
+    call: Callable[[str, int], Any],
+    storage: str,
+    mode: str,
+    n: int,
+    files: dict[str, bytes],
+    tmp: Path,
+    endpoint: Any,
+    proxy: Any,
+    baseline: _State | None,
+    round_: int,
+    note: Callable[[str], None],
+) -> tuple[ScaleOutRow, _State | None]:
+    """One refresh of a new lake with ``n`` workers: its row (no speed-up yet) and its state.
+    Its workers start as a command run afresh starts them: the fork server an earlier row left
+    running (and its imports, ~1.5 s of CPU here) is stopped first, so that no row inherits it."""
+    stop_fork_server()
+    note(f"{storage}, {mode}, {n} worker(s), round {round_}: generating {len(files):,} files")
+    name = f"{storage}-{mode}-{n}-{round_}"
+    if storage == "s3":
+        assert endpoint is not None and proxy is not None
+        place = _generate_s3(tmp, name, files, endpoint.endpoint_url, proxy.url)
+    else:
+        place = _generate_local(tmp, name, files)
+    note(f"{storage}, {mode}, {n} worker(s), round {round_}: refreshing")
+    before = proxy.requests() if storage == "s3" and proxy is not None else None
+    started = time.perf_counter()
+    try:
+        counted = call(place.config_path, n)
+    except Exception as exc:  # reported, never hidden; the other runs go on
+        traceback.print_exc()
+        return ScaleOutRow(
+            storage, mode, n, None, None, None, None, False, note=f"failed: {_short(exc)}", round=round_
+        ), None
+    seconds = time.perf_counter() - started
+    if isinstance(counted, _Timed):
+        counted, seconds = counted.result, counted.seconds
+    requests = proxy.requests() - before if before is not None and proxy is not None else None
+    note(f"{storage}, {mode}, {n} worker(s), round {round_}: checking the state")
+    try:
+        state = read_state(place, len(files), len(files))
+    except Exception as exc:  # a state that cannot be read back is a mismatch, shown
+        traceback.print_exc()
+        return (
+            ScaleOutRow(
+                storage,
+                mode,
+                n,
+                round(seconds, 3),
+                None,
+                None,
+                None,
+                False,
+                requests,
+                note=f"state not readable: {_short(exc)}",
+                round=round_,
+            ),
+            None,
+        )
+    # (the first 1-worker run is the baseline: compared with itself, only its own problems count)
+    same, why = compare(state, state if baseline is None and n == 1 else baseline)
+    if isinstance(counted, tuple):  # the library call says what it did
+        converted, processed = counted
+    else:  # refresh_with_runs: what the state holds
+        converted, processed = len(state.lineage), len(state.status)
+        failed_runs = getattr(counted, "failed", None)  # its LaunchResult, if it returns one
+        if failed_runs:
+            same = False
+            why = "; ".join(filter(None, [why, f"{len(failed_runs)} Dagster run(s) failed"]))
+    if (converted, processed) != (len(files), len(files)):
+        same = False
+        why = "; ".join(
+            filter(
+                None,
+                [why, f"the refresh converted {converted} files and processed {processed} batches of {len(files)}"],
+            )
+        )
+    row = ScaleOutRow(storage, mode, n, round(seconds, 3), None, converted, processed, same, requests, why, round_)
+    return row, state
+
+
+def _with_speedups(measured: list[ScaleOutRow], counts: Sequence[int], rounds: int) -> list[ScaleOutRow]:
+    """``measured`` with each row's speed-up over its own round's 1-worker run (the two ran minutes
+    apart, not a whole series apart), then, with more than one round, one summary row per worker
+    count: the median seconds and the median of the rounds' speed-ups (``round`` None)."""
+    reference = {r.round: r.seconds for r in measured if r.workers == 1 and r.seconds}
+    for r in measured:
+        base = reference.get(r.round)
+        r.speedup = round(base / r.seconds, 2) if base and r.seconds else None
+    if rounds == 1:
+        return measured
+    summaries: list[ScaleOutRow] = []
+    for n in counts:
+        mine = [r for r in measured if r.workers == n]
+        timed = [r for r in mine if r.seconds is not None]
+        speedups = sorted(r.speedup for r in mine if r.speedup is not None)
+        failed = len(mine) - len(timed)
+        first = mine[0]
+        summaries.append(
+            ScaleOutRow(
+                first.storage,
+                first.mode,
+                n,
+                round(statistics.median(r.seconds for r in timed), 3) if timed else None,
+                round(statistics.median(speedups), 2) if speedups else None,
+                first.files if all(r.files == first.files for r in mine) else None,
+                first.batches if all(r.batches == first.batches for r in mine) else None,
+                all(r.same_state for r in mine),
+                round(statistics.median(r.requests for r in timed if r.requests is not None))
+                if any(r.requests is not None for r in timed)
+                else None,
+                "; ".join(
+                    filter(
+                        None,
+                        [
+                            f"median of {len(timed)} round(s)"
+                            + (f", speed-ups {speedups[0]:.2f}-{speedups[-1]:.2f}" if speedups else ""),
+                            f"{failed} round(s) failed" if failed else None,
+                        ],
+                    )
+                ),
+                None,
+            )
+        )
+    return measured + summaries
 
 
 def plot(rows: list[ScaleOutRow], path: str | os.PathLike[str], title: str) -> None:
@@ -462,9 +530,19 @@ def plot(rows: list[ScaleOutRow], path: str | os.PathLike[str], title: str) -> N
     for series in dict.fromkeys((r.storage, r.mode) for r in measured):
         points = [r for r in measured if (r.storage, r.mode) == series]
         label = f"{series[0]}/{series[1]}"
-        left.plot([r.workers for r in points], [r.seconds for r in points], marker="o", label=label)
-        speed = [r for r in points if r.speedup is not None]
+        # With several rounds: a line through the medians, each round's run a dot of the same colour
+        medians = [r for r in points if r.round is None]
+        line = medians or points
+        (drawn,) = left.plot([r.workers for r in line], [r.seconds for r in line], marker="o", label=label)
+        speed = [r for r in line if r.speedup is not None]
         right.plot([r.workers for r in speed], [r.speedup for r in speed], marker="o", label=label)
+        if medians:
+            each = [r for r in points if r.round is not None]
+            left.scatter([r.workers for r in each], [r.seconds for r in each], s=12, alpha=0.5, color=drawn.get_color())
+            each = [r for r in each if r.speedup is not None]
+            right.scatter(
+                [r.workers for r in each], [r.speedup for r in each], s=12, alpha=0.5, color=drawn.get_color()
+            )
     right.plot(workers, workers, linestyle="--", color="grey", alpha=0.6, label="ideal")
     for axes, label in ((left, "seconds (full first refresh)"), (right, "speed-up over 1 worker")):
         axes.set_xscale("log", base=2)

@@ -28,7 +28,13 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
     parser.add_argument(
         "--storage", choices=("local", "s3"), action="append", help="only this storage (repeatable; default: both)"
     )
-    parser.add_argument("--repetitions", type=int, metavar="N", help="interleaved repetitions per operation")
+    parser.add_argument(
+        "--repetitions",
+        type=int,
+        metavar="N",
+        help="interleaved repetitions per operation; with --scale-out: rounds of every worker count, "
+        "interleaved, each run's speed-up over its own round's 1-worker run, then the medians (default: 1)",
+    )
     parser.add_argument(
         "--throughput",
         metavar="PNG",
@@ -181,6 +187,8 @@ def run_scale_out(args: argparse.Namespace) -> int:
         args.parser.error(f"--modes: unknown mode(s) {', '.join(unknown)} (one of {', '.join(MODES)})")
     if args.batches < 1:
         args.parser.error("--batches must be at least 1")
+    if args.repetitions is not None and args.repetitions < 1:
+        args.parser.error("--repetitions must be at least 1")
     (latency,) = _latencies(args, "20", single=True)
     storages = list(dict.fromkeys(args.storage)) if args.storage else list(STORAGES)
     measure = dict(
@@ -191,13 +199,15 @@ def run_scale_out(args: argparse.Namespace) -> int:
         s3_latency_ms=latency,
         warm_up=not args.smoke,
         dagster_instance=args.dagster_instance,
+        rounds=args.repetitions or 1,
     )
     rows = _with_progress(args, measure_scale_out, measure, "measuring scale-out", "scale-out")
     plot(
         rows,
         args.scale_out,
         f"aperio: full first refresh over workers ({platform.node()}, {os.cpu_count()} "
-        f"cores, {args.batches:,} batches, S3 latency {latency:g} ms)",
+        f"cores, {args.batches:,} batches, S3 latency {latency:g} ms"
+        + (f"; medians of {args.repetitions} rounds, each round a dot)" if (args.repetitions or 1) > 1 else ")"),
     )
     measured_wrong = any(r.same_state is False for r in rows)
     if args.json:
@@ -208,9 +218,11 @@ def run_scale_out(args: argparse.Namespace) -> int:
         f"{latency:g} ms; plot: {args.scale_out})"
     )
     notes = any(r.note for r in rows)
+    rounds = (args.repetitions or 1) > 1
     for column in (
         "storage",
         "mode",
+        *(("round",) if rounds else ()),
         "workers",
         "seconds",
         "speed-up",
@@ -230,6 +242,7 @@ def run_scale_out(args: argparse.Namespace) -> int:
         table.add_row(
             r.storage,
             r.mode,
+            *((shown(r.round) if r.round is not None or r.workers is None else "median",) if rounds else ()),
             shown(r.workers),
             shown(r.seconds, "{:.2f}"),
             shown(r.speedup, "{:.2f}x"),
