@@ -207,3 +207,48 @@ def test_a_run_whose_batches_are_not_all_in_its_slice_lists_the_whole_schema(lak
         "day=2",
         "day=3",
     ]
+
+
+def test_a_run_checks_its_unchanged_files_outputs_in_a_slice_of_tables_not_all_of_it(
+    lake_case: LakeCase, tmp_path
+) -> None:
+    """A batch run over files converted before (a batch with one file changed, the other not) checks
+    that the unchanged file's output is still there before skipping it. It lists the slice of
+    ``tables/`` from the first such output to the last, not every converted file of the schema (a
+    LIST per run of what it converts, not of the lake). An output that is gone is converted again."""
+    lake = lake_case.lake()
+    files = {f"events/day={day}/{name}.csv": f"v\n{day}{name}\n".encode() for day in range(1, 6) for name in "xy"}
+    files["orders.csv"] = b"id\n1\n"  # (the fixture's, written the same in the twin)
+    for name, data in files.items():
+        put(lake, f"sales/{name}", data)
+    refresh(lake)
+    run = SchemaRefresh(lake, lake.schema("sales"))
+    tables = run.tables_root.rstrip("/")
+    outputs = sorted(e.path for e in lake.storage.list(tables, recursive=True))
+    assert len(outputs) == 11
+    day3_y = next(p for p in outputs if "day=3/y.csv" in p)
+    day4_x, day4_y = (next(p for p in outputs if f"day=4/{name}.csv" in p) for name in "xy")
+    put(lake, "sales/events/day=3/x.csv", b"v\n99\n")  # day=3: x changed, y not
+    put(lake, "sales/events/day=4/x.csv", b"v\n98\n")  # day=4: x changed, y not, and y's output gone
+    lake.storage.delete(day4_y)
+    defs = build_defs(lake_case.config_path, AperioResource(config_path=lake_case.config_path))
+    keys = [f"events/day={day}" for day in range(1, 6)]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(batches_partitions("sales").name, keys)
+        tags = {"dagster/asset_partition_range_start": keys[2], "dagster/asset_partition_range_end": keys[3]}
+        entries: dict[str, list[list[str]]] = {}
+        with pytest.MonkeyPatch.context() as patch:
+            _spy(patch, entries)
+            result = defs.resolve_job_def("sales_batches_job").execute_in_process(instance=instance, tags=tags)
+        assert result.success
+        assert defs.resolve_job_def("aperio_catalog_job").execute_in_process(instance=instance).success  # the model
+    # one listing of tables/: from day=3's y output to day=4's (gone), and what sorts between them
+    assert entries[tables] == [[day3_y, day4_x]]
+    assert lake.storage.exists(day4_y)  # converted again
+    twin = lake_case.sibling(tmp_path, "twin")
+    for name, data in files.items():
+        put(twin, f"sales/{name}", data)
+    put(twin, "sales/events/day=3/x.csv", b"v\n99\n")
+    put(twin, "sales/events/day=4/x.csv", b"v\n98\n")
+    refresh(twin)
+    assert_same_state(lake_state(lake), lake_state(twin))

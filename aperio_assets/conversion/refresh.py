@@ -338,25 +338,43 @@ class SchemaRefresh:
         ``only``: look at these raw paths alone (a batch run's)."""
         discovery = self.discovery
         gone = [] if discovery.partial else self.gone(lineage)
+        selected = [
+            (table, raw, lineage.get(raw.path))
+            for table in discovery.tables
+            for raw in table.files
+            if only is None or raw.path in only
+        ]
+        # converted before, unchanged since, under the name it has now: skipped if its file is there
+        kept = {
+            raw.path: previous["target_path"]
+            for table, raw, previous in selected
+            if unchanged(raw, previous)
+            and not previous.get("error")
+            and previous.get("target_path") == self.target_path(table, raw)
+        }
+        stored = self._stored([t for t in kept.values() if self._owned(t)], whole=only is None)
         todo: list[tuple[RawTable, RawFile]] = []
-        stored: set[str] | None = None  # the converted files there are (one listing, when first needed)
-        for table in discovery.tables:
-            for raw in table.files:
-                if only is not None and raw.path not in only:
-                    continue
-                previous = lineage.get(raw.path)
-                if (
-                    unchanged(raw, previous)
-                    and not previous.get("error")
-                    and previous.get("target_path") == self.target_path(table, raw)
-                ):
-                    if stored is None and self._owned(previous["target_path"]):
-                        stored = {i.path for i in self.storage.list(self.tables_root, recursive=True)}
-                    if not self._owned(previous["target_path"]) or previous["target_path"] in stored:
-                        self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
-                        continue
+        for table, raw, _ in selected:
+            target = kept.get(raw.path)
+            if target is not None and (not self._owned(target) or target in stored):
+                self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
+            else:
                 todo.append((table, raw))
         return gone, todo
+
+    def _stored(self, targets: Sequence[str], *, whole: bool) -> set[str]:
+        """Which converted files there are, of ``targets`` at least: one listing of ``tables/``, of
+        all of it for the whole schema (``whole``), else of the slice from the first of ``targets``
+        to the last: a batch run's LIST is of about what it converts, not of the lake. None to
+        check: no listing."""
+        if not targets:
+            return set()
+        if whole:
+            return {i.path for i in self.storage.list(self.tables_root, recursive=True)}
+        first, last = min(targets), max(targets)
+        # (the first path less its last character sorts just before it: the slice starts after that)
+        listed = self.storage.list(self.tables_root, recursive=True, after=first[:-1], upto=last, expect=len(targets))
+        return {i.path for i in listed}
 
     def forget(self, gone: list[Row], lineage: dict[str, Row]) -> list[str]:
         """Delete the outputs of raw files that are gone and drop them from ``lineage``; returns
