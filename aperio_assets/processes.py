@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import forkserver
@@ -33,19 +34,32 @@ def worker_context(preload: Sequence[str]) -> BaseContext:
     return context
 
 
-def stop_fork_server() -> bool:
+def stop_fork_server(wait: float = 60.0) -> bool:
     """Stop this process's fork server, if one runs; the next ``worker_context`` starts a new one,
     which imports its preload again. For a measurement whose every run must start its workers as a
     command run afresh does (``aperio bench --scale-out``), not from the fork server an earlier run
-    left. Whether one was stopped (False: none ran, or this Python lacks the stdlib's own stop,
-    ``ForkServer._stop``, which is there for its tests; the 3.11 used here has it)."""
+    left. A server's workers hold it open, so its stop waits for them: this first waits up to
+    ``wait`` seconds for the processes it forked for this process to exit, and leaves the server as
+    it is if one is still running. Whether one was stopped (False: none ran, a worker is still running, or
+    this Python lacks the stdlib's own stop, ``ForkServer._stop``, there for its tests; the 3.11
+    used here has it)."""
     server = getattr(forkserver, "_forkserver", None)
     stop = getattr(server, "_stop", None)
-    if server is None or stop is None:
+    if server is None or stop is None or getattr(server, "_forkserver_pid", None) is None:
         return False
-    running = getattr(server, "_forkserver_pid", None) is not None
+    deadline = time.monotonic() + wait
+    for child in _forked_children():
+        child.join(max(0.0, deadline - time.monotonic()))
+    if _forked_children():
+        return False
     stop()
-    return running
+    return True
+
+
+def _forked_children() -> list[BaseProcess]:
+    """This process's worker processes forked from its fork server, still running (not the other
+    children: a spawned proxy, say, runs as long as its caller wants)."""
+    return [c for c in multiprocessing.active_children() if getattr(c, "_start_method", None) == "forkserver"]
 
 
 def worker_pool(

@@ -226,6 +226,45 @@ def test_rounds_interleave_the_worker_counts_and_pair_each_run_with_its_rounds_1
     assert png.read_bytes()[:8] == PNG
 
 
+def test_every_run_starts_its_workers_from_a_fork_server_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[int] = []
+    real = scaleout._run_cli
+
+    def stopped() -> bool:
+        calls.append(len(refreshed))
+        return True
+
+    refreshed: list[int] = []
+
+    def counting(config_path: str, workers: int) -> tuple[int, int]:
+        refreshed.append(workers)
+        return real(config_path, workers)
+
+    monkeypatch.setattr(scaleout, "stop_fork_server", stopped)
+    monkeypatch.setattr(scaleout, "_run_cli", counting)
+    argv = ["bench", "--scale-out", str(tmp_path / "s.png"), "--batches", "20", "--worker-counts", "1,2"]
+    code = main([*argv, "--modes", "cli", "--storage", "local", "--repetitions", "2", "--smoke", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0, rows
+    # before each of the four runs, before its refresh: [1, 2, 2, 1] were refreshed in that order
+    assert refreshed == [1, 2, 2, 1] and calls == [0, 1, 2, 3]
+    assert all(r["note"] is None for r in rows if r["round"] is not None)
+
+
+def test_a_run_that_had_to_keep_the_fork_server_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(scaleout, "stop_fork_server", lambda: False)
+    monkeypatch.setattr(scaleout, "_fork_server_running", lambda: True)  # (an earlier run's worker still ran)
+    argv = ["bench", "--scale-out", str(tmp_path / "s.png"), "--batches", "20", "--worker-counts", "1,2"]
+    code = main([*argv, "--modes", "cli", "--storage", "local", "--smoke", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0, rows
+    assert [r["note"] for r in rows] == ["an earlier run's worker was still running: its fork server was kept"] * 2
+
+
 def test_the_medians_say_how_many_rounds_failed() -> None:
     def row(round_: int, workers: int, seconds: float | None) -> scaleout.ScaleOutRow:
         return scaleout.ScaleOutRow(
@@ -242,3 +281,9 @@ def test_the_medians_say_how_many_rounds_failed() -> None:
     assert (one.seconds, one.speedup, one.same_state) == (70.0, 1.0, True)
     assert (four.seconds, four.speedup, four.same_state) == (25.0, 3.0, False)
     assert four.note == "median of 2 round(s), speed-ups 3.00-3.00; 1 round(s) failed"
+
+
+def test_a_1_worker_run_whose_state_could_not_be_read_is_no_reference() -> None:
+    unread = scaleout.ScaleOutRow("s3", "cli", 1, 60.0, None, None, None, False, 50, "state not readable: x", 1)
+    four = scaleout.ScaleOutRow("s3", "cli", 4, 20.0, None, 20, 20, True, 50, None, 1)
+    assert [r.speedup for r in scaleout._with_speedups([unread, four], [1, 4], 1)] == [None, None]

@@ -93,3 +93,27 @@ def test_a_stopped_fork_server_is_started_again_with_the_next_preload() -> None:
         pytest.skip("no fork server on this platform")  # (Linux, where CI runs, has one)
     # none ran; the first was stopped; the second is another server, which preloaded what it was asked
     assert result.stdout.split("\n")[:3] == ["False", "True", "True False True"]
+
+
+def test_a_fork_server_whose_worker_still_runs_is_not_stopped() -> None:
+    # (a server's workers hold it open: stopping it would wait for them; other children do not count)
+    script = (
+        "import multiprocessing, time\n"
+        "from aperio_assets.processes import stop_fork_server, worker_context, worker_pool\n"
+        "other = multiprocessing.get_context('spawn').Process(target=time.sleep, args=(60,), daemon=True)\n"
+        "other.start()\n"
+        "pool = worker_pool(worker_context(['json']), 1)\n"
+        "busy = pool.submit(time.sleep, 3)\n"
+        "time.sleep(0.5)\n"
+        "print(stop_fork_server(wait=0.5))\n"
+        "busy.result()\n"
+        "pool.shutdown(wait=False)\n"
+        "print(stop_fork_server(wait=60), other.is_alive())\n"
+        "other.terminate()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform")  # (Linux, where CI runs, has one)
+    # kept while its worker slept; stopped once the pool was done, the spawned child left running
+    assert result.stdout.split("\n")[:2] == ["False", "True True"]

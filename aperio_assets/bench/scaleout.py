@@ -311,7 +311,8 @@ def measure_scale_out(
     dagster_instance: str = "sqlite",
     rounds: int = 1,
 ) -> list[ScaleOutRow]:
-    """One row per storage, mode and worker count (a series not available: one row saying why).
+    """One row per storage, mode, worker count and round, then (more than one round) the medians
+    (a series not available: one row saying why).
     ``warm_up=False`` (the smoke size, for the test suite) skips the untimed warm-up refreshes: every
     row and check is still made, but the 1-worker times then include this process's first imports.
     ``dagster_instance``: where the Dagster runs keep their runs and events, ``sqlite`` (Dagster's
@@ -406,7 +407,7 @@ def _measure_one(
     """One refresh of a new lake with ``n`` workers: its row (no speed-up yet) and its state.
     Its workers start as a command run afresh starts them: the fork server an earlier row left
     running (and its imports, ~1.5 s of CPU here) is stopped first, so that no row inherits it."""
-    stop_fork_server()
+    cold = stop_fork_server() or not _fork_server_running()
     note(f"{storage}, {mode}, {n} worker(s), round {round_}: generating {len(files):,} files")
     name = f"{storage}-{mode}-{n}-{round_}"
     if storage == "s3":
@@ -467,15 +468,24 @@ def _measure_one(
                 [why, f"the refresh converted {converted} files and processed {processed} batches of {len(files)}"],
             )
         )
+    if not cold:  # (said, not hidden: its workers started from an earlier run's fork server)
+        why = "; ".join(filter(None, [why, "an earlier run's worker was still running: its fork server was kept"]))
     row = ScaleOutRow(storage, mode, n, round(seconds, 3), None, converted, processed, same, requests, why, round_)
     return row, state
+
+
+def _fork_server_running() -> bool:
+    from multiprocessing import forkserver
+
+    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None) is not None
 
 
 def _with_speedups(measured: list[ScaleOutRow], counts: Sequence[int], rounds: int) -> list[ScaleOutRow]:
     """``measured`` with each row's speed-up over its own round's 1-worker run (the two ran minutes
     apart, not a whole series apart), then, with more than one round, one summary row per worker
     count: the median seconds and the median of the rounds' speed-ups (``round`` None)."""
-    reference = {r.round: r.seconds for r in measured if r.workers == 1 and r.seconds}
+    # (a 1-worker run whose state could not be read is no reference: it may not have done it all)
+    reference = {r.round: r.seconds for r in measured if r.workers == 1 and r.seconds and r.files is not None}
     for r in measured:
         base = reference.get(r.round)
         r.speedup = round(base / r.seconds, 2) if base and r.seconds else None
@@ -487,7 +497,8 @@ def _with_speedups(measured: list[ScaleOutRow], counts: Sequence[int], rounds: i
         timed = [r for r in mine if r.seconds is not None]
         speedups = sorted(r.speedup for r in mine if r.speedup is not None)
         failed = len(mine) - len(timed)
-        first = mine[0]
+        counted = [r for r in timed if r.files is not None] or mine
+        first = counted[0]
         summaries.append(
             ScaleOutRow(
                 first.storage,
@@ -495,8 +506,8 @@ def _with_speedups(measured: list[ScaleOutRow], counts: Sequence[int], rounds: i
                 n,
                 round(statistics.median(r.seconds for r in timed), 3) if timed else None,
                 round(statistics.median(speedups), 2) if speedups else None,
-                first.files if all(r.files == first.files for r in mine) else None,
-                first.batches if all(r.batches == first.batches for r in mine) else None,
+                first.files if all(r.files == first.files for r in counted) else None,
+                first.batches if all(r.batches == first.batches for r in counted) else None,
                 all(r.same_state for r in mine),
                 round(statistics.median(r.requests for r in timed if r.requests is not None))
                 if any(r.requests is not None for r in timed)
@@ -532,7 +543,7 @@ def plot(rows: list[ScaleOutRow], path: str | os.PathLike[str], title: str) -> N
         label = f"{series[0]}/{series[1]}"
         # With several rounds: a line through the medians, each round's run a dot of the same colour
         medians = [r for r in points if r.round is None]
-        line = medians or points
+        line = medians or sorted(points, key=lambda r: r.workers or 0)
         (drawn,) = left.plot([r.workers for r in line], [r.seconds for r in line], marker="o", label=label)
         speed = [r for r in line if r.speedup is not None]
         right.plot([r.workers for r in speed], [r.speedup for r in speed], marker="o", label=label)

@@ -33,7 +33,8 @@ def register(commands: argparse._SubParsersAction, parent: argparse.ArgumentPars
         type=int,
         metavar="N",
         help="interleaved repetitions per operation; with --scale-out: rounds of every worker count, "
-        "interleaved, each run's speed-up over its own round's 1-worker run, then the medians (default: 1)",
+        "interleaved, each run's speed-up over its own round's 1-worker run, then the medians (default: 1; "
+        "--json rows carry their round, and the medians are rows whose round is null)",
     )
     parser.add_argument(
         "--throughput",

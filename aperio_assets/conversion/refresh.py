@@ -352,28 +352,29 @@ class SchemaRefresh:
             and not previous.get("error")
             and previous.get("target_path") == self.target_path(table, raw)
         }
-        stored = self._stored([t for t in kept.values() if self._owned(t)], whole=only is None)
+        stored = self._stored([t for t in kept.values() if self._owned(t)], len(selected), whole=only is None)
         todo: list[tuple[RawTable, RawFile]] = []
         for table, raw, _ in selected:
             target = kept.get(raw.path)
-            if target is not None and (not self._owned(target) or target in stored):
+            if raw.path in kept and (not self._owned(target) or target in stored):
                 self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
             else:
                 todo.append((table, raw))
         return gone, todo
 
-    def _stored(self, targets: Sequence[str], *, whole: bool) -> set[str]:
+    def _stored(self, targets: Sequence[str], outputs: int, *, whole: bool) -> set[str]:
         """Which converted files there are, of ``targets`` at least: one listing of ``tables/``, of
         all of it for the whole schema (``whole``), else of the slice from the first of ``targets``
-        to the last: a batch run's LIST is of about what it converts, not of the lake. None to
-        check: no listing."""
+        to the last: a batch run's LIST is of about what it converts, not of the lake. ``outputs``:
+        about how many outputs that slice holds (the run's files: a page-size hint). None to check:
+        no listing."""
         if not targets:
             return set()
         if whole:
             return {i.path for i in self.storage.list(self.tables_root, recursive=True)}
         first, last = min(targets), max(targets)
         # (the first path less its last character sorts just before it: the slice starts after that)
-        listed = self.storage.list(self.tables_root, recursive=True, after=first[:-1], upto=last, expect=len(targets))
+        listed = self.storage.list(self.tables_root, recursive=True, after=first[:-1], upto=last, expect=outputs)
         return {i.path for i in listed}
 
     def forget(self, gone: list[Row], lineage: dict[str, Row]) -> list[str]:
