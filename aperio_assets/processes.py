@@ -40,12 +40,11 @@ def stop_fork_server(wait: float = 60.0) -> bool:
     command run afresh does (``aperio bench --scale-out``), not from the fork server an earlier run
     left. A server's workers hold it open, so its stop waits for them: this first waits up to
     ``wait`` seconds for the processes it forked for this process to exit, and leaves the server as
-    it is if one is still running. Whether one was stopped (False: none ran, a worker is still running, or
-    this Python lacks the stdlib's own stop, ``ForkServer._stop``, there for its tests; the 3.11
-    used here has it)."""
-    server = getattr(forkserver, "_forkserver", None)
-    stop = getattr(server, "_stop", None)
-    if server is None or stop is None or getattr(server, "_forkserver_pid", None) is None:
+    it is if one is still running. Whether one was stopped (False: none ran, a worker is still
+    running, or this Python lacks the stdlib's own stop, ``ForkServer._stop``, there for its tests;
+    the 3.11 used here has it)."""
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is None or not fork_server_running():
         return False
     deadline = time.monotonic() + wait
     for child in _forked_children():
@@ -54,6 +53,11 @@ def stop_fork_server(wait: float = 60.0) -> bool:
         return False
     stop()
     return True
+
+
+def fork_server_running() -> bool:
+    """Whether this process has a fork server running (the stdlib's, which records its pid)."""
+    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None) is not None
 
 
 def _forked_children() -> list[BaseProcess]:

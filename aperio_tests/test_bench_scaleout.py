@@ -20,28 +20,18 @@ from aperio_assets.state.access import open_state
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def _scale_out(png: Path, capsys: pytest.CaptureFixture[str], *options: str) -> tuple[int, list[dict]]:
+    """``aperio bench --scale-out PNG`` of a 20-batch lake at the smoke size, with ``options``: its
+    exit code and its JSON rows."""
+    code = main(["bench", "--scale-out", str(png), "--batches", "20", *options, "--smoke", "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
 def test_scale_out_reports_every_run_with_the_same_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     png = tmp_path / "scaleout.png"
-    code = main(
-        [
-            "bench",
-            "--scale-out",
-            str(png),
-            "--batches",
-            "20",
-            "--worker-counts",
-            "2,1",
-            "--modes",
-            "cli",
-            "--s3-latency",
-            "2",
-            "--storage",
-            "s3",
-            "--smoke",
-            "--json",
-        ]
+    code, rows = _scale_out(
+        png, capsys, "--worker-counts", "2,1", "--modes", "cli", "--s3-latency", "2", "--storage", "s3"
     )
-    rows = json.loads(capsys.readouterr().out)
     assert code == 0, rows
     # (local disk's cli rows are the next two tests')
     assert [(r["storage"], r["mode"], r["workers"]) for r in rows] == [("s3", "cli", 1), ("s3", "cli", 2)]
@@ -86,22 +76,7 @@ def test_a_mismatch_and_a_missing_launcher_are_reported(
 
     monkeypatch.setattr(scaleout, "_run_cli", tampered)
     png = tmp_path / "scaleout.png"
-    code = main(
-        [
-            "bench",
-            "--scale-out",
-            str(png),
-            "--batches",
-            "20",
-            "--worker-counts",
-            "1,2",
-            "--storage",
-            "local",
-            "--smoke",
-            "--json",
-        ]
-    )
-    rows = json.loads(capsys.readouterr().out)
+    code, rows = _scale_out(png, capsys, "--worker-counts", "1,2", "--storage", "local")
     assert code == 1
     assert [(r["storage"], r["mode"], r["workers"]) for r in rows] == [
         ("local", "cli", 1),
@@ -147,26 +122,18 @@ def test_dagster_runs_leave_the_state_the_library_call_leaves(
 
     monkeypatch.setattr(launch, "refresh_with_runs", recording)
     png = tmp_path / "scaleout.png"
-    code = main(
-        [
-            "bench",
-            "--scale-out",
-            str(png),
-            "--batches",
-            "20",
-            "--worker-counts",
-            "1,2",
-            "--storage",
-            "local",
-            "--modes",
-            "cli,dagster",
-            "--dagster-instance",
-            instance,
-            "--smoke",
-            "--json",
-        ]
+    code, rows = _scale_out(
+        png,
+        capsys,
+        "--worker-counts",
+        "1,2",
+        "--storage",
+        "local",
+        "--modes",
+        "cli,dagster",
+        "--dagster-instance",
+        instance,
     )
-    rows = json.loads(capsys.readouterr().out)
     assert code == 0, rows
     # every Dagster run on a new instance of the kind asked for (PostgreSQL: a server of its own)
     # (PostgreSQL: aperio's storages, as deploy/dagster.yaml names them)
@@ -181,26 +148,9 @@ def test_rounds_interleave_the_worker_counts_and_pair_each_run_with_its_rounds_1
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     png = tmp_path / "scaleout.png"
-    code = main(
-        [
-            "bench",
-            "--scale-out",
-            str(png),
-            "--batches",
-            "20",
-            "--worker-counts",
-            "1,2",
-            "--modes",
-            "cli",
-            "--storage",
-            "local",
-            "--repetitions",
-            "3",
-            "--smoke",
-            "--json",
-        ]
+    code, rows = _scale_out(
+        png, capsys, "--worker-counts", "1,2", "--modes", "cli", "--storage", "local", "--repetitions", "3"
     )
-    rows = json.loads(capsys.readouterr().out)
     assert code == 0, rows
     # odd rounds count up, even rounds down; then the medians (round None)
     assert [(r["round"], r["workers"]) for r in rows] == [
@@ -244,9 +194,18 @@ def test_every_run_starts_its_workers_from_a_fork_server_of_its_own(
 
     monkeypatch.setattr(scaleout, "stop_fork_server", stopped)
     monkeypatch.setattr(scaleout, "_run_cli", counting)
-    argv = ["bench", "--scale-out", str(tmp_path / "s.png"), "--batches", "20", "--worker-counts", "1,2"]
-    code = main([*argv, "--modes", "cli", "--storage", "local", "--repetitions", "2", "--smoke", "--json"])
-    rows = json.loads(capsys.readouterr().out)
+    code, rows = _scale_out(
+        tmp_path / "s.png",
+        capsys,
+        "--worker-counts",
+        "1,2",
+        "--modes",
+        "cli",
+        "--storage",
+        "local",
+        "--repetitions",
+        "2",
+    )
     assert code == 0, rows
     # before each of the four runs, before its refresh: [1, 2, 2, 1] were refreshed in that order
     assert refreshed == [1, 2, 2, 1] and calls == [0, 1, 2, 3]
@@ -257,10 +216,10 @@ def test_a_run_that_had_to_keep_the_fork_server_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(scaleout, "stop_fork_server", lambda: False)
-    monkeypatch.setattr(scaleout, "_fork_server_running", lambda: True)  # (an earlier run's worker still ran)
-    argv = ["bench", "--scale-out", str(tmp_path / "s.png"), "--batches", "20", "--worker-counts", "1,2"]
-    code = main([*argv, "--modes", "cli", "--storage", "local", "--smoke", "--json"])
-    rows = json.loads(capsys.readouterr().out)
+    monkeypatch.setattr(scaleout, "fork_server_running", lambda: True)  # (an earlier run's worker still ran)
+    code, rows = _scale_out(
+        tmp_path / "s.png", capsys, "--worker-counts", "1,2", "--modes", "cli", "--storage", "local"
+    )
     assert code == 0, rows
     assert [r["note"] for r in rows] == ["an earlier run's worker was still running: its fork server was kept"] * 2
 

@@ -28,6 +28,14 @@ def _sleep_forever() -> None:
         time.sleep(1)
 
 
+def _in_a_fresh_interpreter(script: str) -> str:
+    """What ``script`` prints, run by a new interpreter (this pytest process may have started its
+    fork server already)."""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_a_worker_process_takes_the_callers_environment_and_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -67,9 +75,8 @@ def test_the_first_fork_server_of_a_process_takes_the_preload() -> None:
         "with worker_pool(context, 1) as pool:\n"
         "    print(pool.submit(eval, \"'aperio_assets.state' in __import__('sys').modules\").result())\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ("True" if "forkserver" in multiprocessing.get_all_start_methods() else "False")
+    printed = _in_a_fresh_interpreter(script)
+    assert printed.strip() == ("True" if "forkserver" in multiprocessing.get_all_start_methods() else "False")
 
 
 def test_a_stopped_fork_server_is_started_again_with_the_next_preload() -> None:
@@ -87,12 +94,11 @@ def test_a_stopped_fork_server_is_started_again_with_the_next_preload() -> None:
         "second = served(['aperio_assets.state'], 'aperio_assets.state')\n"
         "print(first[0] != second[0], first[1], second[1])\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    printed = _in_a_fresh_interpreter(script)
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork server on this platform")  # (Linux, where CI runs, has one)
     # none ran; the first was stopped; the second is another server, which preloaded what it was asked
-    assert result.stdout.split("\n")[:3] == ["False", "True", "True False True"]
+    assert printed.split("\n")[:3] == ["False", "True", "True False True"]
 
 
 def test_a_fork_server_whose_worker_still_runs_is_not_stopped() -> None:
@@ -111,9 +117,8 @@ def test_a_fork_server_whose_worker_still_runs_is_not_stopped() -> None:
         "print(stop_fork_server(wait=60), other.is_alive())\n"
         "other.terminate()\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    printed = _in_a_fresh_interpreter(script)
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork server on this platform")  # (Linux, where CI runs, has one)
     # kept while its worker slept; stopped once the pool was done, the spawned child left running
-    assert result.stdout.split("\n")[:2] == ["False", "True True"]
+    assert printed.split("\n")[:2] == ["False", "True True"]

@@ -49,7 +49,7 @@ from typing import Any
 
 from aperio_assets.bench.pginstance import InstanceFactory, PostgresUnavailable, instance_factory
 from aperio_assets.bench.s3server import loopback_s3
-from aperio_assets.processes import stop_fork_server
+from aperio_assets.processes import fork_server_running, stop_fork_server
 
 STORAGES = ("local", "s3")
 MODES = ("cli", "dagster")
@@ -407,7 +407,7 @@ def _measure_one(
     """One refresh of a new lake with ``n`` workers: its row (no speed-up yet) and its state.
     Its workers start as a command run afresh starts them: the fork server an earlier row left
     running (and its imports, ~1.5 s of CPU here) is stopped first, so that no row inherits it."""
-    cold = stop_fork_server() or not _fork_server_running()
+    cold = stop_fork_server() or not fork_server_running()
     note(f"{storage}, {mode}, {n} worker(s), round {round_}: generating {len(files):,} files")
     name = f"{storage}-{mode}-{n}-{round_}"
     if storage == "s3":
@@ -459,25 +459,19 @@ def _measure_one(
         failed_runs = getattr(counted, "failed", None)  # its LaunchResult, if it returns one
         if failed_runs:
             same = False
-            why = "; ".join(filter(None, [why, f"{len(failed_runs)} Dagster run(s) failed"]))
+            why = _joined(why, f"{len(failed_runs)} Dagster run(s) failed")
     if (converted, processed) != (len(files), len(files)):
         same = False
-        why = "; ".join(
-            filter(
-                None,
-                [why, f"the refresh converted {converted} files and processed {processed} batches of {len(files)}"],
-            )
-        )
+        why = _joined(why, f"the refresh converted {converted} files and processed {processed} batches of {len(files)}")
     if not cold:  # (said, not hidden: its workers started from an earlier run's fork server)
-        why = "; ".join(filter(None, [why, "an earlier run's worker was still running: its fork server was kept"]))
+        why = _joined(why, "an earlier run's worker was still running: its fork server was kept")
     row = ScaleOutRow(storage, mode, n, round(seconds, 3), None, converted, processed, same, requests, why, round_)
     return row, state
 
 
-def _fork_server_running() -> bool:
-    from multiprocessing import forkserver
-
-    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None) is not None
+def _joined(*notes: str | None) -> str | None:
+    """The notes that say something, one after the other (None if none does)."""
+    return "; ".join(n for n in notes if n) or None
 
 
 def _with_speedups(measured: list[ScaleOutRow], counts: Sequence[int], rounds: int) -> list[ScaleOutRow]:
@@ -512,15 +506,10 @@ def _with_speedups(measured: list[ScaleOutRow], counts: Sequence[int], rounds: i
                 round(statistics.median(r.requests for r in timed if r.requests is not None))
                 if any(r.requests is not None for r in timed)
                 else None,
-                "; ".join(
-                    filter(
-                        None,
-                        [
-                            f"median of {len(timed)} round(s)"
-                            + (f", speed-ups {speedups[0]:.2f}-{speedups[-1]:.2f}" if speedups else ""),
-                            f"{failed} round(s) failed" if failed else None,
-                        ],
-                    )
+                _joined(
+                    f"median of {len(timed)} round(s)"
+                    + (f", speed-ups {speedups[0]:.2f}-{speedups[-1]:.2f}" if speedups else ""),
+                    f"{failed} round(s) failed" if failed else None,
                 ),
                 None,
             )

@@ -192,6 +192,7 @@ def run_scale_out(args: argparse.Namespace) -> int:
         args.parser.error("--repetitions must be at least 1")
     (latency,) = _latencies(args, "20", single=True)
     storages = list(dict.fromkeys(args.storage)) if args.storage else list(STORAGES)
+    rounds = args.repetitions or 1
     measure = dict(
         batches=args.batches,
         worker_counts=counts,
@@ -200,7 +201,7 @@ def run_scale_out(args: argparse.Namespace) -> int:
         s3_latency_ms=latency,
         warm_up=not args.smoke,
         dagster_instance=args.dagster_instance,
-        rounds=args.repetitions or 1,
+        rounds=rounds,
     )
     rows = _with_progress(args, measure_scale_out, measure, "measuring scale-out", "scale-out")
     plot(
@@ -208,7 +209,7 @@ def run_scale_out(args: argparse.Namespace) -> int:
         args.scale_out,
         f"aperio: full first refresh over workers ({platform.node()}, {os.cpu_count()} "
         f"cores, {args.batches:,} batches, S3 latency {latency:g} ms"
-        + (f"; medians of {args.repetitions} rounds, each round a dot)" if (args.repetitions or 1) > 1 else ")"),
+        + (f"; medians of {rounds} rounds, each round a dot)" if rounds > 1 else ")"),
     )
     measured_wrong = any(r.same_state is False for r in rows)
     if args.json:
@@ -219,11 +220,10 @@ def run_scale_out(args: argparse.Namespace) -> int:
         f"{latency:g} ms; plot: {args.scale_out})"
     )
     notes = any(r.note for r in rows)
-    rounds = (args.repetitions or 1) > 1
     for column in (
         "storage",
         "mode",
-        *(("round",) if rounds else ()),
+        *(("round",) if rounds > 1 else ()),
         "workers",
         "seconds",
         "speed-up",
@@ -243,7 +243,7 @@ def run_scale_out(args: argparse.Namespace) -> int:
         table.add_row(
             r.storage,
             r.mode,
-            *((shown(r.round) if r.round is not None or r.workers is None else "median",) if rounds else ()),
+            *((shown(r.round) if r.round is not None or r.workers is None else "median",) if rounds > 1 else ()),
             shown(r.workers),
             shown(r.seconds, "{:.2f}"),
             shown(r.speedup, "{:.2f}x"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aperio_assets import layout
 from aperio_assets.conversion.discovery import ListingSlice, RawFile, RawTable
@@ -87,15 +87,15 @@ def listing_slice(batches: Collection[Batch], listed: Sequence[str]) -> ListingS
     """The slice of the schema's sorted listing (``listed``: every file's path, sorted) that holds
     every file of ``batches``, for :meth:`SchemaRefresh.list_only`: a run of these batches lists that
     slice, not the whole schema (a LIST per run of what the run converts, not of the lake). It starts
-    after the first path less its last character (which sorts just before it). None when a batch is a
+    after the first path less its last character (``ListingSlice.holding``). None when a batch is a
     file at the top of the schema folder: its table's name depends on the other files there
     (``discover_tables``)."""
     paths = [f.path for b in batches for f in b.files]
     if not paths or not all(b.table.folder for b in batches):
         return None
-    first, last = min(paths), max(paths)
-    held = bisect.bisect_right(listed, last) - bisect.bisect_left(listed, first)  # (others' files too)
-    return ListingSlice(first[:-1], last, held)
+    part = ListingSlice.holding(paths)
+    held = bisect.bisect_right(listed, part.upto) - bisect.bisect_left(listed, min(paths))  # (others' files too)
+    return replace(part, files=held)
 
 
 def convert_batches(run: SchemaRefresh, batches: dict[str, Batch], lineage: dict[str, Row], sink: LineageSink) -> None:

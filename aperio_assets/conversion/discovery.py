@@ -23,7 +23,9 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from aperio_assets.conversion.formats import format_of
 from aperio_assets.state.keys import canonical_key
@@ -133,6 +135,16 @@ class ListingSlice:
     upto: str | None
     files: int | None = None
 
+    @classmethod
+    def holding(cls, paths: Collection[str], files: int | None = None) -> ListingSlice:
+        """The slice from the first of ``paths`` to the last: it starts after the first less its
+        last character, which sorts just before it."""
+        return cls(min(paths)[:-1], max(paths), files)
+
+    def bounds(self) -> dict[str, Any]:
+        """``StorageProvider.list``'s arguments for listing this slice."""
+        return {"after": self.after, "upto": self.upto, "expect": self.files}
+
 
 def discover_tables(storage: StorageProvider, schema_directory: str, part: ListingSlice | None = None) -> Discovery:
     """The schema's tables; with ``part``, from that slice of its listing only (a batch run's: see
@@ -142,8 +154,7 @@ def discover_tables(storage: StorageProvider, schema_directory: str, part: Listi
     folders: dict[str, RawTable] = {}
     ignored: list[str] = []
     reasons: dict[str, str] = {}
-    bounds = {"after": part.after, "upto": part.upto, "expect": part.files} if part is not None else {}
-    for info in storage.list(root, recursive=True, **bounds):
+    for info in storage.list(root, recursive=True, **(part.bounds() if part is not None else {})):
         if not info.path.startswith(root + "/"):
             continue
         relative = info.path[len(root) + 1 :]  # only the separator: an S3 key may hold empty segments

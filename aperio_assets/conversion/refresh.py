@@ -370,12 +370,8 @@ class SchemaRefresh:
         no listing."""
         if not targets:
             return set()
-        if whole:
-            return {i.path for i in self.storage.list(self.tables_root, recursive=True)}
-        first, last = min(targets), max(targets)
-        # (the first path less its last character sorts just before it: the slice starts after that)
-        listed = self.storage.list(self.tables_root, recursive=True, after=first[:-1], upto=last, expect=outputs)
-        return {i.path for i in listed}
+        bounds = {} if whole else ListingSlice.holding(targets, outputs).bounds()
+        return {i.path for i in self.storage.list(self.tables_root, recursive=True, **bounds)}
 
     def forget(self, gone: list[Row], lineage: dict[str, Row]) -> list[str]:
         """Delete the outputs of raw files that are gone and drop them from ``lineage``; returns
