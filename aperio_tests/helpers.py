@@ -330,12 +330,12 @@ def dagster_home(tmp_path: Path, name: str) -> Path:
     return home
 
 
-def start_refresh(home: Path, config: Path) -> subprocess.Popen[str]:
-    """``python -m aperio_assets.defs.launch --workers 1`` (what `make run` runs) on the instance in
-    ``home``: a process of its own, as each Dagster instance in a deployment is."""
+def start_refresh(home: Path, config: Path, *options: str) -> subprocess.Popen[str]:
+    """``python -m aperio_assets.defs.launch --workers 1 *options`` (what `make run` runs) on the
+    instance in ``home``: a process of its own, as each Dagster instance in a deployment is."""
     env = {**os.environ, "DAGSTER_HOME": str(home), "APERIO_CONFIG": str(config), "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen(
-        [sys.executable, "-m", "aperio_assets.defs.launch", "--workers", "1"],
+        [sys.executable, "-m", "aperio_assets.defs.launch", "--workers", "1", *options],
         env=env,
         cwd=home,
         stdout=subprocess.PIPE,

@@ -312,12 +312,18 @@ def test_the_launcher_refreshes_as_runs_in_a_fresh_home(tmp_path: Path) -> None:
     # a real process: the launcher's module entry point on a DAGSTER_HOME no other process has touched
     done = start_refresh(home, tmp_path / "aperio.yaml")
     output = finish(done)
-    assert "RUN_SUCCESS" in output and "2 batch(es) registered" in output
+    # its console log at INFO, as make run's `dagster job execute -c run-config.yaml`: no event lines
+    assert "aperio: 1 batch run(s) (2 batch(es) registered, 0 removed)" in output
+    assert " - DEBUG - " not in output and "RUN_SUCCESS" not in output
     tracker = open_tracker(str(tmp_path / "aperio.yaml"), "sales")
     assert {r["alternate_name"]: r["row_count"] for r in tracker.status_rows("orders")} == {"orders": 2}
     with connect(str(tmp_path / "aperio.yaml")) as con:
         assert con.execute("SELECT sum(amount) FROM sales.orders").fetchone()[0] == 30
     assert any(home.joinpath("storage").iterdir())  # the run was recorded in this instance
+    # nothing left to convert: the catalog run alone, its every event printed at DEBUG
+    again = finish(start_refresh(home, tmp_path / "aperio.yaml", "--log-level", "debug"))
+    assert "aperio: 0 batch run(s) (0 batch(es) registered, 0 removed)" in again
+    assert "aperio_catalog_job - " in again and "RUN_SUCCESS" in again and "sales_batches_job" not in again
 
 
 def test_views_resolve_checks_the_files_as_they_are_now(lake_case: LakeCase) -> None:

@@ -69,10 +69,12 @@ class _WaitingPool:
     def __init__(self) -> None:
         self.release, self.shut = threading.Event(), threading.Event()
         self.submitted: list[Any] = []
+        self.arguments: list[tuple[Any, ...]] = []
 
     def submit(self, fn: Any, *args: Any) -> Future[dict[int, bool]]:
         assert self.release.wait(60)
         self.submitted.append(fn)
+        self.arguments.append(args)
         share: Future[dict[int, bool]] = Future()
         share.set_result({})  # (every request was taken already)
         return share
@@ -87,16 +89,23 @@ def test_this_process_runs_what_its_workers_have_not_taken_and_does_not_wait_for
     pool = _WaitingPool()
     monkeypatch.setattr(launch, "_worker_pool", lambda context, workers, next_run: pool)
     ran: list[str | None] = []
-    monkeypatch.setattr(launch, "_run_here", lambda defs, instance, request, result: ran.append(request[1]) or True)
+    monkeypatch.setattr(
+        launch, "_run_here", lambda defs, instance, request, result, run_config: ran.append(request[1]) or True
+    )
     requests = [("sales_batches_job", f"p{i}", {}) for i in range(3)]
     instance: Any = types.SimpleNamespace(get_ref=lambda: None)
     context = multiprocessing.get_context("spawn")  # (for the shared counter only: no process starts)
-    outcomes = launch._share_runs(context, 4, requests, "aperio.yaml", None, instance, launch.LaunchResult())
+    run_config = launch.console_log_config("warning")
+    outcomes = launch._share_runs(
+        context, 4, requests, "aperio.yaml", None, instance, launch.LaunchResult(), run_config
+    )
     assert outcomes == [True, True, True] and ran == ["p0", "p1", "p2"]  # all here, in order
     assert not pool.shut.is_set() and pool.submitted == []  # returned without waiting for the workers
     pool.release.set()
     assert pool.shut.wait(60)  # the pool is shut once its workers' submits are through
     assert pool.submitted == [launch._run_share] * 3
+    # each worker's share runs with the caller's run config: its console log level
+    assert [args[-1] for args in pool.arguments] == [{"loggers": {"console": {"config": {"log_level": "WARNING"}}}}] * 3
 
 
 def test_when_this_process_fails_the_workers_take_no_further_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,7 +113,7 @@ def test_when_this_process_fails_the_workers_take_no_further_run(monkeypatch: py
     pool.release.set()
     monkeypatch.setattr(launch, "_worker_pool", lambda context, workers, next_run: counters.append(next_run) or pool)
 
-    def broken(defs: Any, instance: Any, request: Any, result: Any) -> bool:
+    def broken(defs: Any, instance: Any, request: Any, result: Any, run_config: Any) -> bool:
         raise RuntimeError("the instance went away")
 
     monkeypatch.setattr(launch, "_run_here", broken)
@@ -112,7 +121,16 @@ def test_when_this_process_fails_the_workers_take_no_further_run(monkeypatch: py
     instance: Any = types.SimpleNamespace(get_ref=lambda: None)
     with pytest.raises(RuntimeError, match="went away"):
         launch._share_runs(
-            multiprocessing.get_context("spawn"), 3, requests, "aperio.yaml", None, instance, launch.LaunchResult()
+            multiprocessing.get_context("spawn"), 3, requests, "aperio.yaml", None, instance, launch.LaunchResult(), {}
         )
     assert counters[0].value == 5  # every request counts as taken: a worker's next _take gets none
     assert launch._take(counters[0], 5) is None
+
+
+def test_an_unknown_console_log_level_is_refused() -> None:
+    assert launch.console_log_config("info") == {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    with pytest.raises(ValueError, match="unknown log level 'loud'"):
+        launch.console_log_config("loud")
+    with pytest.raises(SystemExit) as usage:  # (argparse: before anything runs)
+        launch.main(["--log-level", "loud"])
+    assert usage.value.code == 2

@@ -270,6 +270,8 @@ def test_a_batch_run_writes_its_partition_events_in_batches(
         logged = instance.get_records_for_run(run_id).records
         kinds = [r.event_log_entry.dagster_event_type for r in logged if r.event_log_entry.is_dagster_event]
         assert kinds.count(PLANNED) == kinds.count(MATERIALIZED) == 16
+        # every event is kept, though the console (at INFO by default) prints none of these
+        assert dg.DagsterEventType.STEP_START in kinds and dg.DagsterEventType.RUN_SUCCESS in kinds
         # and no line per file (a write to the instance's storage each): the files go to a Python logger
         messages = [r.event_log_entry.user_message for r in logged if not r.event_log_entry.is_dagster_event]
         assert not [m for m in messages if "day=" in m], messages

@@ -8,7 +8,8 @@ does), ``N`` runs at a time: this process and ``N - 1`` worker processes (forked
 that imported Dagster and the code location once) each take the next run until none is left, each
 run in-process where it is taken, on the same instance (``$DAGSTER_HOME``); then
 ``aperio_catalog_job`` once: the models, the views and the checks.
-Every run is recorded in the instance, as the UI shows it.
+Every run is recorded in the instance, as the UI shows it; its console log shows INFO and above
+(``--log-level``), as ``make run``'s ``dagster job execute -c run-config.yaml`` does.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from multiprocessing.sharedctypes import Synchronized
+from typing import Any
 
 import dagster as dg
 from dagster._serdes import serialize_value
@@ -86,6 +88,18 @@ def _keep_next_run(next_run: Synchronized[int] | None) -> None:
 
 RunRequestTuple = tuple[str, str | None, dict[str, str]]  # (job, partition key, tags)
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Dagster's console logger prints every run event at DEBUG (~2 lines a batch); the event log keeps
+# them all whatever this says.
+DEFAULT_LOG_LEVEL = "INFO"
+
+
+def console_log_config(log_level: str) -> dict[str, Any]:
+    """A run config that sets the console logger's level, as ``run-config.yaml`` does."""
+    if log_level.upper() not in LOG_LEVELS:
+        raise ValueError(f"unknown log level {log_level!r} (one of {', '.join(LOG_LEVELS)})")
+    return {"loggers": {"console": {"config": {"log_level": log_level.upper()}}}}
+
 
 def _take(next_run: Synchronized[int], count: int) -> int | None:
     """The index of the next of ``count`` run requests, taken (by one process only), or None."""
@@ -105,6 +119,7 @@ def _share_runs(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
     result: LaunchResult,
+    run_config: dict[str, Any],
 ) -> list[bool]:
     """Each request's outcome, in order, ``slots`` runs at a time: this process and ``slots - 1``
     workers each take the next request not taken yet until none is left. This process starts at
@@ -115,11 +130,12 @@ def _share_runs(
     pool = _worker_pool(context, slots - 1, next_run)
     # (in the background: the first submit waits for the fork server's imports, while this process runs)
     starter = ThreadPoolExecutor(1, thread_name_prefix="aperio-run-workers")
-    started = starter.submit(lambda: [pool.submit(_run_share, config_path, ref, requests) for _ in range(slots - 1)])
+    share = (_run_share, config_path, ref, requests, run_config)
+    started = starter.submit(lambda: [pool.submit(*share) for _ in range(slots - 1)])
     try:
         outcomes: dict[int, bool] = {}
         while (index := _take(next_run, len(requests))) is not None:
-            outcomes[index] = _run_here(defs, instance, requests[index], result)
+            outcomes[index] = _run_here(defs, instance, requests[index], result, run_config)
         # Workers took the rest, or started after all was taken (their shares are empty; a failure to
         # start them is raised here). Unless they are not started yet: then this process ran it all.
         if len(outcomes) < len(requests) or started.done():
@@ -138,37 +154,48 @@ def _share_runs(
     return [outcomes[index] for index in range(len(requests))]
 
 
-def _run_share(config_path: str, instance_ref: dg.InstanceRef, requests: Sequence[RunRequestTuple]) -> dict[int, bool]:
+def _run_share(
+    config_path: str, instance_ref: dg.InstanceRef, requests: Sequence[RunRequestTuple], run_config: dict[str, Any]
+) -> dict[int, bool]:
     """In a worker: run the next request not taken yet, until none is left; their outcomes by index."""
     if _NEXT_RUN is None:
         raise RuntimeError("a worker without its pool's run counter")
     outcomes: dict[int, bool] = {}
     while (index := _take(_NEXT_RUN, len(requests))) is not None:
-        outcomes[index] = _execute(config_path, instance_ref, requests[index])
+        outcomes[index] = _execute(config_path, instance_ref, requests[index], run_config)
     return outcomes
 
 
 def _run_here(
-    defs: dg.Definitions, instance: dg.DagsterInstance, request: RunRequestTuple, result: LaunchResult
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    request: RunRequestTuple,
+    result: LaunchResult,
+    run_config: dict[str, Any],
 ) -> bool:
-    run = _execute_run(defs, instance, request)
+    run = _execute_run(defs, instance, request, run_config)
     result.results.append(run)
     return run.success
 
 
-def _execute(config_path: str, instance_ref: dg.InstanceRef | None, request: RunRequestTuple) -> bool:
+def _execute(
+    config_path: str, instance_ref: dg.InstanceRef | None, request: RunRequestTuple, run_config: dict[str, Any]
+) -> bool:
     """In a worker: ``request`` run on the worker's definitions and instance."""
     if instance_ref is None:
         raise ValueError("the instance has no reference worker processes can open")
-    return _execute_run(_definitions(config_path), _worker_instance(instance_ref), request).success
+    return _execute_run(_definitions(config_path), _worker_instance(instance_ref), request, run_config).success
 
 
 def _execute_run(
-    defs: dg.Definitions, instance: dg.DagsterInstance, request: RunRequestTuple
+    defs: dg.Definitions, instance: dg.DagsterInstance, request: RunRequestTuple, run_config: dict[str, Any]
 ) -> dg.ExecuteInProcessResult:
     job, partition_key, tags = request
-    return defs.resolve_job_def(job).execute_in_process(
-        instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
+    job_def = defs.resolve_job_def(job)
+    if partition_key and job_def.partitioned_config:  # (a run config given replaces the partition's own)
+        run_config = {**job_def.partitioned_config.get_run_config_for_partition_key(partition_key), **run_config}
+    return job_def.execute_in_process(
+        run_config=run_config, instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
     )
 
 
@@ -186,10 +213,15 @@ def _worker_instance(ref: dg.InstanceRef) -> dg.DagsterInstance:
 
 
 def refresh_with_runs(
-    config_path: str | None = None, workers: int = 1, instance: dg.DagsterInstance | None = None
+    config_path: str | None = None,
+    workers: int = 1,
+    instance: dg.DagsterInstance | None = None,
+    log_level: str = DEFAULT_LOG_LEVEL,
 ) -> LaunchResult:
     """Refresh the lake at ``config_path`` as Dagster runs on ``instance`` (default: the one in
-    ``$DAGSTER_HOME``, else a temporary one), ``workers`` batch runs at a time."""
+    ``$DAGSTER_HOME``, else a temporary one), ``workers`` batch runs at a time; the runs' console
+    log shows ``log_level`` and above."""
+    run_config = console_log_config(log_level)
     config = str(find_config_path(config_path).resolve())
     batch_partition_events()  # (before the runs are created: their planned events; workers get it too)
     # (first: the fork server imports while this process builds its definitions and plans the runs)
@@ -213,9 +245,10 @@ def refresh_with_runs(
             result.batches_removed += len(plan.changes.removed)
             requests += [(r.job_name, r.partition_key, dict(r.tags)) for r in plan.runs if r.job_name]
         if context is not None and len(requests) > 1:
-            outcomes = _share_runs(context, min(workers, len(requests)), requests, config, defs, instance, result)
+            slots = min(workers, len(requests))
+            outcomes = _share_runs(context, slots, requests, config, defs, instance, result, run_config)
         else:
-            outcomes = [_run_here(defs, instance, request, result) for request in requests]
+            outcomes = [_run_here(defs, instance, request, result, run_config) for request in requests]
         result.runs = [
             (
                 job,
@@ -226,7 +259,7 @@ def refresh_with_runs(
             )
             for (job, key, tags), ok in zip(requests, outcomes, strict=True)
         ]
-        catalog = defs.resolve_job_def(CATALOG_JOB).execute_in_process(instance=instance, raise_on_error=False)
+        catalog = _execute_run(defs, instance, (CATALOG_JOB, None, {}), run_config)
         result.results.append(catalog)
         result.runs.append((CATALOG_JOB, "", catalog.success))
     finally:
@@ -241,8 +274,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="batch runs at a time (default: the number of cores)"
     )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=DEFAULT_LOG_LEVEL,
+        help=f"the runs' console log shows this level and above (default: {DEFAULT_LOG_LEVEL}; the instance's "
+        "event log keeps every event)",
+    )
     args = parser.parse_args(argv)
-    result = refresh_with_runs(args.config, max(1, args.workers))
+    result = refresh_with_runs(args.config, max(1, args.workers), log_level=args.log_level)
     batch_runs = [r for r in result.runs if r[0] != CATALOG_JOB]
     print(
         f"aperio: {len(batch_runs)} batch run(s) ({result.batches_added} batch(es) registered, "
