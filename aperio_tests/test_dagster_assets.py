@@ -320,7 +320,7 @@ def test_the_launcher_refreshes_as_runs_in_a_fresh_home(tmp_path: Path) -> None:
     with connect(str(tmp_path / "aperio.yaml")) as con:
         assert con.execute("SELECT sum(amount) FROM sales.orders").fetchone()[0] == 30
     assert any(home.joinpath("storage").iterdir())  # the run was recorded in this instance
-    # nothing left to convert: the catalog run alone, its every event printed at DEBUG
+    # nothing left to convert: the catalog run alone, its events printed at DEBUG
     again = finish(start_refresh(home, tmp_path / "aperio.yaml", "--log-level", "debug"))
     assert "aperio: 0 batch run(s) (0 batch(es) registered, 0 removed)" in again
     assert "aperio_catalog_job - " in again and "RUN_SUCCESS" in again and "sales_batches_job" not in again

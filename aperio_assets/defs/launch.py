@@ -1,5 +1,6 @@
 """A full refresh of the lake as Dagster runs, without the daemon:
-``python -m aperio_assets.defs.launch [--config PATH] [--workers N]`` (what ``make run`` does).
+``python -m aperio_assets.defs.launch [--config PATH] [--workers N] [--log-level LEVEL]`` (what
+``make run`` does).
 
 It does what ``lake_change_sensor`` and ``aperio_automation_sensor`` do in a deployment, at once:
 registers every schema's batches as partitions (removing vanished ones), runs the batch runs (a
@@ -89,8 +90,8 @@ def _keep_next_run(next_run: Synchronized[int] | None) -> None:
 RunRequestTuple = tuple[str, str | None, dict[str, str]]  # (job, partition key, tags)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-# Dagster's console logger prints every run event at DEBUG (~2 lines a batch); the event log keeps
-# them all whatever this says.
+# At DEBUG, Dagster's console logger prints the runs' events as they happen (~2 lines a batch); the
+# instance's event log keeps every event whatever the console shows.
 DEFAULT_LOG_LEVEL = "INFO"
 
 
@@ -130,8 +131,8 @@ def _share_runs(
     pool = _worker_pool(context, slots - 1, next_run)
     # (in the background: the first submit waits for the fork server's imports, while this process runs)
     starter = ThreadPoolExecutor(1, thread_name_prefix="aperio-run-workers")
-    share = (_run_share, config_path, ref, requests, run_config)
-    started = starter.submit(lambda: [pool.submit(*share) for _ in range(slots - 1)])
+    share_call = (_run_share, config_path, ref, requests, run_config)
+    started = starter.submit(lambda: [pool.submit(*share_call) for _ in range(slots - 1)])
     try:
         outcomes: dict[int, bool] = {}
         while (index := _take(next_run, len(requests))) is not None:
