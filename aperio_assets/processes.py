@@ -43,7 +43,7 @@ def stop_fork_server(wait: float = 60.0) -> bool:
     it is if one is still running. Whether one was stopped (False: none ran, a worker is still
     running, or this Python lacks the stdlib's own stop, ``ForkServer._stop``, there for its tests;
     the 3.11 used here has it)."""
-    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    stop = getattr(_stdlib_fork_server(), "_stop", None)
     if stop is None or not fork_server_running():
         return False
     deadline = time.monotonic() + wait
@@ -57,7 +57,12 @@ def stop_fork_server(wait: float = 60.0) -> bool:
 
 def fork_server_running() -> bool:
     """Whether this process has a fork server running (the stdlib's, which records its pid)."""
-    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None) is not None
+    return getattr(_stdlib_fork_server(), "_forkserver_pid", None) is not None
+
+
+def _stdlib_fork_server() -> object | None:
+    """The stdlib's one fork server object of this process (``multiprocessing.forkserver``'s)."""
+    return getattr(forkserver, "_forkserver", None)
 
 
 def _forked_children() -> list[BaseProcess]:

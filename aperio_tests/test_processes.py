@@ -36,6 +36,14 @@ def _in_a_fresh_interpreter(script: str) -> str:
     return result.stdout
 
 
+def _lines_with_a_fork_server(script: str, count: int) -> list[str]:
+    """The first ``count`` lines ``script`` prints in a fresh interpreter; skipped where the platform
+    has no fork server to stop (Linux, where CI runs, has one)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+    return _in_a_fresh_interpreter(script).split("\n")[:count]
+
+
 def test_a_worker_process_takes_the_callers_environment_and_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -94,11 +102,8 @@ def test_a_stopped_fork_server_is_started_again_with_the_next_preload() -> None:
         "second = served(['aperio_assets.state'], 'aperio_assets.state')\n"
         "print(first[0] != second[0], first[1], second[1])\n"
     )
-    printed = _in_a_fresh_interpreter(script)
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no fork server on this platform")  # (Linux, where CI runs, has one)
     # none ran; the first was stopped; the second is another server, which preloaded what it was asked
-    assert printed.split("\n")[:3] == ["False", "True", "True False True"]
+    assert _lines_with_a_fork_server(script, 3) == ["False", "True", "True False True"]
 
 
 def test_a_fork_server_whose_worker_still_runs_is_not_stopped() -> None:
@@ -117,8 +122,5 @@ def test_a_fork_server_whose_worker_still_runs_is_not_stopped() -> None:
         "print(stop_fork_server(wait=60), other.is_alive())\n"
         "other.terminate()\n"
     )
-    printed = _in_a_fresh_interpreter(script)
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        pytest.skip("no fork server on this platform")  # (Linux, where CI runs, has one)
     # kept while its worker slept; stopped once the pool was done, the spawned child left running
-    assert printed.split("\n")[:2] == ["False", "True True"]
+    assert _lines_with_a_fork_server(script, 2) == ["False", "True True"]

@@ -174,7 +174,7 @@ def _counts(args: argparse.Namespace, option: str, text: str, *, empty: bool = F
 
 
 def run_scale_out(args: argparse.Namespace) -> int:
-    from aperio_assets.bench.scaleout import MODES, STORAGES, measure_scale_out, plot
+    from aperio_assets.bench.scaleout import MODES, STORAGES, ScaleOutRow, measure_scale_out, plot
 
     try:
         counts = sorted({int(w) for w in _list(args, "--worker-counts", args.worker_counts)})
@@ -238,12 +238,18 @@ def run_scale_out(args: argparse.Namespace) -> int:
     def shown(value: object, fmt: str = "{}") -> str:
         return "—" if value is None else fmt.format(value)
 
+    def which_round(r: ScaleOutRow) -> tuple[str, ...]:
+        """The round column's cell (none with one round): a summary row of the rounds says median."""
+        if rounds == 1:
+            return ()
+        return ("median",) if r.round is None and r.workers is not None else (shown(r.round),)
+
     for r in rows:
         same = shown(r.same_state) if r.same_state is not False else "[bold red]False[/]"
         table.add_row(
             r.storage,
             r.mode,
-            *((shown(r.round) if r.round is not None or r.workers is None else "median",) if rounds > 1 else ()),
+            *which_round(r),
             shown(r.workers),
             shown(r.seconds, "{:.2f}"),
             shown(r.speedup, "{:.2f}x"),

@@ -352,17 +352,18 @@ class SchemaRefresh:
             and not previous.get("error")
             and previous.get("target_path") == self.target_path(table, raw)
         }
-        stored = self._stored([t for t in kept.values() if self._owned(t)], len(selected), whole=only is None)
+        owned = {t for t in kept.values() if self._owned(t)}  # (only those can have gone: see _owned)
+        stored = self._stored(owned, len(selected), whole=only is None)
         todo: list[tuple[RawTable, RawFile]] = []
         for table, raw, _ in selected:
             target = kept.get(raw.path)
-            if raw.path in kept and (not self._owned(target) or target in stored):
+            if raw.path in kept and (target not in owned or target in stored):
                 self.result.files.append(FileOutcome(table.name, raw.path, "skipped"))
             else:
                 todo.append((table, raw))
         return gone, todo
 
-    def _stored(self, targets: Sequence[str], outputs: int, *, whole: bool) -> set[str]:
+    def _stored(self, targets: Collection[str], outputs: int, *, whole: bool) -> set[str]:
         """Which converted files there are, of ``targets`` at least: one listing of ``tables/``, of
         all of it for the whole schema (``whole``), else of the slice from the first of ``targets``
         to the last: a batch run's LIST is of about what it converts, not of the lake. ``outputs``:
